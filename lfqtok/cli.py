@@ -1,0 +1,231 @@
+"""The `lfqtok` command: a thin Typer layer. Each command parses options, calls one library function and
+prints a summary; errors a user can cause become one line on stderr (LFQTOK_DEBUG=1 shows tracebacks)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import LfqtokError
+
+app = typer.Typer(
+    name="lfqtok",
+    help="Turn videos into Lookup-Free-Quantization token shards (WebDataset), and inspect them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+DEBUG = os.environ.get("LFQTOK_DEBUG") == "1"
+
+# helpers
+
+
+def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The one mapping from exceptions to exit codes: LfqtokError -> its code, interrupt -> 130, disk -> 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except LfqtokError as exc:
+            if DEBUG:
+                raise
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; finished shards are kept, rerun the same command to resume", 130)
+        except OSError as exc:  # disk full, permissions, ... outside the places that already say more
+            if DEBUG:
+                raise
+            _fail(f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}", 1)
+
+    return wrapper
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]lfqtok: error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _split_keys(keys: Optional[str]) -> Optional[list[str]]:
+    return [k for k in keys.split(",") if k] if keys else None
+
+
+# encode
+
+
+@app.command()
+@_one_line_errors
+def encode(
+    inputs: Annotated[list[str], typer.Argument(help="Video dirs, files, @list.txt, or tar shards (brace patterns ok).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the token shards.")],
+    model: Annotated[str, typer.Option(help="'default' (embedded) or a .safetensors checkpoint.")] = "default",
+    size: Annotated[int, typer.Option(help="Short side scaled to SIZE, then center crop SIZE x SIZE.")] = 128,
+    clip_frames: Annotated[int, typer.Option(help="Frames per clip (1 + 4k).")] = 17,
+    clip_stride: Annotated[Optional[int], typer.Option(help="Sampled frames between clip starts [default: clip frames].")] = None,
+    fps: Annotated[Optional[float], typer.Option(help="Resample videos to this frame rate first.")] = None,
+    max_clips: Annotated[Optional[int], typer.Option(help="At most N clips per video.")] = None,
+    pad_short: Annotated[bool, typer.Option(help="Pad videos shorter than one clip with their last frame (else fail them).")] = True,
+    batch_size: Annotated[int, typer.Option(help="Clips per encoder batch.")] = 16,
+    workers: Annotated[Optional[int], typer.Option(help="Decode processes [default: cores - 1, at most 16].")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N ('auto'/'cuda' use every GPU).")] = "auto",
+    samples_per_shard: Annotated[int, typer.Option(help="Videos per output shard.")] = 1000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an OUT made with other settings.")] = False,
+    strict: Annotated[bool, typer.Option(help="Exit 1 if any video failed.")] = False,
+    num_shards: Annotated[int, typer.Option(help="Split the shards into N parts (SLURM arrays, many machines)...")] = 1,
+    shard_index: Annotated[int, typer.Option(help="...and run part I.")] = 0,
+    engine: Annotated[str, typer.Option(help="local | ray")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address ('auto' joins a running one).")] = None,
+    video_timeout: Annotated[float, typer.Option(help="Seconds a video may decode without progress before it fails.")] = 60.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Encode videos into WebDataset token shards (OUT/lfqtok.json, OUT/00000.tar, OUT/00000_stats.json, ...)."""
+    from .encode import EncodeConfig, encode_dataset
+    from .progress import EncodeProgress
+
+    config = EncodeConfig(
+        model=model, size=size, clip_frames=clip_frames, clip_stride=clip_stride, fps=fps, max_clips=max_clips,
+        pad_short=pad_short, batch_size=batch_size, workers=workers, device=device,
+        samples_per_shard=samples_per_shard, overwrite=overwrite, strict=strict, num_shards=num_shards,
+        shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout,
+    )
+    with EncodeProgress(err) as progress:
+        summary = encode_dataset(inputs, out, config, on_progress=progress.update)
+    if json_out:
+        _print_json({**vars(summary), "failures_by_reason": dict(summary.failures_by_reason)})
+    else:
+        _encode_table(summary)
+
+
+def _encode_table(summary) -> None:
+    table = Table(title=f"lfqtok encode -> {summary.out}", show_header=False)
+    rows = [
+        ("videos ok", f"{summary.videos_ok:,}"),
+        ("videos failed", f"{summary.videos_failed:,}"),
+        ("clips", f"{summary.clips:,}"),
+        ("tokens", f"{summary.tokens:,}"),
+        ("shards written / skipped (already done)", f"{summary.shards_written} / {summary.shards_skipped}"),
+        ("time", f"{summary.seconds:.1f} s"),
+        ("throughput", f"{summary.frames_per_second:,.1f} frames/s, {summary.tokens_per_second:,.0f} tokens/s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    for reason, count in summary.failures_by_reason.most_common():
+        table.add_row(f"[red]failed: {reason}[/]", str(count))
+    err.print(table)
+
+
+# decode
+
+
+@app.command()
+@_one_line_errors
+def decode(
+    tokens: Annotated[list[str], typer.Argument(help="Token dirs (an encode OUT) or token tar files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the previews.")],
+    keys: Annotated[Optional[str], typer.Option(help="Comma-separated sample keys to decode.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Decode at most N samples.")] = 4,
+    fmt: Annotated[str, typer.Option("--format", help="mp4 | gif | png (a contact sheet).")] = "mp4",
+    compare: Annotated[bool, typer.Option(help="Put the source frames beside the reconstruction.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="Override the tokenizer named in the manifest.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per sample on stdout.")] = False,
+) -> None:
+    """Decode token samples back to video previews, with PSNR/SSIM against the source when it is readable."""
+    from .decode import decode_samples
+
+    rows = decode_samples(tokens, out, keys=_split_keys(keys), limit=limit, fmt=fmt, compare=compare, model=model, device=device)
+    if json_out:
+        _print_json(rows)
+        return
+    table = Table(title=f"lfqtok decode -> {out}")
+    for col in ("key", "clips", "psnr (dB)", "ssim", "output", "note"):
+        table.add_column(col)
+    for row in rows:
+        psnr, ssim = row.get("psnr"), row.get("ssim")
+        table.add_row(
+            row["key"], str(row.get("clips", "")), "-" if psnr is None else f"{psnr:.2f}",
+            "-" if ssim is None else f"{ssim:.3f}", str(row["output"]), row.get("note") or "",
+        )
+    err.print(table)
+
+
+# stats
+
+
+@app.command()
+@_one_line_errors
+def stats(
+    tokens: Annotated[list[str], typer.Argument(help="Token dirs (an encode OUT) or token tar files.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON on stdout.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: code frequencies, bit balance, usage by position.")] = None,
+    top: Annotated[int, typer.Option(help="How many of the most frequent codes to list.")] = 10,
+    by: Annotated[Optional[str], typer.Option(help="Also break down per 'shard' or per 'source'.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Reader processes [default: cores].")] = None,
+) -> None:
+    """Codebook utilization, entropy, perplexity, per-bit balance and code-usage histograms of token shards."""
+    from .stats import token_stats
+
+    result = token_stats(tokens, top=top, workers=workers, by=by, plot=plot)
+    if json_out:
+        _print_json(result)
+        return
+    table = Table(title="lfqtok stats", show_header=False)
+    for name in ("num_samples", "num_tokens", "codebook_size", "num_codebooks", "used_codes"):
+        table.add_row(name, f"{result[name]:,}")
+    table.add_row("utilization", f"{result['utilization']:.4%}")
+    table.add_row("entropy", f"{result['entropy_bits']:.3f} bits (max {result['codebook_size'].bit_length() - 1})")
+    table.add_row("perplexity", f"{result['perplexity']:,.1f}")
+    table.add_row("bit balance", " ".join(f"{b:.2f}" for b in result["bit_balance"]))
+    table.add_row("top codes", ", ".join(f"{c}x{n}" for c, n in result["top"]))
+    err.print(table)
+
+
+# info
+
+
+@app.command()
+@_one_line_errors
+def info(
+    model: Annotated[str, typer.Argument(help="'default' or a .safetensors checkpoint.")] = "default",
+    json_out: Annotated[bool, typer.Option("--json", help="Print as JSON on stdout.")] = False,
+) -> None:
+    """Describe a tokenizer: its config, codebook, sha256 and the token shape of a default clip."""
+    from .model import load_tokenizer
+
+    tok = load_tokenizer(model, device="cpu")
+    data = {
+        "name": tok.name,
+        "sha256": tok.sha256,
+        "codebook_size": tok.codebook_size,
+        "num_codebooks": tok.num_codebooks,
+        "parameters": sum(p.numel() for p in tok.parameters()),
+        "token_shape_17x128x128": list(tok.token_shape(17, 128, 128)),
+        "config": tok.config.to_dict(),
+    }
+    if json_out:
+        _print_json(data)
+        return
+    table = Table(title=f"lfqtok tokenizer {tok.name}", show_header=False)
+    for name, value in data.items():
+        table.add_row(name, json.dumps(value) if isinstance(value, (dict, list)) else f"{value}")
+    err.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
