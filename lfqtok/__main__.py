@@ -1,0 +1,5 @@
+"""`python -m lfqtok` runs the CLI."""
+
+from .cli import main
+
+main()
