@@ -262,7 +262,9 @@ class LFQ(nn.Module):
 
         Letters: b batch, n tokens (flattened space-time), c codebooks, d bits per codebook (log2 size).
         Indices are (b, ..., c), or (b, ...) when keep_num_codebooks_dim is False. `mask` (b, n) or
-        (b, ...) selects the tokens that enter the entropy and commitment losses.
+        (b, ...) selects the tokens that enter the entropy and commitment losses; the batch entropy is
+        then that of the selected tokens' mean distribution (the reference's mask path flattens tokens
+        with codebooks and so returns the per-sample entropy as its batch entropy).
         """
         if x.ndim < 3:
             raise UsageError(f"LFQ input must be (b, n, d), (b, d, h, w) or (b, d, t, h, w), got {tuple(x.shape)}")
