@@ -60,6 +60,14 @@ def _oserror(exc: OSError, path: Path) -> OutputError:
     return OutputError(f"cannot write {path}: {exc.strerror or exc}")
 
 
+def _discard(path: Path) -> None:
+    """Remove a temp file if it is there; a failure to remove leaves it for the next run's cleanup."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """JSON to `path` via a `.tmp` file, fsync and rename: readers see the old file or the whole new one."""
     tmp = _tmp(path)
@@ -71,7 +79,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise _oserror(exc, path) from None
 
 
@@ -287,12 +295,13 @@ class ShardWriter:
         return self._tar
 
     def _abort(self) -> None:
-        if self._file is not None:
+        for closable in (self._tar, self._file):
             try:
-                self._file.close()
-            except OSError:
+                if closable is not None:
+                    closable.close()  # closed once here, so nothing flushes into a removed file later
+            except (OSError, ValueError):
                 pass  # the temp file goes anyway
-        self.tmp.unlink(missing_ok=True)
+        _discard(self.tmp)
         self.finished = True  # nothing left to clean up
 
 
