@@ -1,0 +1,265 @@
+"""Read stage: inputs (directories, video files, @lists, WebDataset tar shards) -> sorted VideoItems -> ShardJobs.
+
+Listing never opens a video: directories are walked with os.scandir, tars are indexed from their headers, so a
+million inputs list in seconds. Keys are the path relative to its input root (or the tar sample key), with
+[A-Za-z0-9_-] only; colliding keys all get a short hash of their source, so a key never depends on order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from .errors import InputError, UsageError
+
+VIDEO_EXTENSIONS = frozenset(
+    "mp4 m4v mov mkv webm avi gif mpg mpeg mpe m2v ts mts m2ts wmv asf flv f4v 3gp 3g2 ogv ogg vob mxf y4m divx".split()
+)
+COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+
+# items
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A byte range inside an uncompressed tar file."""
+
+    name: str
+    offset: int  # of the data, not the header
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class VideoItem:
+    """One input video: where its bytes are, the key its tokens are written under, what users see."""
+
+    key: str  # stable, unique, no dots, no slashes (webdataset splits keys at the first dot)
+    source: str  # the file path, or "shard.tar:member-name"
+    path: str  # the file to open: the video, or the tar holding it
+    member: Member | None = None  # the video member when path is a tar
+    extras: tuple[Member, ...] = ()  # other members of the same tar sample (txt, json, cls, ...)
+
+
+class ItemList(list):
+    """`list_items`' result: the items, plus `skipped`, the number of tar samples without a video member."""
+
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """The videos of output shard `index` (global: the same with or without --num-shards)."""
+
+    index: int
+    items: tuple[VideoItem, ...]
+
+
+# helpers
+
+
+def _is_video(name: str) -> bool:
+    return name.rpartition(".")[2].lower() in VIDEO_EXTENSIONS  # a tar member's ext or a file name
+
+
+def _sanitize(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text).strip("_") or "video"
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.blake2s(text.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
+
+
+def _split_key(name: str) -> tuple[str, str] | None:
+    """webdataset's rule: key = the name up to the first dot of its basename (directory kept), ext = the rest."""
+    directory, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not dot or not stem:
+        return None
+    return (f"{directory}/{stem}" if directory else stem), ext
+
+
+def _expand(pattern: str) -> list[str]:
+    """Brace patterns (data/{00000..00099}.tar) -> paths; other strings as they are."""
+    if "{" not in pattern:
+        return [pattern]
+    import braceexpand
+
+    return list(braceexpand.braceexpand(pattern))
+
+
+def _walk(root: str) -> Iterator[str]:
+    """Video files under root, recursively, following no links to directories (no cycles)."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError as exc:
+        raise InputError(f"{root}: cannot list directory ({exc.strerror or exc})") from None
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(entry.path)
+        elif _is_video(entry.name) and entry.is_file():
+            yield entry.path
+
+
+def _read_list(path: str) -> list[str]:
+    """@list.txt: one path per line; blank lines and # comments skipped; relative to the list's directory."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"@{path}: cannot read list ({getattr(exc, 'strerror', None) or exc})") from None
+    base = os.path.dirname(path)
+    entries = (line.strip() for line in lines)
+    return [os.path.join(base, e) for e in entries if e and not e.startswith("#")]
+
+
+def _tar_samples(path: str) -> Iterator[tuple[str, list[tuple[str, Member]]]]:
+    """(sample key, [(ext, member), ...]) for consecutive members sharing a key, in tar order."""
+    try:
+        size = os.path.getsize(path)
+        with tarfile.open(path, mode="r:") as tar:
+            key, group = None, []
+            for info in tar:
+                if not info.isfile():
+                    continue
+                split = _split_key(info.name)
+                if split is None or (info.name.startswith("__") and info.name.endswith("__")):
+                    continue
+                if info.offset_data + info.size > size:
+                    raise tarfile.ReadError(f"member {info.name} is truncated")
+                if split[0] != key and group:
+                    yield key, group
+                    group = []
+                key = split[0]
+                group.append((split[1], Member(info.name, info.offset_data, info.size)))
+            if group:
+                yield key, group
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable uncompressed tar ({exc})") from None
+
+
+# listing
+
+
+@dataclass(slots=True)
+class _Raw:
+    base: str  # key before sanitizing and collision suffixes
+    source: str
+    path: str
+    member: Member | None = None
+    extras: tuple[Member, ...] = ()
+
+
+def _leaves(inputs: Sequence[str], root: str | None = None) -> Iterator[tuple[str, str | None]]:
+    """(path, key root) per directory, file or tar: brace patterns expanded, @lists read (their entries' keys
+    are relative to the list's directory)."""
+    for spec in inputs:
+        if spec.startswith("@"):
+            yield from _leaves(_read_list(spec[1:]), os.path.dirname(spec[1:]) or ".")
+        else:
+            yield from ((os.path.normpath(path), root) for path in _expand(spec))
+
+
+def _list_file(path: str, root: str | None) -> _Raw:
+    rel = os.path.relpath(path, root) if root is not None else ".."
+    base = rel if not rel.startswith("..") else os.path.basename(path)
+    return _Raw(os.path.splitext(base)[0], path, path)
+
+
+def _list_tar(path: str, prefix: bool, out: list[_Raw]) -> int:
+    """Append the tar's samples that hold a video; return how many hold none."""
+    stem = os.path.basename(path)[: -len(".tar")]
+    skipped = 0
+    for key, members in _tar_samples(path):
+        videos = [m for ext, m in members if _is_video(ext)]
+        if not videos:
+            skipped += 1
+            continue
+        video = videos[0]
+        extras = tuple(m for _, m in members if m is not video)
+        out.append(_Raw(f"{stem}/{key}" if prefix else key, f"{path}:{video.name}", path, video, extras))
+    return skipped
+
+
+def _assign_keys(raws: list[_Raw]) -> list[VideoItem]:
+    """Sanitized keys; every key shared by several items gets a hash of its source (order-independent)."""
+    bases = [_sanitize(r.base) for r in raws]
+    counts: dict[str, int] = {}
+    for b in bases:
+        counts[b] = counts.get(b, 0) + 1
+    items = []
+    for raw, base in zip(raws, bases):
+        key = f"{base}_{_short_hash(raw.source)}" if counts[base] > 1 else base
+        items.append(VideoItem(key, raw.source, raw.path, raw.member, raw.extras))
+    return items
+
+
+def list_items(inputs: Sequence[str]) -> ItemList:
+    """Inputs -> VideoItems sorted by (path, member offset), duplicates removed; InputError before any work.
+
+    `result.skipped` counts tar samples without a video member (skipped, not failures).
+    """
+    leaves = list(_leaves([inputs] if isinstance(inputs, str) else inputs))
+    for path, _ in leaves:
+        if not os.path.exists(path):
+            raise InputError(f"{path}: no such file or directory")
+        if path.lower().endswith(COMPRESSED_TARS):
+            raise InputError(f"{path}: compressed tar shards are not supported; decompress them to .tar")
+    is_tar = [path.lower().endswith(".tar") and not os.path.isdir(path) for path, _ in leaves]
+    raws: list[_Raw] = []
+    skipped = 0
+    for (path, root), tar in zip(leaves, is_tar):
+        if tar:
+            skipped += _list_tar(path, sum(is_tar) > 1, raws)
+        elif os.path.isdir(path):
+            raws.extend(_Raw(os.path.splitext(os.path.relpath(p, path))[0], p, p) for p in _walk(path))
+        else:
+            raws.append(_list_file(path, root))
+    raws.sort(key=lambda r: (r.path, r.member.offset if r.member else -1))
+    unique = [r for i, r in enumerate(raws) if i == 0 or (r.path, r.member) != (raws[i - 1].path, raws[i - 1].member)]
+    result = ItemList(_assign_keys(unique))
+    result.skipped = skipped
+    return result
+
+
+def plan_shards(items: Sequence[VideoItem], samples_per_shard: int, num_shards: int = 1, shard_index: int = 0) -> list[ShardJob]:
+    """Consecutive runs of samples_per_shard items -> shard jobs; keeps jobs i with i % num_shards == shard_index."""
+    if samples_per_shard < 1:
+        raise UsageError(f"--samples-per-shard must be >= 1, got {samples_per_shard}")
+    if num_shards < 1:
+        raise UsageError(f"--num-shards must be >= 1, got {num_shards}")
+    if not 0 <= shard_index < num_shards:
+        raise UsageError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
+    return [
+        ShardJob(i, tuple(items[start : start + samples_per_shard]))
+        for i, start in enumerate(range(0, len(items), samples_per_shard))
+        if i % num_shards == shard_index
+    ]
+
+
+# reading
+
+
+def _read_member(path: str, member: Member) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(member.offset)
+            data = f.read(member.size)
+    except OSError as exc:
+        raise InputError(f"{path}:{member.name}: cannot read ({exc.strerror or exc})") from None
+    if len(data) != member.size:
+        raise InputError(f"{path}:{member.name}: truncated ({len(data)} of {member.size} bytes)")
+    return data
+
+
+def read_video_bytes(item: VideoItem) -> str | bytes:
+    """What the decoder opens: the path of a video file, or the bytes of a tar member."""
+    return item.path if item.member is None else _read_member(item.path, item.member)
+
+
+def read_extras(item: VideoItem) -> dict[str, bytes]:
+    """The sample's other tar members by extension ({"txt": b"...", "json": b"..."}); {} for plain files."""
+    return {_split_key(m.name)[1]: _read_member(item.path, m) for m in item.extras}
