@@ -112,7 +112,7 @@ class ChunkedEntropy(torch.autograd.Function):
                 logp = torch.addmm(neg_logz[ts], z[ts], codes.T)  # (t', k')
                 p = logp.exp()
                 avg[ci, ks] += p.sum(0)
-                ent -= p.mul_(logp.clamp_(min=LOG_EPS)).sum()
+                ent -= torch.dot(p.view(-1), logp.clamp_(min=LOG_EPS).view(-1))
         ctx.save_for_backward(x)
         ctx.inv_temperature, ctx.scale = inv_temperature, scale
         return (ent / (t * c)).float(), avg / t
@@ -126,26 +126,23 @@ class ChunkedEntropy(torch.autograd.Function):
         a = grad_ent / (t * c)  # d loss / d per-token entropy
         grad = torch.empty_like(x)
         for ci in range(c):
-            # d loss / d p_j = a * u(p_j) + w_j, u(p) = -(log clamp(p) + [p >= eps]); a constant shift per
+            # d loss / d p_j = w_j + a * u(p_j), u(p) = -(log clamp(p) + [p >= eps]); a constant shift per
             # token leaves the softmax gradient unchanged, so both parts are shifted towards zero for accuracy
             w = (grad_avg[ci] - grad_avg[ci].mean()) / t  # (k,)
             z = x[:, ci] * (2 * tau)
             neg_logz = -log_partition(z, scale)[:, None]
-            s1 = torch.zeros(t, dtype=x.dtype, device=x.device)  # sum_j p_j g_j
-            v = torch.zeros(t, d, dtype=x.dtype, device=x.device)  # sum_j p_j g_j code_j
-            codes = None
+            acc = torch.zeros(t, d + 1, dtype=x.dtype, device=x.device)  # [sum_j p_j g_j code_j, sum_j p_j g_j]
             for ks, ts in iter_blocks(t, k):
                 if ts.start == 0:
-                    codes = code_range(ks.start, ks.stop, d, scale, x.device)
-                logp = torch.addmm(neg_logz[ts], z[ts], codes.T)
+                    codes1 = F.pad(code_range(ks.start, ks.stop, d, scale, x.device), (0, 1), value=1.0)  # (k', d+1)
+                    weighted = codes1 * w[ks, None]
+                logp = torch.addmm(neg_logz[ts], z[ts], codes1[:, :d].T)  # (t', k')
                 p = logp.exp()
-                above = logp >= LOG_EPS
-                g = logp.clamp_(min=LOG_EPS).sub_(LOG_EPS).add_(above).mul_(-a).add_(w[ks])
-                pg = g.mul_(p)
-                s1[ts] += pg.sum(1)
-                v[ts] += pg @ codes
+                shifted = logp.sub_(LOG_EPS - 1)  # log p - log eps + 1
+                shifted_u = torch.where(shifted >= 1, shifted, 0).mul_(p)  # p * (-u - LOG_EPS), zero below eps
+                acc[ts] += p @ weighted - a * (shifted_u @ codes1)
             mean_code = scale * torch.tanh(z * scale)  # sum_j p_j code_j, closed form
-            grad[:, ci] = (2 * tau) * (v - s1[:, None] * mean_code)
+            grad[:, ci] = (2 * tau) * (acc[:, :d] - acc[:, d:] * mean_code)
         return grad, None, None
 
 
