@@ -79,7 +79,7 @@ def pack_bits(indices: Any, bits: int) -> np.ndarray:
     out = np.empty((values.size * bits + 7) // 8, dtype=np.uint8)
     step = CHUNK_TOKENS * bits // 8  # bytes per full chunk (CHUNK_TOKENS is a multiple of 8)
     for i, start in enumerate(range(0, values.size, CHUNK_TOKENS)):
-        stream = np.unpackbits(words[start : start + CHUNK_TOKENS].view(np.uint8).reshape(-1, 4), axis=1)
+        stream = np.unpackbits(words[start : start + CHUNK_TOKENS].view(np.uint8)).reshape(-1, 32)
         packed = np.packbits(stream[:, 32 - bits :])  # (n', bits) -> bytes, row-major = token order
         out[i * step : i * step + packed.size] = packed
     return out
@@ -102,5 +102,5 @@ def unpack_bits(data: Any, bits: int, count: int) -> np.ndarray:
         rows = np.unpackbits(stream[i * step : i * step + (n * bits + 7) // 8], count=n * bits).reshape(n, bits)
         padded = np.zeros((n, 32), dtype=np.uint8)
         padded[:, 32 - bits :] = rows
-        out[start : start + n] = np.packbits(padded, axis=1).view(">u4")[:, 0]
+        out[start : start + n] = np.packbits(padded).view(">u4")
     return out
