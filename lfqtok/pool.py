@@ -1,0 +1,260 @@
+"""Decode stage for many videos: each decoded in an isolated worker process, killed if it hangs or replaced if
+it crashes, so one bad file costs one FailEvent and never the run.
+
+Each worker has its own pipe: tasks go down, events come up in order, and the parent reads only while fewer
+than `max_pending_clips` events wait for the consumer, so a slow consumer blocks the workers (bounded memory).
+A worker's decode clock runs only while it decodes: it stops while the worker waits for a task or blocks
+sending an event, and restarts with each event, so `timeout` is decode time without progress.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Iterator, Sequence
+
+from .errors import LfqtokError, UsageError
+from .sources import VideoItem, read_extras, read_video_bytes
+from .video import Clip, ClipSpec, VideoMeta, iter_clips
+
+POLL_SECONDS = 0.2  # how often the parent checks decode clocks while it waits for events
+
+# events
+
+
+@dataclass
+class ClipEvent:
+    """Clip `clip_index` of video `item` (position in the input sequence); a video's clips come in order."""
+
+    item: int
+    clip_index: int
+    clip: Clip
+
+
+@dataclass
+class DoneEvent:
+    """Video `item` is finished: after all its `num_clips` ClipEvents."""
+
+    item: int
+    meta: VideoMeta
+    num_clips: int
+    extras: dict[str, bytes]  # passthrough members of its tar sample
+
+
+@dataclass
+class FailEvent:
+    """Video `item` failed; `error` is one line. Any ClipEvents it sent before are to be discarded."""
+
+    item: int
+    error: str
+
+
+Event = ClipEvent | DoneEvent | FailEvent
+DecodeFn = Callable[[int, VideoItem, ClipSpec], Iterator[Event]]
+
+
+def decode_item(index: int, item: VideoItem, spec: ClipSpec, threads: int = 0) -> Iterator[Event]:
+    """One video's events: its ClipEvents, then one DoneEvent or FailEvent (a bad video is an event, not a raise)."""
+    try:
+        extras = read_extras(item)
+        meta, clips = iter_clips(read_video_bytes(item), spec, threads=threads)
+        count = 0
+        for clip in clips:
+            yield ClipEvent(index, count, clip)
+            count += 1
+        yield DoneEvent(index, meta, count, extras)
+    except LfqtokError as exc:
+        yield FailEvent(index, str(exc))
+    except Exception as exc:  # a decoder bug on one file must not end the run: it is that video's failure
+        yield FailEvent(index, " ".join(f"{type(exc).__name__}: {exc}".split()))
+
+
+# worker side
+
+
+def _worker_main(conn: Connection, clock: Any, spec: ClipSpec, decode: DecodeFn) -> None:
+    """Worker loop: receive (index, item), send its events; clock = decode start time, 0 while not decoding."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then kills us
+    while True:
+        clock.value = 0.0
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if task is None:
+            return
+        index, item = task
+        clock.value = time.monotonic()
+        for event in decode(index, item, spec):
+            clock.value = 0.0
+            conn.send(event)  # blocks while the parent holds enough events: not decode time
+            clock.value = time.monotonic()
+
+
+# parent side
+
+
+class _Worker:
+    """One decode process, its pipe, its decode clock and the item it is on."""
+
+    def __init__(self, ctx: Any, spec: ClipSpec, decode: DecodeFn):
+        self.conn, child = ctx.Pipe()
+        self.clock = ctx.Value("d", 0.0, lock=False)
+        self.proc = ctx.Process(target=_worker_main, args=(child, self.clock, spec, decode), daemon=True, name="lfqtok-decode")
+        self.proc.start()
+        child.close()
+        self.task: tuple[int, VideoItem] | None = None  # what it is on
+        self.started = False  # whether it sent an event for its task yet
+
+    @property
+    def item(self) -> int | None:
+        return self.task[0] if self.task is not None else None
+
+    def give(self, task: tuple[int, VideoItem] | None) -> None:
+        self.task, self.started = task, False
+        if task is not None:
+            try:
+                self.conn.send(task)
+            except OSError:
+                pass  # it died: found through its sentinel, and the task goes to another worker
+
+    def received(self, event: Event, tasks: "_Tasks") -> None:
+        self.started = True
+        if not isinstance(event, ClipEvent):
+            self.give(tasks.next())
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=10)
+        self.conn.close()
+
+
+class _Tasks:
+    """(index, item) pairs still to decode: retries first (a task a worker died before starting), then in order."""
+
+    def __init__(self, items: Sequence[VideoItem]):
+        self.items, self.retry = iter(enumerate(items)), deque()
+        self.retried: set[int] = set()  # a task is retried once: a worker that dies at start-up fails it
+
+    def next(self) -> tuple[int, VideoItem] | None:
+        return self.retry.popleft() if self.retry else next(self.items, None)
+
+
+class DecodePool:
+    """Decodes videos into clip events in `workers` processes (0: inline in this process, no timeout).
+
+    Use as a context manager: leaving it kills every worker, also on exceptions and KeyboardInterrupt.
+    `decode` replaces the per-video function run in the workers (a picklable, module-level function; tests
+    use it to simulate hangs and crashes).
+    """
+
+    def __init__(
+        self,
+        spec: ClipSpec,
+        workers: int,
+        timeout: float = 60.0,  # seconds of decode time without a new clip before the worker is killed
+        max_pending_clips: int = 64,  # events decoded but not yet taken by the consumer, at most (about)
+        *,
+        decode: DecodeFn | None = None,
+    ):
+        if workers < 0:
+            raise UsageError(f"--workers must be >= 0, got {workers}")
+        if timeout <= 0:
+            raise UsageError(f"--video-timeout must be > 0, got {timeout}")
+        if max_pending_clips < 1:
+            raise UsageError(f"max_pending_clips must be >= 1, got {max_pending_clips}")
+        self.spec, self.workers, self.timeout, self.max_pending = spec, workers, timeout, max_pending_clips
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))  # decoder threads per worker: no oversubscription
+        self.decode = decode or functools.partial(decode_item, threads=threads)
+        self._ctx = mp.get_context("spawn")  # never fork a parent that may hold torch / CUDA state
+        self._pool: list[_Worker] = []
+
+    def __enter__(self) -> "DecodePool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Kill every worker (they hold nothing worth saving) and wait for them."""
+        for worker in self._pool:
+            worker.stop()
+        self._pool.clear()
+
+    def run(self, items: Sequence[VideoItem]) -> Iterator[Event]:
+        """Events for every item: per video its ClipEvents in order, then exactly one DoneEvent or FailEvent."""
+        if self.workers == 0:
+            for index, item in enumerate(items):
+                yield from self.decode(index, item, self.spec)
+            return
+        tasks = _Tasks(items)
+        pending: deque[Event] = deque()
+        open_items = len(items)
+        try:
+            while len(self._pool) < min(self.workers, len(items)):
+                self._pool.append(self._start(tasks))
+            while open_items:
+                if len(pending) < self.max_pending:
+                    self._collect(pending, tasks, block=not pending)
+                if pending:
+                    event = pending.popleft()
+                    open_items -= not isinstance(event, ClipEvent)
+                    yield event
+        except BaseException:
+            self.close()  # a consumer that stops early or fails: no worker outlives it
+            raise
+
+    # helpers
+
+    def _start(self, tasks: _Tasks) -> _Worker:
+        worker = _Worker(self._ctx, self.spec, self.decode)
+        worker.give(tasks.next())
+        return worker
+
+    def _replace(self, worker: _Worker, tasks: _Tasks) -> None:
+        worker.stop()
+        self._pool[self._pool.index(worker)] = self._start(tasks)
+
+    def _collect(self, pending: deque[Event], tasks: _Tasks, block: bool) -> None:
+        """Read what the workers sent (one event each), then fail and replace dead or timed-out workers."""
+        busy = [w for w in self._pool if w.task is not None]
+        ready = set(wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], POLL_SECONDS if block else 0))
+        for worker in busy:
+            if worker.conn in ready:
+                try:
+                    event = worker.conn.recv()
+                except (EOFError, OSError):
+                    continue  # it died: handled through its sentinel
+                pending.append(event)
+                worker.received(event, tasks)
+        for worker in busy:
+            if not worker.proc.is_alive():
+                self._drain(worker, pending)
+                if worker.task is not None and not worker.started and worker.clock.value == 0 and worker.item not in tasks.retried:
+                    tasks.retry.append(worker.task)  # died between videos: this one never started
+                    tasks.retried.add(worker.item)
+                elif worker.task is not None:
+                    pending.append(FailEvent(worker.item, f"decoder process died (exit code {worker.proc.exitcode})"))
+                self._replace(worker, tasks)
+            elif worker.task is not None and 0 < worker.clock.value < time.monotonic() - self.timeout:
+                pending.append(FailEvent(worker.item, f"decode timed out after {self.timeout:g} s"))
+                self._replace(worker, tasks)
+
+    def _drain(self, worker: _Worker, pending: deque[Event]) -> None:
+        """Events a worker sent before it died, in order; its item is finished if one of them says so."""
+        try:
+            while worker.task is not None and worker.conn.poll():
+                event = worker.conn.recv()
+                pending.append(event)
+                worker.started = True
+                if not isinstance(event, ClipEvent):
+                    worker.task = None
+        except (EOFError, OSError):
+            pass
