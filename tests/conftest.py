@@ -1,0 +1,36 @@
+"""Shared fixtures: synthetic videos (tests/videos.py, importable as `videos`) and the real test data dir."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # `from videos import make_video` in any test module
+
+from videos import make_video  # noqa: E402
+
+DATA = Path("/work/shared/data/videos")
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory) -> Path:
+    """A small directory of synthetic videos: landscape, portrait, VP9 WebM, one shorter than a clip, a non-video."""
+    root = tmp_path_factory.mktemp("videos")
+    make_video(root / "wide.mp4", frames=40, width=96, height=64, fps=24)
+    make_video(root / "sub" / "tall.webm", frames=20, width=48, height=80, fps=12, codec="libvpx-vp9")
+    make_video(root / "short.MP4", frames=5, width=40, height=40, fps=10)
+    (root / "notes.txt").write_text("not a video")
+    return root
+
+
+@pytest.fixture(scope="session")
+def real_videos() -> Path:
+    """/work/shared/data/videos (train, eval, edge); tests using it are skipped where it is absent."""
+    if not DATA.is_dir():
+        pytest.skip(f"{DATA} not present")
+    return DATA
+
+
+__all__ = ["make_video"]
