@@ -1,0 +1,153 @@
+"""decode_samples: previews in mp4 / gif / png with the right frame counts (read back with PyAV), PSNR and SSIM
+values on known inputs, a missing source, and tokenizer checks against the manifest's sha256."""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from lfqtok.decode import PSNR_CAP, SSIM_C1, decode_samples, psnr, ssim_frames
+from lfqtok.errors import InputError, ModelError, UsageError
+from lfqtok.model import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
+from lfqtok.shards import MANIFEST_NAME, ShardWriter, build_manifest, prepare_output
+from lfqtok.video import ClipSpec, iter_clips
+
+SIZE, FRAMES = 32, 9
+SPEC = ClipSpec(size=SIZE, clip_frames=FRAMES)
+
+
+def make_video(path: Path, frames: int, width: int = 48, height: int = 40, fps: int = 12) -> Path:
+    """A moving colour gradient, h264 yuv420p."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        yy, xx = np.mgrid[0:height, 0:width]
+        for i in range(frames):
+            rgb = np.stack([(xx * 5 + i * 8) % 256, (yy * 6) % 256, np.full_like(xx, 40 + i * 4)], -1).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_tokenizer(Tokenizer(TokenizerConfig.tiny()), path)
+    return str(path)
+
+
+def encode_dir(out: Path, model: str, video: Path, sha256: str | None = None) -> Path:
+    """A token dir made the encode way: manifest, one shard with the video's sample and one whose source is gone."""
+    tok = load_tokenizer(model)
+    _, clips = iter_clips(str(video), SPEC)
+    clips = list(clips)
+    ids = tok.encode(torch.from_numpy(np.stack([c.frames for c in clips]))).numpy()  # (clips, t, h, w)
+    manifest = build_manifest(codebook_size=tok.codebook_size, num_codebooks=1, tokenizer_name=model,
+                              tokenizer_sha256=sha256 or tok.sha256, tokenizer_config=tok.config.to_dict(),
+                              clip_frames=FRAMES, size=SIZE, token_shape=list(ids.shape[1:]), extra={"clip": asdict(SPEC)})
+    prepare_output(out, manifest, overwrite=False)
+    with ShardWriter(out, 0, np.uint16) as writer:
+        writer.write("clip", ids, {"source": str(video), "frame_indices": [c.frame_indices for c in clips], "fps": 12.0})
+        writer.write("gone", ids[:1], {"source": str(video.parent / "deleted.mp4"), "fps": 12.0})
+        writer.finish({"samples": 2})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokens(tmp_path_factory, model) -> Path:
+    root = tmp_path_factory.mktemp("tok")
+    return encode_dir(root / "tok", model, make_video(root / "v.mp4", frames=20))
+
+
+def frame_count(path: Path) -> tuple[int, int, int]:
+    """(frames, width, height) decoded by PyAV."""
+    with av.open(str(path)) as container:
+        frames = [f for f in container.decode(video=0)]
+    return len(frames), frames[0].width, frames[0].height
+
+
+# previews
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "gif", "png"])
+@pytest.mark.parametrize("compare", [False, True])
+def test_previews_have_every_decoded_frame(tmp_path, tokens, fmt, compare):
+    rows = decode_samples(tokens, tmp_path / "prev", fmt=fmt, compare=compare, device="cpu", batch_size=1)
+    clip, gone = rows
+    assert clip["key"] == "clip" and clip["clips"] == 2 and clip["frames"] == 2 * FRAMES  # 20 frames -> 2 clips
+    n, width, height = frame_count(Path(clip["output"]))
+    side = 2 if compare else 1  # source | reconstruction
+    if fmt == "png":  # contact sheet: a row of FRAMES frames per clip
+        assert (n, width, height) == (1, FRAMES * SIZE * side, 2 * SIZE)
+    else:
+        assert (n, width, height) == (2 * FRAMES, SIZE * side, SIZE)
+    assert Path(gone["output"]).exists() and gone["frames"] == FRAMES
+
+
+def test_scores_against_the_readable_source_and_none_for_a_missing_one(tmp_path, tokens):
+    clip, gone = decode_samples(tokens, tmp_path / "prev", fmt="png", device="cpu")
+    assert 5 < clip["psnr"] < PSNR_CAP and -1 <= clip["ssim"] <= 1 and clip["note"] is None
+    assert gone["psnr"] is None and gone["ssim"] is None and "deleted.mp4" in gone["note"]
+    assert json.loads(json.dumps(clip)) == clip  # valid JSON, no NaN/inf
+
+
+def test_keys_and_limit_pick_samples(tmp_path, tokens):
+    assert [r["key"] for r in decode_samples(tokens, tmp_path / "a", keys=["gone"], fmt="png", device="cpu")] == ["gone"]
+    assert [r["key"] for r in decode_samples(tokens, tmp_path / "b", limit=1, fmt="png", device="cpu")] == ["clip"]
+    with pytest.raises(InputError, match="nope"):
+        decode_samples(tokens, tmp_path / "c", keys=["nope"], device="cpu")
+    with pytest.raises(UsageError):
+        decode_samples(tokens, tmp_path / "d", fmt="avi", device="cpu")
+
+
+def test_batch_size_does_not_change_the_output(tmp_path, tokens):
+    one = decode_samples(tokens, tmp_path / "one", fmt="png", device="cpu", batch_size=1)
+    many = decode_samples(tokens, tmp_path / "many", fmt="png", device="cpu", batch_size=3)
+    assert one[0]["psnr"] == pytest.approx(many[0]["psnr"], abs=0.01)  # CPU convs may round a pixel differently
+    assert [r["frames"] for r in one] == [r["frames"] for r in many]
+
+
+# tokenizer checks
+
+
+def test_a_tokenizer_that_is_not_the_manifests_is_refused_unless_explicit(tmp_path, model):
+    out = encode_dir(tmp_path / "tok", model, make_video(tmp_path / "v.mp4", frames=9), sha256="0" * 64)
+    with pytest.raises(ModelError, match="sha256"):
+        decode_samples(out, tmp_path / "prev", device="cpu")
+    [row, _] = decode_samples(out, tmp_path / "prev", model=model, fmt="gif", device="cpu")
+    assert "differs" in row["note"] and row["psnr"] is not None
+
+
+def test_no_manifest_needs_an_explicit_model(tmp_path, model, tokens):
+    shard = tmp_path / "alone" / "00000.tar"
+    shard.parent.mkdir()
+    shard.write_bytes((tokens / "00000.tar").read_bytes())
+    with pytest.raises(ModelError, match="--model"):
+        decode_samples(shard, tmp_path / "prev", device="cpu")
+    rows = decode_samples(shard, tmp_path / "prev", model=model, fmt="png", device="cpu")
+    assert rows[0]["psnr"] is not None and "not checked" in rows[0]["note"]
+    assert not (tmp_path / "alone" / MANIFEST_NAME).exists()
+
+
+# metrics
+
+
+def test_psnr_of_identical_frames_is_the_cap_and_of_known_noise_is_exact():
+    assert psnr(0.0, 100) == PSNR_CAP
+    noise = np.where(np.arange(64 * 3) % 2, 4.0, -4.0)  # every value off by 4: MSE 16
+    assert psnr(float((noise**2).sum()), noise.size) == pytest.approx(10 * np.log10(255**2 / 16))
+
+
+def test_ssim_of_identical_and_of_constant_frames():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
+    assert np.allclose(ssim_frames(frames, frames), 1.0)
+    a, b = np.full((1, 16, 16, 3), 100, np.uint8), np.full((1, 16, 16, 3), 150, np.uint8)
+    expected = (2 * 100 * 150 + SSIM_C1) / (100**2 + 150**2 + SSIM_C1)  # luminance term only: no variance
+    assert ssim_frames(a, b)[0] == pytest.approx(expected)
+    assert ssim_frames(frames, 255 - frames).mean() < 0.1
