@@ -1,0 +1,402 @@
+"""Ray engine: shard jobs run on GPU actors (one `ShardEncoder` each, model loaded once per actor), fed by CPU
+decode tasks anywhere in the cluster (`RayDecodePool`: one streaming Ray task per video).
+
+The driver deals shards to actors with bounded in-flight work and sums their progress. A shard whose actor
+died (node lost, OOM-killed) is retried on another actor: safe, because a shard is finished exactly when its
+`_stats.json` exists, and a rerun of a shard overwrites its temp files.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+from .errors import LfqtokError, UsageError, VideoError
+from .pool import ClipEvent, DoneEvent, FailEvent
+from .sources import ShardJob, VideoItem, read_extras, read_video_bytes
+from .video import Clip, ClipSpec, VideoMeta, iter_clips
+
+if TYPE_CHECKING:  # encode.py imports torch: decode tasks import this module and must stay light
+    from .encode import Counters, EncodeConfig, ProgressFn, ShardResult
+
+MAX_RETRIES = 2  # a shard whose actor died runs at most 1 + MAX_RETRIES times
+SHARDS_PER_ACTOR = 2  # in flight per actor: the next shard decodes while the last one's tail is encoded
+CLIPS_AHEAD = 4  # clips a decode task may run ahead of its consumer (Ray generator backpressure)
+POLL_SECONDS = 0.5  # how often the driver collects progress from the actors
+ACTOR_START_TIMEOUT = 600.0  # seconds without any live actor before the run gives up (cluster too small)
+INSTALL_HINT = '--engine ray needs Ray, which is not installed: pip install "lfqtok[ray]"'
+
+# helpers
+
+
+def import_ray():
+    """Ray is an optional extra: without it, `--engine ray` is one clear usage error."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(INSTALL_HINT) from None
+    return ray
+
+
+@contextmanager
+def connected(address: str | None) -> Iterator[Any]:
+    """Start a local cluster (None) or join one ('auto', 'host:port', 'ray://...'); a driver that was already
+    connected stays so, and leaving only disconnects this driver (a joined cluster keeps running)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    options = {"include_dashboard": False} if address is None else {}
+    try:
+        ray.init(address=address, log_to_driver=False, **options)
+    except (ConnectionError, TimeoutError, ValueError) as exc:
+        raise UsageError(f"--ray-address {address}: cannot connect to a Ray cluster ({exc}); start one with `ray start --head`") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def absolute_jobs(jobs: Sequence[ShardJob]) -> list[ShardJob]:
+    """Workers run in other directories (and on other machines): every path they open must be absolute."""
+    absolute = lambda item: replace(item, path=os.path.abspath(item.path))
+    return [replace(job, items=tuple(map(absolute, job.items))) for job in jobs]
+
+
+def absolute_model(model: str) -> str:
+    return os.path.abspath(model) if os.path.isfile(model) else model
+
+
+# decode tasks
+
+
+@dataclass(frozen=True)
+class _Done:
+    """Last value of a decode task that succeeded."""
+
+    meta: VideoMeta
+    num_clips: int
+    extras: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """Last value of a decode task whose video could not be decoded."""
+
+    error: str
+
+
+def decode_video(item: VideoItem, spec: ClipSpec) -> Iterator[Clip | _Done | _Failed]:
+    """Body of one decode task: the video's clips in order, then its verdict (a bad video is a value, not a raise)."""
+    count = 0
+    try:
+        meta, clips = iter_clips(read_video_bytes(item), spec)
+        for clip in clips:
+            yield clip
+            count += 1
+        yield _Done(meta, count, read_extras(item))
+    except (VideoError, LfqtokError, OSError) as exc:
+        yield _Failed(str(exc) if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}")
+
+
+@functools.lru_cache(maxsize=None)
+def _remote(fn: Callable[..., Iterator[Any]]):
+    """`fn` as a streaming Ray task: one CPU, retried once if its worker or node dies (replayed, not repeated)."""
+    ray = import_ray()
+    return ray.remote(num_cpus=1, max_retries=1, _generator_backpressure_num_objects=CLIPS_AHEAD)(fn)
+
+
+@dataclass
+class _Decoding:
+    """One video whose decode task is in flight."""
+
+    item: int
+    stream: Any  # ray.ObjectRefGenerator
+    clips: int = 0
+    stalled: float = 0.0  # seconds waited on it since its last value
+
+
+class RayDecodePool:
+    """`DecodePool`'s interface, with each video decoded by a Ray task on any node (`num_cpus=1`).
+
+    At most `workers` videos in flight (0 counts as 1), each at most CLIPS_AHEAD clips ahead of the consumer.
+    Events per video: its ClipEvents in order, then one DoneEvent or FailEvent; a task that yields nothing for
+    `timeout` seconds of waiting (time the consumer spends elsewhere does not count) is killed -> FailEvent.
+    """
+
+    decode: Callable[[VideoItem, ClipSpec], Iterator[Any]] = staticmethod(decode_video)  # tests swap in fakes
+
+    def __init__(self, spec: ClipSpec, workers: int, timeout: float = 60.0):
+        self.spec, self.workers, self.timeout = spec, max(1, workers), timeout
+        self.active: list[_Decoding] = []
+
+    def __enter__(self) -> "RayDecodePool":
+        self.ray = import_ray()
+        self.task = _remote(type(self).decode)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for running in self.active:
+            self.ray.cancel(running.stream, force=True)
+        self.active.clear()
+
+    def run(self, items: Sequence[VideoItem]) -> Iterator[ClipEvent | DoneEvent | FailEvent]:
+        todo = deque(enumerate(items))
+        while todo or self.active:
+            while todo and len(self.active) < self.workers:
+                index, item = todo.popleft()
+                self.active.append(_Decoding(index, self.task.remote(item, self.spec)))
+            for running in self._wait():
+                event = self._next_event(running)
+                if not isinstance(event, ClipEvent):
+                    self.active.remove(running)
+                yield event
+            for running in [r for r in self.active if r.stalled >= self.timeout]:
+                self.ray.cancel(running.stream, force=True)
+                self.active.remove(running)
+                yield FailEvent(running.item, f"decode timed out after {self.timeout:g} s")
+
+    # helpers
+
+    def _wait(self) -> list[_Decoding]:
+        """The videos with a value ready, oldest first (the writer emits in input order); blocks until one is."""
+        streams = [r.stream for r in self.active]
+        started = time.monotonic()
+        ready, _ = self.ray.wait(streams, num_returns=len(streams), timeout=0)
+        if not ready:
+            patience = self.timeout - max(r.stalled for r in self.active)
+            ready, _ = self.ray.wait(streams, num_returns=1, timeout=max(0.01, patience))
+        waited = time.monotonic() - started
+        for running in self.active:
+            running.stalled += waited
+        ready_ids = set(map(id, ready))
+        return [r for r in self.active if id(r.stream) in ready_ids]
+
+    def _next_event(self, running: _Decoding) -> ClipEvent | DoneEvent | FailEvent:
+        running.stalled = 0.0
+        try:
+            value = self.ray.get(next(running.stream))
+        except StopIteration:
+            return FailEvent(running.item, "decoder stopped without a result")
+        except self.ray.exceptions.RayError as exc:
+            return FailEvent(running.item, f"decoder process died ({type(exc).__name__})")
+        if isinstance(value, _Done):
+            return DoneEvent(running.item, value.meta, value.num_clips, value.extras)
+        if isinstance(value, _Failed):
+            return FailEvent(running.item, value.error)
+        running.clips += 1
+        return ClipEvent(running.item, running.clips - 1, value)
+
+
+# encode actors
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many encode actors, what each reserves, and how many decode tasks each shard keeps in flight."""
+
+    actors: int
+    num_gpus: int
+    num_cpus: int
+    device: str
+    decode_tasks: int
+
+
+def plan_actors(resources: dict[str, float], device: str, workers: int | None, num_jobs: int) -> ActorPlan:
+    """One actor per GPU of the cluster (CPU actors, one per 4 cores, when it has none or `device` is 'cpu');
+    the remaining cores decode, shared by the shards in flight unless `workers` fixes the tasks per shard."""
+    gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+    on_gpu = gpus > 0 and device != "cpu"
+    if device.startswith("cuda") and not on_gpu:
+        raise UsageError(f"--device {device}: the Ray cluster has no GPUs (use --device auto or cpu)")
+    actors = max(1, min(num_jobs, gpus if on_gpu else cpus // 4))
+    actor_cpus = 1 if cpus >= 2 * actors else 0  # never take the cores the decode tasks need
+    spare = max(1, cpus - actors * actor_cpus)
+    decode = workers if workers is not None else max(1, spare // (actors * SHARDS_PER_ACTOR))
+    return ActorPlan(actors, int(on_gpu), actor_cpus, "cuda" if on_gpu else "cpu", decode)
+
+
+class EncodeActor:
+    """Holds one ShardEncoder (model loaded once, in `ready`) and the live counters of the shards it encodes."""
+
+    def __init__(self, config: "EncodeConfig", out: str, device: str):
+        from .encode import ShardEncoder
+
+        self.encoder = ShardEncoder(config, out, device, pool_factory=RayDecodePool)
+        self.live: dict[int, Counters] = {}
+
+    def ready(self) -> str:
+        """Load the model now: a model error surfaces here as itself, before any shard is dealt."""
+        tok = self.encoder.tokenizer
+        return f"{os.uname().nodename}:{next(tok.parameters()).device}"
+
+    def encode(self, job: ShardJob) -> list[ShardResult]:
+        def report(counters: Counters) -> None:
+            self.live[job.index] = counters
+
+        try:
+            return self.encoder([job], on_progress=report)
+        finally:
+            self.live.pop(job.index, None)
+
+    def progress(self) -> dict[int, Counters]:
+        return dict(self.live)
+
+
+@dataclass
+class _Slot:
+    """One actor as the driver sees it: started (ready call pending) -> live -> dead."""
+
+    handle: Any
+    ready: Any  # ObjectRef of its `ready()` call until it answered, then None
+    running: int = 0
+    live: dict[int, Any] = field(default_factory=dict)  # its last progress report: shard -> Counters
+    poll: Any = None  # ObjectRef of its pending `progress()` call
+
+    @property
+    def usable(self) -> bool:
+        return self.ready is None and self.running < SHARDS_PER_ACTOR
+
+
+class Dispatcher:
+    """Deals shard jobs to encode actors, retries the shards of actors that died, sums progress."""
+
+    def __init__(self, ray: Any, config: "EncodeConfig", out: str, plan: ActorPlan, actor_cls: type = EncodeActor):
+        self.ray, self.plan = ray, plan
+        remote_cls = ray.remote(actor_cls).options(
+            num_gpus=plan.num_gpus, num_cpus=plan.num_cpus, max_concurrency=SHARDS_PER_ACTOR + 1, max_restarts=0
+        )
+        self.spawn = lambda: remote_cls.remote(config, out, plan.device)
+        self.slots: list[_Slot] = []
+        self.running: dict[Any, tuple[ShardJob, int, _Slot]] = {}  # ObjectRef -> (job, attempt, slot)
+        self.results: list[ShardResult] = []
+
+    def run(self, jobs: Sequence[ShardJob], on_progress: "ProgressFn | None") -> list[ShardResult]:
+        from .encode import Counters
+
+        total = Counters(videos_total=sum(len(j.items) for j in jobs))
+        todo: deque[tuple[ShardJob, int]] = deque((job, 0) for job in jobs)  # (job, attempt)
+        for _ in range(self.plan.actors):
+            self._start_actor()
+        last_live = time.monotonic()
+        try:
+            while todo or self.running:
+                self._deal(todo)
+                self._wait(todo)
+                if any(s.ready is None for s in self.slots):
+                    last_live = time.monotonic()
+                elif time.monotonic() - last_live > ACTOR_START_TIMEOUT:
+                    raise LfqtokError(
+                        f"no encode actor could start on the Ray cluster in {ACTOR_START_TIMEOUT:g} s "
+                        f"(needs {self.plan.num_gpus} GPU, {self.plan.num_cpus} CPU each); finished shards are kept"
+                    )
+                if on_progress is not None:
+                    on_progress(self._progress(total))
+        finally:
+            for slot in self.slots:
+                self.ray.kill(slot.handle)
+        if on_progress is not None:
+            on_progress(self._progress(total))
+        return self.results
+
+    # helpers
+
+    def _start_actor(self) -> None:
+        handle = self.spawn()
+        self.slots.append(_Slot(handle, handle.ready.remote()))
+
+    def _deal(self, todo: deque) -> None:
+        """Each waiting shard goes to the least busy live actor (a dead one is gone from `slots` already)."""
+        while todo:
+            usable = [s for s in self.slots if s.usable]
+            if not usable:
+                return
+            slot = min(usable, key=lambda s: s.running)
+            job, attempt = todo.popleft()
+            slot.running += 1
+            self.running[slot.handle.encode.remote(job)] = (job, attempt, slot)
+
+    def _wait(self, todo: deque) -> None:
+        starting = {s.ready: s for s in self.slots if s.ready is not None}
+        waitables = list(self.running) + list(starting)
+        ready, _ = self.ray.wait(waitables, num_returns=1, timeout=POLL_SECONDS)
+        for ref in ready:
+            if ref in starting:
+                self._started(starting[ref])
+            else:
+                self._finished(ref, todo)
+
+    def _started(self, slot: _Slot) -> None:
+        try:
+            self.ray.get(slot.ready)
+        except self.ray.exceptions.RayTaskError as exc:  # the model could not be loaded: same on every actor
+            raise _cause(exc, "an encode actor failed to start") from None
+        except self.ray.exceptions.RayError:  # died while starting (node lost): start another
+            self.slots.remove(slot)
+            self._start_actor()
+            return
+        slot.ready = None
+
+    def _finished(self, ref: Any, todo: deque) -> None:
+        job, attempt, slot = self.running.pop(ref)
+        slot.running -= 1
+        try:
+            self.results.extend(self.ray.get(ref))
+        except self.ray.exceptions.RayTaskError as exc:  # the shard itself failed (disk full, CUDA OOM, ...)
+            raise _cause(exc, f"shard {job.index} failed") from None
+        except self.ray.exceptions.RayError as exc:  # the actor died: its shards go to the others
+            if attempt >= MAX_RETRIES:
+                raise LfqtokError(
+                    f"shard {job.index} failed {attempt + 1} times ({type(exc).__name__}: its encode actor died); "
+                    "finished shards are kept, rerun to resume"
+                ) from None
+            todo.appendleft((job, attempt + 1))
+            if slot in self.slots:
+                self.slots.remove(slot)
+                self.ray.kill(slot.handle)
+                self._start_actor()
+
+    def _progress(self, total: "Counters") -> "Counters":
+        """Finished shards' counts plus the live counters of the shards still running (on the actor they run on)."""
+        for slot in self.slots:
+            if slot.poll is not None and self.ray.wait([slot.poll], timeout=0)[0]:
+                try:
+                    slot.live = self.ray.get(slot.poll)
+                except self.ray.exceptions.RayError:
+                    slot.live = {}
+                slot.poll = None
+            if slot.poll is None and slot.ready is None:
+                slot.poll = slot.handle.progress.remote()
+        from .encode import Counters
+        from .engines import _counts, _sum_into
+
+        running = {(id(slot), job.index) for job, _, slot in self.running.values()}
+        live = [c for slot in self.slots for shard, c in slot.live.items() if (id(slot), shard) in running]
+        _sum_into(total, [Counters(**_counts(self.results)), *live])
+        return total
+
+
+def _cause(exc: Any, what: str) -> LfqtokError:
+    """The error raised inside a Ray task, as the one-line LfqtokError the CLI prints."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, LfqtokError):
+        return cause
+    return LfqtokError(f"{what}: {type(cause).__name__}: {cause}" if cause is not None else f"{what}: {exc}")
+
+
+# the entry point
+
+
+def run_ray(config: "EncodeConfig", out: str | Path, jobs: Sequence[ShardJob], on_progress: "ProgressFn | None" = None) -> list[ShardResult]:
+    """Run shard jobs on a Ray cluster (`config.ray_address`); results come back as the local engine's do."""
+    with connected(config.ray_address) as ray:
+        plan = plan_actors(ray.cluster_resources(), config.device, config.workers, len(jobs))
+        config = replace(config, workers=plan.decode_tasks, model=absolute_model(config.model))
+        dispatcher = Dispatcher(ray, config, os.path.abspath(out), plan)
+        return dispatcher.run(absolute_jobs(jobs), on_progress)

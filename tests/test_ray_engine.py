@@ -1,0 +1,215 @@
+"""`--engine ray` on a local 2-CPU Ray cluster: the same bytes as the local engine, a dead actor's shard retried,
+decode tasks that hang or crash become failures; plus the actor plan and the missing-Ray message (no cluster)."""
+
+import json
+import os
+import re
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+import lfqtok
+from lfqtok.encode import EncodeConfig, ShardEncoder
+from lfqtok.errors import UsageError
+from lfqtok.model import Tokenizer, TokenizerConfig, save_tokenizer
+from lfqtok.pool import ClipEvent, DoneEvent, FailEvent
+from lfqtok.ray_engine import EncodeActor, RayDecodePool, _Done, plan_actors
+from lfqtok.sources import list_items
+from lfqtok.video import ClipSpec
+
+SIZE, FRAMES = 32, 9
+OPTIONS = {"size": SIZE, "clip_frames": FRAMES, "batch_size": 3, "device": "cpu", "samples_per_shard": 2}
+
+# helpers
+
+
+def make_video(path: Path, frames: int, width: int, height: int, fps: int) -> None:
+    """A deterministic moving gradient, written with PyAV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        y, x = np.mgrid[:height, :width]
+        for i in range(frames):
+            rgb = np.stack([(x * 4 + i * 9) % 256, (y * 5 + i * 3) % 256, ((x + y) * 2) % 256], -1).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def output_files(out: Path) -> dict[str, object]:
+    """Every output file: tar members with their bytes, JSON files parsed (stats without wall-clock seconds)."""
+    files: dict[str, object] = {}
+    for path in sorted(out.iterdir()):
+        if path.suffix == ".tar":
+            with tarfile.open(path) as tar:
+                files[path.name] = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+        else:
+            data = json.loads(path.read_text())
+            data.pop("seconds", None)
+            files[path.name] = data
+    return files
+
+
+@pytest.fixture(scope="module")
+def ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_tokenizer(Tokenizer(TokenizerConfig.tiny()), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("videos")
+    make_video(root / "a.mp4", frames=30, width=64, height=48, fps=24)
+    make_video(root / "b" / "b.mp4", frames=20, width=48, height=64, fps=12)
+    make_video(root / "c.mp4", frames=5, width=40, height=40, fps=10)  # shorter than a clip: padded
+    (root / "d.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")  # a failure, recorded in the stats
+    return root
+
+
+# the engine
+
+
+def test_ray_writes_the_same_shards_as_local(tmp_path, ray, model, videos):
+    local = lfqtok.encode_dataset([str(videos)], tmp_path / "local", model=model, workers=0, **OPTIONS)
+    seen = []
+    remote = lfqtok.encode_dataset(
+        [str(videos)], tmp_path / "ray", model=model, engine="ray", on_progress=lambda c: seen.append(c.videos_done), **OPTIONS
+    )
+    assert (remote.shards_written, remote.videos_ok, remote.videos_failed) == (2, 3, 1)
+    assert (remote.clips, remote.tokens, remote.failures) == (local.clips, local.tokens, local.failures)
+    ray_files, local_files = output_files(tmp_path / "ray"), output_files(tmp_path / "local")
+    assert sorted(ray_files) == ["00000.tar", "00000_stats.json", "00001.tar", "00001_stats.json", "lfqtok.json"]
+    assert ray_files == local_files  # every member, every token byte
+    assert seen and seen[-1] == 3 and seen == sorted(seen)
+    deadline = time.monotonic() + 10
+    while ray.available_resources().get("CPU") != 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU") == 2  # the run's actors and tasks are gone, the cluster stays
+
+
+class DiesOnce(EncodeActor):
+    """An encode actor whose process dies in the middle of its first shard, the first time only."""
+
+    def encode(self, job):
+        marker = Path(self.encoder.out).parent / f"died-{job.index}"
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return super().encode(job)
+
+
+def test_a_shard_whose_actor_died_is_retried(tmp_path, ray, model, videos):
+    from ray import cloudpickle
+
+    from lfqtok.ray_engine import ActorPlan, Dispatcher
+    from lfqtok.sources import plan_shards
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    out = tmp_path / "out"
+    out.mkdir()
+    config = EncodeConfig(model=model, workers=1, **OPTIONS)
+    jobs = plan_shards(list_items([str(videos)]), 2)
+    plan = ActorPlan(actors=1, num_gpus=0, num_cpus=1, device="cpu", decode_tasks=1)
+    results = Dispatcher(ray, config, str(out), plan, actor_cls=DiesOnce).run(jobs, on_progress=None)
+    assert sorted(r.shard for r in results) == [0, 1]
+    assert sorted((tmp_path).glob("died-*")) and sorted(p.name for p in out.iterdir()) == [
+        "00000.tar", "00000_stats.json", "00001.tar", "00001_stats.json"
+    ]  # no temp file of the dead attempt is left
+
+
+# decode tasks
+
+
+def fake_decode(item, spec):
+    """Two clips and a verdict, or (by file name) a decode that hangs or a decoder process that dies."""
+    name = Path(item.path).name
+    if name.startswith("hang"):
+        time.sleep(3600)
+    if name.startswith("crash"):
+        os._exit(3)
+    for i in range(2):
+        yield SimpleClip(np.full((1, 2, 2, 3), i, np.uint8), [i], 0)
+    yield _Done(meta=None, num_clips=2, extras={"txt": name.encode()})
+
+
+class SimpleClip:
+    def __init__(self, frames, frame_indices, padded):
+        self.frames, self.frame_indices, self.padded = frames, frame_indices, padded
+
+
+class FakeDecodePool(RayDecodePool):
+    decode = staticmethod(fake_decode)
+
+
+def test_decode_tasks_hang_and_crash_become_failures(tmp_path, ray):
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    for name in ("a", "hang", "crash", "b"):
+        (tmp_path / f"{name}.mp4").write_bytes(b"")
+    items = list_items([str(tmp_path)])
+    started = time.monotonic()
+    with FakeDecodePool(ClipSpec(size=8, clip_frames=1), workers=2, timeout=3.0) as pool:
+        events = list(pool.run(items))
+    names = [Path(item.path).stem for item in items]
+    by_name = {name: [e for e in events if e.item == i] for i, name in enumerate(names)}
+    for name in ("a", "b"):
+        assert [type(e) for e in by_name[name]] == [ClipEvent, ClipEvent, DoneEvent]
+        assert [e.clip_index for e in by_name[name][:2]] == [0, 1] and int(by_name[name][1].clip.frames[0, 0, 0, 0]) == 1
+        assert by_name[name][2].extras == {"txt": f"{name}.mp4".encode()}
+    assert [type(e) for e in by_name["hang"]] == [FailEvent] and by_name["hang"][0].error == "decode timed out after 3 s"
+    assert [type(e) for e in by_name["crash"]] == [FailEvent] and "decoder process died" in by_name["crash"][0].error
+    assert time.monotonic() - started < 30
+
+
+# without a cluster
+
+
+@pytest.mark.parametrize(
+    "resources, device, workers, jobs, expected",
+    [
+        ({"CPU": 64, "GPU": 8}, "auto", None, 100, (8, 1, 1, "cuda", 3)),  # one actor per GPU, 56 cores decode
+        ({"CPU": 64, "GPU": 8}, "auto", None, 3, (3, 1, 1, "cuda", 10)),  # never more actors than shards
+        ({"CPU": 64, "GPU": 8}, "cpu", 4, 100, (16, 0, 1, "cpu", 4)),  # --device cpu: CPU actors
+        ({"CPU": 2}, "auto", None, 5, (1, 0, 1, "cpu", 1)),  # this machine: one CPU actor, one decode core
+        ({"CPU": 1}, "auto", None, 5, (1, 0, 0, "cpu", 1)),  # the actor never takes the only decode core
+    ],
+)
+def test_actor_plan(resources, device, workers, jobs, expected):
+    plan = plan_actors(resources, device, workers, jobs)
+    assert (plan.actors, plan.num_gpus, plan.num_cpus, plan.device, plan.decode_tasks) == expected
+
+
+def test_cuda_on_a_cluster_without_gpus_is_a_usage_error():
+    with pytest.raises(UsageError, match="no GPUs"):
+        plan_actors({"CPU": 8}, "cuda", None, 4)
+
+
+def test_without_ray_installed_engine_ray_is_one_usage_error(tmp_path, monkeypatch, model, videos):
+    from typer.testing import CliRunner
+
+    from lfqtok.cli import app
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(UsageError, match=re.escape('pip install "lfqtok[ray]"')):
+        lfqtok.encode_dataset([str(videos)], tmp_path / "api", model=model, engine="ray", **OPTIONS)
+    args = ["encode", str(videos), "-o", str(tmp_path / "cli"), "--engine", "ray", "--model", model, "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("lfqtok: error: --engine ray needs Ray, which is not installed")
