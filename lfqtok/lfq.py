@@ -281,8 +281,9 @@ class LFQ(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             x = x.float().unflatten(-1, (self.num_codebooks, self.codebook_dim))  # (b, n, c, d)
             original = x
-            quantized = torch.where(x > 0, self.codebook_scale, -self.codebook_scale)
-            indices = ((x > 0) * self.mask).sum(-1)  # (b, n, c)
+            positive = x > 0
+            quantized = bits_to_codes(positive, self.codebook_scale)
+            indices = (positive * self.mask).sum(-1)  # (b, n, c)
             zero = x.new_zeros(())
             per_sample = batch = commitment = zero
             if self.training:
@@ -315,15 +316,15 @@ class LFQ(nn.Module):
     def quantize_eval(self, x: Tensor, is_img_or_video: bool, return_loss_breakdown: bool):
         """Eval without projections: sign + bit pack in the input layout, no entropy work, no codebook."""
         axis = 1 if is_img_or_video else x.ndim - 1
-        bits = x.unflatten(axis, (self.num_codebooks, self.codebook_dim)) > 0  # codebook bits at axis + 1
+        positive = x > 0
+        bits = positive.unflatten(axis, (self.num_codebooks, self.codebook_dim))  # codebook bits at axis + 1
         weights = self.mask.view(-1, *([1] * (x.ndim - axis - 1)))
         indices = (bits * weights).sum(axis + 1)  # (b, c, ...) or (b, n, c)
         if is_img_or_video:
             indices = indices.movedim(1, -1)
         if not self.keep_num_codebooks_dim:
             indices = indices.squeeze(-1)
-        scale = self.codebook_scale
-        quantized = torch.where(x > 0, scale, -scale).float()
+        quantized = bits_to_codes(positive, self.codebook_scale)
         zero = quantized.new_zeros(())
         ret = Return(quantized, indices, zero)
         return (ret, LossBreakdown(zero, zero, zero)) if return_loss_breakdown else ret
