@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - depends on the platform
 # without duration, so it never seeks here and everything else goes to PyAV.
 DECORD_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg"})
 DECORD_CHUNK = 16  # frames per decord read: small, so a huge fps-subsampling step never holds many frames
+TIE_SECONDS = 1e-4  # timestamps this close to a target count as equally near
 ALPHA_FORMATS = ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya")  # composited over black
 
 # config and results
@@ -255,6 +256,7 @@ def _sample(frames: Iterator[_Frame], fps: float | None) -> Iterator[_Frame]:
     """The frames nearest to times k / fps (k = 0, 1, ...; a frame repeats when fps is above the native rate).
 
     Online, holding one frame: a frame is dropped as soon as the next one is nearer to every later target.
+    Ties (within TIE_SECONDS, which absorbs float32 timestamps) go to the earlier frame.
     """
     if fps is None:
         yield from frames
@@ -263,7 +265,7 @@ def _sample(frames: Iterator[_Frame], fps: float | None) -> Iterator[_Frame]:
     for frame in frames:
         while k / fps <= frame.time:
             target = k / fps
-            yield prev if prev is not None and target - prev.time <= frame.time - target else frame
+            yield prev if prev is not None and target - prev.time <= frame.time - target + TIE_SECONDS else frame
             k += 1
         prev = frame
 
