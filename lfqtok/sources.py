@@ -218,7 +218,8 @@ def list_items(inputs: Sequence[str]) -> ItemList:
             raws.extend(_Raw(os.path.splitext(os.path.relpath(p, path))[0], p, p) for p in _walk(path))
         else:
             raws.append(_list_file(path, root))
-    raws.sort(key=lambda r: (r.path, r.member.offset if r.member else -1))
+    # duplicates (a file under two inputs) keep the key from the outermost root, whatever the input order
+    raws.sort(key=lambda r: (r.path, r.member.offset if r.member else -1, -len(r.base), r.base))
     unique = [r for i, r in enumerate(raws) if i == 0 or (r.path, r.member) != (raws[i - 1].path, raws[i - 1].member)]
     result = ItemList(_assign_keys(unique))
     result.skipped = skipped
