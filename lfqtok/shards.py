@@ -7,10 +7,14 @@ Reading needs only tarfile + numpy (webdataset, slow to import, is loaded only b
 
 from __future__ import annotations
 
+import ast
+import functools
 import io
 import json
+import math
 import os
 import re
+import struct
 import tarfile
 import time
 from pathlib import Path
@@ -360,10 +364,25 @@ def iter_members(path: Path, want: set[str] | None = None) -> Iterator[tuple[str
         yield key, sample
 
 
+@functools.lru_cache(maxsize=64)
+def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
+    """Parsed .npy header dict (cached: every sample of a shard has the same few headers)."""
+    d = ast.literal_eval(header.decode("latin1"))
+    return np.dtype(d["descr"]), tuple(d["shape"]), bool(d["fortran_order"])
+
+
 def load_npy(data: bytes, where: str) -> np.ndarray:
+    """.npy bytes -> a writable array, as np.load would (pickled object arrays refused), with the header parse cached."""
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+        if data[:6] != b"\x93NUMPY" or data[6] not in (1, 2, 3):
+            raise ValueError("no .npy magic")
+        size, start = (struct.unpack("<H", data[8:10])[0], 10) if data[6] == 1 else (struct.unpack("<I", data[8:12])[0], 12)
+        dtype, shape, fortran = _npy_header(bytes(data[start : start + size]))
+        if dtype.hasobject:
+            raise ValueError("object arrays are not token arrays")
+        flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start + size)
+        return flat.reshape(shape, order="F" if fortran else "C").copy()
+    except (ValueError, SyntaxError, KeyError, TypeError, struct.error) as exc:
         raise InputError(f"{where}: not a readable .npy array ({exc})") from None
 
 

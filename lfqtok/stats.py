@@ -85,6 +85,23 @@ class CodeCounts:
     def __post_init__(self) -> None:
         self.k = self.codebook_size or self.k
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (worker -> main) with a mostly-empty dense histogram as its nonzero bins, in the smallest dtypes."""
+        state = dict(self.__dict__)
+        if exists(self.dense):
+            flat = np.flatnonzero(self.dense)
+            values = self.dense.reshape(-1)[flat]
+            state["dense"] = (self.dense.shape, flat.astype(np.min_scalar_type(self.dense.size)),
+                              values.astype(np.min_scalar_type(int(values.max(initial=0)))))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if exists(state["dense"]):
+            shape, flat, values = state["dense"]
+            state["dense"] = np.zeros(shape, np.int64)
+            state["dense"].reshape(-1)[flat] = values
+        self.__dict__.update(state)
+
     def add(self, arr: np.ndarray, where: str) -> None:
         """Count one token array (n, t, h, w) [+ (c)]."""
         arr = as_4d(arr, where)
