@@ -196,10 +196,14 @@ class CodeCounts:
             self.dense = None
 
     def _merge_sparse(self, keys: np.ndarray, counts: np.ndarray) -> None:
-        keys, inverse = np.unique(np.concatenate([self.keys, keys]), return_inverse=True)
-        total = np.zeros(keys.size, np.int64)
-        np.add.at(total, inverse, np.concatenate([self.counts, counts]))
-        self.keys, self.counts = keys, total
+        """Add sorted unique (keys, counts) into the sorted sparse histogram: O(n + m log n), no re-sort."""
+        at = np.searchsorted(self.keys, keys)
+        seen = at < self.keys.size
+        seen[seen] = self.keys[at[seen]] == keys[seen]
+        self.counts[at[seen]] += counts[seen]
+        new = ~seen
+        self.keys = np.insert(self.keys, at[new], keys[new])
+        self.counts = np.insert(self.counts, at[new], counts[new].astype(np.int64))
 
 
 # per-shard work (runs in worker processes)
