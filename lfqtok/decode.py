@@ -8,6 +8,7 @@ re-read with the encode settings from the manifest, give PSNR/SSIM and (`compare
 from __future__ import annotations
 
 import struct
+import tarfile
 import zlib
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
@@ -283,11 +284,27 @@ def load_for(samples: Sequence[Sample], model: str | None, device: str) -> tuple
     return tok, None
 
 
+def source_video(source: Any) -> str | bytes | None:
+    """A sample's source: a video file path, or the bytes of "shard.tar:member" (a tar input's video); None if gone."""
+    if not isinstance(source, str) or not source:
+        return None
+    if Path(source).is_file():
+        return source
+    tar, _, member = source.rpartition(":")
+    if not tar or not Path(tar).is_file():
+        return None
+    try:
+        with tarfile.open(tar) as archive:
+            return archive.extractfile(member).read()
+    except (tarfile.TarError, OSError, KeyError, AttributeError):  # AttributeError: the member is not a file
+        return None
+
+
 def open_source(sample: Sample, size: int, clip_frames: int) -> tuple[Iterator[Any] | None, str | None]:
     """The source video's clips cut like at encode time (manifest clip settings), or None and why not."""
-    source = sample.meta.get("source")
-    if not source or not Path(source).is_file():
-        return None, f"source {source!r} is not a readable file: no psnr"
+    source = source_video(sample.meta.get("source"))
+    if source is None:
+        return None, f"source {sample.meta.get('source')!r} is not readable: no psnr"
     from .video import ClipSpec, iter_clips
 
     settings = (sample.manifest or {}).get("clip") or {"size": size, "clip_frames": clip_frames}

@@ -2,6 +2,7 @@
 values on known inputs, a missing source, and tokenizer checks against the manifest's sha256."""
 
 import json
+import tarfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from lfqtok.decode import PSNR_CAP, SSIM_C1, decode_samples, psnr, ssim_frames
 from lfqtok.errors import InputError, ModelError, UsageError
 from lfqtok.model import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
-from lfqtok.shards import MANIFEST_NAME, ShardWriter, build_manifest, prepare_output
+from lfqtok.shards import MANIFEST_NAME, ShardWriter, build_manifest, prepare_output, read_tokens
 from lfqtok.video import ClipSpec, iter_clips
 
 SIZE, FRAMES = 32, 9
@@ -94,6 +95,21 @@ def test_scores_against_the_readable_source_and_none_for_a_missing_one(tmp_path,
     assert 5 < clip["psnr"] < PSNR_CAP and -1 <= clip["ssim"] <= 1 and clip["note"] is None
     assert gone["psnr"] is None and gone["ssim"] is None and "deleted.mp4" in gone["note"]
     assert json.loads(json.dumps(clip)) == clip  # valid JSON, no NaN/inf
+
+
+def test_a_source_inside_an_input_tar_is_read_from_the_tar(tmp_path, model):
+    video = make_video(tmp_path / "v.mp4", frames=9)
+    out = encode_dir(tmp_path / "tok", model, video)
+    plain = decode_samples(out, tmp_path / "a", keys=["clip"], fmt="png", device="cpu")[0]
+    with tarfile.open(tmp_path / "in.tar", "w") as tar:
+        tar.add(video, arcname="clip1.mp4")
+    video.unlink()
+    [(key, ids, meta)] = [s for s in read_tokens(out) if s[0] == "clip"]
+    with ShardWriter(out, 0, np.uint16) as writer:  # the same sample, as encode writes a tar input's source
+        writer.write(key, ids, {**meta, "source": f"{tmp_path / 'in.tar'}:clip1.mp4"})
+        writer.finish({"samples": 1})
+    from_tar = decode_samples(out, tmp_path / "b", fmt="png", device="cpu")[0]
+    assert from_tar["psnr"] == pytest.approx(plain["psnr"]) and from_tar["note"] is None
 
 
 def test_keys_and_limit_pick_samples(tmp_path, tokens):
