@@ -91,14 +91,14 @@ class VideoWriter:
             self.stream = self.container.add_stream("gif", rate=rate)
             self.stream.pix_fmt = "rgb8"
         self.stream.width, self.stream.height = width, height
-        self.frames = 0
+        self.pts = 0
 
     def write(self, frames: np.ndarray) -> None:
         for frame in frames:
             video_frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-            video_frame.pts = self.frames
+            video_frame.pts = self.pts
             self.container.mux(self.stream.encode(video_frame))
-            self.frames += 1
+            self.pts += 1
 
     def close(self) -> None:
         self.container.mux(self.stream.encode(None))
@@ -113,7 +113,6 @@ class ContactSheetWriter:
         self.zip = zlib.compressobj(6)
         self.file.write(b"\x89PNG\r\n\x1a\n")
         self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height * rows, 8, 2, 0, 0, 0))  # 8-bit RGB
-        self.frames = 0
 
     def write(self, frames: np.ndarray) -> None:
         """One clip (T, H, W, 3) -> one band of H scanlines, T frames wide."""
@@ -121,7 +120,6 @@ class ContactSheetWriter:
         band = frames.transpose(1, 0, 2, 3).reshape(h, t * w * 3)  # (H, T*W*3)
         rows = np.concatenate([np.zeros((h, 1), np.uint8), band], axis=1)  # filter byte 0 per scanline
         self._chunk(b"IDAT", self.zip.compress(rows.tobytes()))
-        self.frames += t
 
     def close(self) -> None:
         self._chunk(b"IDAT", self.zip.flush())
@@ -243,11 +241,12 @@ def pick_samples(paths: Sequence[str | Path] | str | Path, keys: Sequence[str] |
     picked: list[Sample] = []
     manifests: dict[Path, dict | None] = {}
     for tar in expand_paths(paths):
-        manifest = manifests.setdefault(tar.parent, read_manifest(tar))
+        if tar.parent not in manifests:
+            manifests[tar.parent] = read_manifest(tar)
         for key, tokens, meta in read_tokens(tar):
             if wanted is None or key in wanted:
-                picked.append(Sample(key, tokens, meta, manifest))
-            if (wanted is None and exists(limit) and len(picked) >= limit) or (wanted and len(picked) == len(wanted)):
+                picked.append(Sample(key, tokens, meta, manifests[tar.parent]))
+            if (wanted is None and exists(limit) and len(picked) >= limit) or (wanted and wanted <= {s.key for s in picked}):
                 return picked
     missing = sorted(wanted - {s.key for s in picked}) if wanted else []
     if missing:
