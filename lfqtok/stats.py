@@ -58,7 +58,9 @@ def as_4d(arr: np.ndarray, where: str) -> np.ndarray:
         raise InputError(f"{where}: tokens must be integers of shape (clips, t, h, w) [+ (c)], got {arr.dtype} {arr.shape}")
     n, t = arr.shape[:2]
     c = arr.shape[4] if arr.ndim == 5 else 1
-    return arr.reshape(n, t, -1, c)
+    if t >= 1 << 16 or c >= 1 << 15:
+        raise InputError(f"{where}: {t} token indices or {c} codebooks per position are more than stats counts")
+    return arr.reshape(n, t, -1, c).astype(np.int64 if arr.dtype == np.uint64 else arr.dtype, copy=False)  # u64+i64 -> float
 
 
 # exact streaming histogram
@@ -108,7 +110,9 @@ class CodeCounts:
         if self.c and arr.shape[3] != self.c:
             raise InputError(f"{where}: tokens have {arr.shape[3]} codebooks, earlier ones {self.c}")
         if arr.size:
-            top = int(arr.max())
+            top, low = int(arr.max()), int(arr.min())
+            if low < 0:
+                raise InputError(f"{where}: negative token id {low}")
             if exists(self.codebook_size) and top >= self.codebook_size:
                 raise InputError(f"{where}: token id {top} >= codebook_size {self.codebook_size} of the manifest")
             self.max_code = max(self.max_code, top)
@@ -365,8 +369,7 @@ def token_stats(
 
 def _common_manifest(tars: Sequence[Path]) -> dict | None:
     """The manifest the shards share (from their directories); shards of different codebooks are refused."""
-    found = {str(p.parent): read_manifest(p) for p in tars}
-    manifests = [m for m in found.values() if m]
+    manifests = [m for m in map(read_manifest, dict.fromkeys(p.parent for p in tars)) if m]
     kinds = {(m["codebook_size"], m["num_codebooks"]) for m in manifests}
     if len(kinds) > 1:
         raise InputError(f"token shards of different codebooks cannot be counted together: {sorted(kinds)}")
