@@ -7,10 +7,12 @@ million inputs list in seconds. Keys are the path relative to its input root (or
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import re
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -65,8 +67,11 @@ def _is_video(name: str) -> bool:
     return name.rpartition(".")[2].lower() in VIDEO_EXTENSIONS  # a tar member's ext or a file name
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
 def _sanitize(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", text).strip("_") or "video"
+    return _UNSAFE.sub("_", text).strip("_") or "video"
 
 
 def _short_hash(text: str) -> str:
@@ -91,17 +96,18 @@ def _expand(pattern: str) -> list[str]:
     return list(braceexpand.braceexpand(pattern))
 
 
-def _walk(root: str) -> Iterator[str]:
-    """Video files under root, recursively, following no links to directories (no cycles)."""
+def _walk(root: str, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(path, path relative to the walk's root) of video files under root, recursively, following no links
+    to directories (no cycles); one scandir per directory and no stat per file."""
     try:
         entries = list(os.scandir(root))
     except OSError as exc:
         raise InputError(f"{root}: cannot list directory ({exc.strerror or exc})") from None
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
-            yield from _walk(entry.path)
+            yield from _walk(entry.path, f"{prefix}{entry.name}/")
         elif _is_video(entry.name) and entry.is_file():
-            yield entry.path
+            yield entry.path, prefix + entry.name
 
 
 def _read_list(path: str) -> list[str]:
@@ -146,7 +152,7 @@ def _tar_samples(path: str) -> Iterator[tuple[str, list[tuple[str, Member]]]]:
 
 @dataclass(slots=True)
 class _Raw:
-    base: str  # key before sanitizing and collision suffixes
+    base: str  # sanitized key, before a collision suffix
     source: str
     path: str
     member: Member | None = None
@@ -166,7 +172,7 @@ def _leaves(inputs: Sequence[str], root: str | None = None) -> Iterator[tuple[st
 def _list_file(path: str, root: str | None) -> _Raw:
     rel = os.path.relpath(path, root) if root is not None else ".."
     base = rel if not rel.startswith("..") else os.path.basename(path)
-    return _Raw(os.path.splitext(base)[0], path, path)
+    return _Raw(_sanitize(os.path.splitext(base)[0]), path, path)
 
 
 def _list_tar(path: str, prefix: bool, out: list[_Raw]) -> int:
@@ -180,21 +186,17 @@ def _list_tar(path: str, prefix: bool, out: list[_Raw]) -> int:
             continue
         video = videos[0]
         extras = tuple(m for _, m in members if m is not video)
-        out.append(_Raw(f"{stem}/{key}" if prefix else key, f"{path}:{video.name}", path, video, extras))
+        out.append(_Raw(_sanitize(f"{stem}/{key}" if prefix else key), f"{path}:{video.name}", path, video, extras))
     return skipped
 
 
-def _assign_keys(raws: list[_Raw]) -> list[VideoItem]:
-    """Sanitized keys; every key shared by several items gets a hash of its source (order-independent)."""
-    bases = [_sanitize(r.base) for r in raws]
-    counts: dict[str, int] = {}
-    for b in bases:
-        counts[b] = counts.get(b, 0) + 1
-    items = []
-    for raw, base in zip(raws, bases):
-        key = f"{base}_{_short_hash(raw.source)}" if counts[base] > 1 else base
-        items.append(VideoItem(key, raw.source, raw.path, raw.member, raw.extras))
-    return items
+def _assign_keys(raws: list) -> list[VideoItem]:
+    """Every key shared by several items gets a hash of its source (order-independent); converts in place."""
+    counts = Counter(r.base for r in raws)
+    for i, raw in enumerate(raws):
+        key = f"{raw.base}_{_short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
+        raws[i] = VideoItem(key, raw.source, raw.path, raw.member, raw.extras)
+    return raws
 
 
 def list_items(inputs: Sequence[str]) -> ItemList:
@@ -202,6 +204,16 @@ def list_items(inputs: Sequence[str]) -> ItemList:
 
     `result.skipped` counts tar samples without a video member (skipped, not failures).
     """
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a million small acyclic objects: the cycle collector would rescan them over and over
+    try:
+        return _list_items(inputs)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _list_items(inputs: Sequence[str]) -> ItemList:
     leaves = list(_leaves([inputs] if isinstance(inputs, str) else inputs))
     for path, _ in leaves:
         if not os.path.exists(path):
@@ -215,13 +227,14 @@ def list_items(inputs: Sequence[str]) -> ItemList:
         if tar:
             skipped += _list_tar(path, sum(is_tar) > 1, raws)
         elif os.path.isdir(path):
-            raws.extend(_Raw(os.path.splitext(os.path.relpath(p, path))[0], p, p) for p in _walk(path))
+            raws.extend(_Raw(_sanitize(rel.rpartition(".")[0]), p, p) for p, rel in _walk(path))
         else:
             raws.append(_list_file(path, root))
     # duplicates (a file under two inputs) keep the key from the outermost root, whatever the input order
     raws.sort(key=lambda r: (r.path, r.member.offset if r.member else -1, -len(r.base), r.base))
-    unique = [r for i, r in enumerate(raws) if i == 0 or (r.path, r.member) != (raws[i - 1].path, raws[i - 1].member)]
-    result = ItemList(_assign_keys(unique))
+    result = ItemList(r for i, r in enumerate(raws) if i == 0 or (r.path, r.member) != (raws[i - 1].path, raws[i - 1].member))
+    del raws
+    _assign_keys(result)
     result.skipped = skipped
     return result
 
