@@ -276,7 +276,11 @@ def _encoder_loop(gpu_q: queue.Queue, write_q: queue.Queue, tok, storage: np.dty
     while (batch := gpu_q.get()) is not None:
         try:
             video = batch.frames.to(device, non_blocking=True)
-            ids = tok.encode_to_device(video).to(narrow)  # (n, t, h, w) [+ (c)]
+            if device.type == "cpu":  # CPU kernels pick algorithms by batch size: clip by clip keeps tokens
+                ids = torch.cat([tok.encode_to_device(clip[None]) for clip in video])  # independent of it
+            else:
+                ids = tok.encode_to_device(video)
+            ids = ids.to(narrow)  # (n, t, h, w) [+ (c)]
             tokens = ids.cpu().numpy().view(storage)
         except torch.cuda.OutOfMemoryError:
             raise LfqtokError(
@@ -461,7 +465,7 @@ def encode_dataset(
     manifest = build_manifest(
         codebook_size=tok.codebook_size,
         num_codebooks=tok.num_codebooks,
-        tokenizer_name=tok.name,
+        tokenizer_name=config.model if config.model == "default" else str(Path(config.model).resolve()),
         tokenizer_sha256=tok.sha256,
         tokenizer_config=tok.config.to_dict(),
         clip_frames=config.clip_frames,
