@@ -101,14 +101,39 @@ def test_portrait_video_is_cropped_vertically(tmp_path):
     assert clips[0].frames.shape == (9, 16, 16, 3)
 
 
-def test_decord_and_pyav_give_the_same_frames(wide):
-    spec = ClipSpec(size=32, clip_frames=9, fps=16)
-    meta_a, auto = iter_clips(str(wide), spec)
-    meta_p, pyav = iter_clips(str(wide), spec, decoder="pyav")
+@pytest.fixture(scope="module")
+def mid(tmp_path_factory):
+    return make_video(tmp_path_factory.mktemp("v") / "mid.mp4", frames=30, width=160, height=120, fps=24)
+
+
+def test_decord_and_pyav_give_the_same_frames(mid):
+    spec = ClipSpec(size=64, clip_frames=9, fps=16)
+    meta_a, auto = iter_clips(str(mid), spec)
+    meta_p, pyav = iter_clips(str(mid), spec, decoder="pyav")
     auto, pyav = list(auto), list(pyav)
-    assert meta_p.decoder == "pyav"
-    assert [c.frame_indices for c in auto] == [c.frame_indices for c in pyav]
+    assert (meta_a.decoder, meta_p.decoder) == ("decord", "pyav")
+    assert [c.frame_indices for c in auto] == [c.frame_indices for c in pyav] and len(auto) == 2
     assert min(psnr(a.frames, b.frames) for a, b in zip(auto, pyav)) > 30  # bilinear vs AREA scaling only
+
+
+def test_pyav_takes_over_when_decord_fails_mid_video(mid, monkeypatch):
+    import lfqtok.video as video
+
+    real = video._decord_frames
+
+    def failing(*args):
+        for frame in real(*args):
+            if frame.index == 12:
+                raise video.decord.DECORDError("simulated failure")
+            yield frame
+
+    _, reference = clips_of(mid, size=64, clip_frames=9)
+    monkeypatch.setattr(video, "_decord_frames", failing)
+    meta, clips = iter_clips(str(mid), ClipSpec(size=64, clip_frames=9))
+    clips = list(clips)
+    assert meta.decoder == "pyav"
+    assert [c.frame_indices for c in clips] == [c.frame_indices for c in reference] == [list(range(0, 9)), list(range(9, 18)), list(range(18, 27))]
+    assert psnr(clips[1].frames, reference[1].frames) > 30
 
 
 def test_bytes_and_path_give_identical_clips(wide):
