@@ -54,7 +54,7 @@ def _run_multi_device(
     share = max(1, config.num_workers() // len(devices))
     per_device = [list(jobs[i :: len(devices)]) for i in range(len(devices))]
     procs = [
-        ctx.Process(target=_device_main, args=(config, str(out), dev, share, part, messages), daemon=True)
+        ctx.Process(target=_device_main, args=(config, str(out), dev, share, part, messages))  # not daemonic: it starts decode workers
         for dev, part in zip(devices, per_device)
         if part
     ]

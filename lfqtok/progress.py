@@ -33,17 +33,18 @@ class EncodeProgress:
         self.counters: Any = None
 
     def __enter__(self) -> "EncodeProgress":
-        self.progress.start()
-        return self
+        return self  # the display starts with the first update, so errors found up front print alone
 
     def __exit__(self, *exc: Any) -> None:
         if self.counters is not None:
             self.last = 0.0
             self.update(self.counters)  # the final numbers, not the last throttled ones
-        self.progress.stop()
+            self.progress.stop()
 
     def update(self, counters: Any) -> None:
         """Refresh from a `Counters` snapshot, at most every `min_interval` seconds."""
+        if self.counters is None:
+            self.progress.start()
         self.counters = counters
         now = time.perf_counter()
         if now - self.last < self.min_interval:
