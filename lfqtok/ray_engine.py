@@ -9,18 +9,19 @@ died (node lost, OOM-killed) is retried on another actor: safe, because a shard 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .errors import LfqtokError, UsageError, VideoError
-from .pool import ClipEvent, DoneEvent, FailEvent
-from .sources import ShardJob, VideoItem, read_extras, read_video_bytes
-from .video import Clip, ClipSpec, VideoMeta, iter_clips
+from .errors import LfqtokError, UsageError
+from .pool import ClipEvent, DecodeFn, Event, FailEvent, decode_item
+from .sources import ShardJob, VideoItem
+from .video import ClipSpec
 
 if TYPE_CHECKING:  # encode.py imports torch: decode tasks import this module and must stay light
     from .encode import Counters, EncodeConfig, ProgressFn, ShardResult
@@ -52,9 +53,10 @@ def connected(address: str | None) -> Iterator[Any]:
     if ray.is_initialized():
         yield ray
         return
-    options = {"include_dashboard": False} if address is None else {}
+    private = address is None and "RAY_ADDRESS" not in os.environ  # a cluster of our own on this machine
     try:
-        ray.init(address=address, log_to_driver=False, **options)
+        # worker logs stay in /tmp/ray/session_latest/logs: the progress display keeps the terminal
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **({"include_dashboard": False} if private else {}))
     except (ConnectionError, TimeoutError, ValueError) as exc:
         raise UsageError(f"--ray-address {address}: cannot connect to a Ray cluster ({exc}); start one with `ray start --head`") from None
     try:
@@ -76,40 +78,17 @@ def absolute_model(model: str) -> str:
 # decode tasks
 
 
-@dataclass(frozen=True)
-class _Done:
-    """Last value of a decode task that succeeded."""
-
-    meta: VideoMeta
-    num_clips: int
-    extras: dict[str, bytes]
-
-
-@dataclass(frozen=True)
-class _Failed:
-    """Last value of a decode task whose video could not be decoded."""
-
-    error: str
-
-
-def decode_video(item: VideoItem, spec: ClipSpec) -> Iterator[Clip | _Done | _Failed]:
-    """Body of one decode task: the video's clips in order, then its verdict (a bad video is a value, not a raise)."""
-    count = 0
-    try:
-        meta, clips = iter_clips(read_video_bytes(item), spec)
-        for clip in clips:
-            yield clip
-            count += 1
-        yield _Done(meta, count, read_extras(item))
-    except (VideoError, LfqtokError, OSError) as exc:
-        yield _Failed(str(exc) if isinstance(exc, VideoError) else f"{type(exc).__name__}: {exc}")
+def _decode_task(decode: DecodeFn, index: int, item: VideoItem, spec: ClipSpec) -> Iterator[Event | None]:
+    """Body of one decode task: None (it runs: its decode clock starts), then the events of one video
+    (`pool.decode_item`: the same clips and the same error lines as the local engine)."""
+    yield None
+    yield from decode(index, item, spec)
 
 
 @functools.lru_cache(maxsize=None)
-def _remote(fn: Callable[..., Iterator[Any]]):
-    """`fn` as a streaming Ray task: one CPU, retried once if its worker or node dies (replayed, not repeated)."""
-    ray = import_ray()
-    return ray.remote(num_cpus=1, max_retries=1, _generator_backpressure_num_objects=CLIPS_AHEAD)(fn)
+def _remote_decode():
+    """The decode task: one CPU, retried once if its worker or node dies (Ray replays, the clips are not repeated)."""
+    return import_ray().remote(num_cpus=1, max_retries=1, _generator_backpressure_num_objects=CLIPS_AHEAD)(_decode_task)
 
 
 @dataclass
@@ -118,27 +97,27 @@ class _Decoding:
 
     item: int
     stream: Any  # ray.ObjectRefGenerator
-    clips: int = 0
-    stalled: float = 0.0  # seconds waited on it since its last value
+    started: bool = False  # whether the task runs (a task queued for a free core cannot time out)
+    stalled: float = 0.0  # seconds waited on it since its last value, once started
 
 
 class RayDecodePool:
-    """`DecodePool`'s interface, with each video decoded by a Ray task on any node (`num_cpus=1`).
+    """`DecodePool`'s interface, with each video decoded by a Ray task on any node of the cluster (`num_cpus=1`).
 
     At most `workers` videos in flight (0 counts as 1), each at most CLIPS_AHEAD clips ahead of the consumer.
     Events per video: its ClipEvents in order, then one DoneEvent or FailEvent; a task that yields nothing for
     `timeout` seconds of waiting (time the consumer spends elsewhere does not count) is killed -> FailEvent.
+    `decode` replaces the per-video function, as in `DecodePool` (tests simulate hangs and crashes with it).
     """
 
-    decode: Callable[[VideoItem, ClipSpec], Iterator[Any]] = staticmethod(decode_video)  # tests swap in fakes
-
-    def __init__(self, spec: ClipSpec, workers: int, timeout: float = 60.0):
+    def __init__(self, spec: ClipSpec, workers: int, timeout: float = 60.0, *, decode: DecodeFn | None = None):
         self.spec, self.workers, self.timeout = spec, max(1, workers), timeout
+        self.decode = decode or functools.partial(decode_item, threads=1)  # one core per task
         self.active: list[_Decoding] = []
 
     def __enter__(self) -> "RayDecodePool":
         self.ray = import_ray()
-        self.task = _remote(type(self).decode)
+        self.task = _remote_decode()
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -146,14 +125,16 @@ class RayDecodePool:
             self.ray.cancel(running.stream, force=True)
         self.active.clear()
 
-    def run(self, items: Sequence[VideoItem]) -> Iterator[ClipEvent | DoneEvent | FailEvent]:
+    def run(self, items: Sequence[VideoItem]) -> Iterator[Event]:
         todo = deque(enumerate(items))
         while todo or self.active:
             while todo and len(self.active) < self.workers:
                 index, item = todo.popleft()
-                self.active.append(_Decoding(index, self.task.remote(item, self.spec)))
+                self.active.append(_Decoding(index, self.task.remote(self.decode, index, item, self.spec)))
             for running in self._wait():
                 event = self._next_event(running)
+                if event is None:
+                    continue
                 if not isinstance(event, ClipEvent):
                     self.active.remove(running)
                 yield event
@@ -170,28 +151,23 @@ class RayDecodePool:
         started = time.monotonic()
         ready, _ = self.ray.wait(streams, num_returns=len(streams), timeout=0)
         if not ready:
-            patience = self.timeout - max(r.stalled for r in self.active)
-            ready, _ = self.ray.wait(streams, num_returns=1, timeout=max(0.01, patience))
+            stalled = [r.stalled for r in self.active if r.started]
+            patience = max(0.01, self.timeout - max(stalled)) if stalled else None
+            ready, _ = self.ray.wait(streams, num_returns=1, timeout=patience)
         waited = time.monotonic() - started
         for running in self.active:
-            running.stalled += waited
+            running.stalled += waited if running.started else 0.0
         ready_ids = set(map(id, ready))
         return [r for r in self.active if id(r.stream) in ready_ids]
 
-    def _next_event(self, running: _Decoding) -> ClipEvent | DoneEvent | FailEvent:
-        running.stalled = 0.0
+    def _next_event(self, running: _Decoding) -> Event | None:
+        running.started, running.stalled = True, 0.0
         try:
-            value = self.ray.get(next(running.stream))
+            return self.ray.get(next(running.stream))
         except StopIteration:
             return FailEvent(running.item, "decoder stopped without a result")
         except self.ray.exceptions.RayError as exc:
             return FailEvent(running.item, f"decoder process died ({type(exc).__name__})")
-        if isinstance(value, _Done):
-            return DoneEvent(running.item, value.meta, value.num_clips, value.extras)
-        if isinstance(value, _Failed):
-            return FailEvent(running.item, value.error)
-        running.clips += 1
-        return ClipEvent(running.item, running.clips - 1, value)
 
 
 # encode actors

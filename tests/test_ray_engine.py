@@ -9,37 +9,24 @@ import tarfile
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 
 import lfqtok
-from lfqtok.encode import EncodeConfig, ShardEncoder
+from lfqtok.encode import EncodeConfig
 from lfqtok.errors import UsageError
 from lfqtok.model import Tokenizer, TokenizerConfig, save_tokenizer
 from lfqtok.pool import ClipEvent, DoneEvent, FailEvent
-from lfqtok.ray_engine import EncodeActor, RayDecodePool, _Done, plan_actors
+from lfqtok.ray_engine import EncodeActor, RayDecodePool, plan_actors
 from lfqtok.sources import list_items
-from lfqtok.video import ClipSpec
+from lfqtok.video import Clip, ClipSpec
+from videos import make_video
 
 SIZE, FRAMES = 32, 9
 OPTIONS = {"size": SIZE, "clip_frames": FRAMES, "batch_size": 3, "device": "cpu", "samples_per_shard": 2}
 
 # helpers
-
-
-def make_video(path: Path, frames: int, width: int, height: int, fps: int) -> None:
-    """A deterministic moving gradient, written with PyAV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        y, x = np.mgrid[:height, :width]
-        for i in range(frames):
-            rgb = np.stack([(x * 4 + i * 9) % 256, (y * 5 + i * 3) % 256, ((x + y) * 2) % 256], -1).astype(np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        container.mux(stream.encode())
 
 
 def output_files(out: Path) -> dict[str, object]:
@@ -136,45 +123,39 @@ def test_a_shard_whose_actor_died_is_retried(tmp_path, ray, model, videos):
 # decode tasks
 
 
-def fake_decode(item, spec):
+def fake_decode(index, item, spec):
     """Two clips and a verdict, or (by file name) a decode that hangs or a decoder process that dies."""
-    name = Path(item.path).name
-    if name.startswith("hang"):
+    name = Path(item.path).stem
+    if name == "hang":
         time.sleep(3600)
-    if name.startswith("crash"):
+    if name == "crash":
         os._exit(3)
     for i in range(2):
-        yield SimpleClip(np.full((1, 2, 2, 3), i, np.uint8), [i], 0)
-    yield _Done(meta=None, num_clips=2, extras={"txt": name.encode()})
+        yield ClipEvent(index, i, Clip(np.full((1, 2, 2, 3), i, np.uint8), [i], 0))
+    yield DoneEvent(index, None, 2, {"txt": name.encode()})
 
 
-class SimpleClip:
-    def __init__(self, frames, frame_indices, padded):
-        self.frames, self.frame_indices, self.padded = frames, frame_indices, padded
-
-
-class FakeDecodePool(RayDecodePool):
-    decode = staticmethod(fake_decode)
-
-
-def test_decode_tasks_hang_and_crash_become_failures(tmp_path, ray):
+def run_fake_pool(tmp_path, names, timeout):
     from ray import cloudpickle
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    for name in ("a", "hang", "crash", "b"):
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    for name in names:
         (tmp_path / f"{name}.mp4").write_bytes(b"")
     items = list_items([str(tmp_path)])
-    started = time.monotonic()
-    with FakeDecodePool(ClipSpec(size=8, clip_frames=1), workers=2, timeout=3.0) as pool:
+    with RayDecodePool(ClipSpec(size=8, clip_frames=1), workers=2, timeout=timeout, decode=fake_decode) as pool:
         events = list(pool.run(items))
-    names = [Path(item.path).stem for item in items]
-    by_name = {name: [e for e in events if e.item == i] for i, name in enumerate(names)}
-    for name in ("a", "b"):
-        assert [type(e) for e in by_name[name]] == [ClipEvent, ClipEvent, DoneEvent]
-        assert [e.clip_index for e in by_name[name][:2]] == [0, 1] and int(by_name[name][1].clip.frames[0, 0, 0, 0]) == 1
-        assert by_name[name][2].extras == {"txt": f"{name}.mp4".encode()}
-    assert [type(e) for e in by_name["hang"]] == [FailEvent] and by_name["hang"][0].error == "decode timed out after 3 s"
-    assert [type(e) for e in by_name["crash"]] == [FailEvent] and "decoder process died" in by_name["crash"][0].error
+    return {Path(item.path).stem: [e for e in events if e.item == i] for i, item in enumerate(items)}
+
+
+@pytest.mark.parametrize("bad, timeout, error", [("hang", 2.0, "decode timed out after 2 s"), ("crash", 60.0, "decoder process died")])
+def test_decode_tasks_that_hang_or_crash_become_failures(tmp_path, ray, bad, timeout, error):
+    started = time.monotonic()
+    events = run_fake_pool(tmp_path, ["a", bad, "b"], timeout)
+    for name in ("a", "b"):  # the other videos: all their clips in order, then their verdict
+        assert [type(e) for e in events[name]] == [ClipEvent, ClipEvent, DoneEvent]
+        assert [e.clip_index for e in events[name][:2]] == [0, 1] and int(events[name][1].clip.frames[0, 0, 0, 0]) == 1
+        assert events[name][2].extras == {"txt": name.encode()}
+    assert [type(e) for e in events[bad]] == [FailEvent] and events[bad][0].error.startswith(error)
     assert time.monotonic() - started < 30
 
 
