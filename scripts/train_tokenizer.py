@@ -1,0 +1,87 @@
+"""Train an lfqtok tokenizer on videos: `python scripts/train_tokenizer.py DIR... --out runs/x [--device cuda]`.
+
+Resumes from OUT/last.safetensors when it exists; `--export` copies the final inference weights somewhere
+(e.g. lfqtok/weights/default.safetensors). Progress on stderr, one log line every --log-every steps.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from lfqtok.errors import LfqtokError  # noqa: E402
+from lfqtok.model import TokenizerConfig  # noqa: E402
+from lfqtok.train import StepStats, TrainConfig, train_tokenizer  # noqa: E402
+
+app = typer.Typer(add_completion=False)
+
+
+@app.command()
+def main(
+    inputs: Annotated[list[str], typer.Argument(help="video files or directories (recursive)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run directory: last.safetensors, tokenizer.safetensors")],
+    steps: Annotated[int, typer.Option(help="optimizer steps (end of the LR schedule)")] = 4000,
+    max_minutes: Annotated[Optional[float], typer.Option(help="wall-clock budget; the schedule ends at steps or time")] = None,
+    batch_size: Annotated[int, typer.Option(help="clips per step")] = 8,
+    clip_frames: Annotated[int, typer.Option(help="frames per training clip, 1 + 4k")] = 9,
+    crop: Annotated[int, typer.Option(help="square crop size in pixels")] = 64,
+    lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 2e-3,
+    channels: Annotated[int, typer.Option(help="base channels of the tokenizer")] = TokenizerConfig.channels,
+    channel_mults: Annotated[str, typer.Option(help="comma-separated channel multipliers, one per level")] = "1,2,4",
+    codebook_bits: Annotated[int, typer.Option(help="LFQ bits: 2^bits codes")] = TokenizerConfig.codebook_bits,
+    tiny: Annotated[bool, typer.Option(help="use TokenizerConfig.tiny() (tests, smoke runs)")] = False,
+    max_frames_per_video: Annotated[Optional[int], typer.Option(help="decode at most this many frames per video")] = None,
+    name: Annotated[str, typer.Option(help="name stored in the exported checkpoint")] = "lfqtok-default",
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    seed: Annotated[int, typer.Option()] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 200,
+    log_every: Annotated[int, typer.Option(help="steps between log lines")] = 50,
+    resume: Annotated[bool, typer.Option(help="continue from OUT/last.safetensors when present")] = True,
+    export: Annotated[Optional[Path], typer.Option(help="copy the final tokenizer.safetensors here")] = None,
+) -> None:
+    console = Console(stderr=True)
+    try:
+        mults = tuple(int(m) for m in channel_mults.split(","))
+    except ValueError:
+        console.print(f"error: --channel-mults must be comma-separated integers, got {channel_mults!r}")
+        raise typer.Exit(2) from None
+    try:
+        tok_cfg = TokenizerConfig.tiny() if tiny else TokenizerConfig(channels=channels, channel_mults=mults, codebook_bits=codebook_bits)
+        config = TrainConfig(
+            inputs=tuple(inputs), out_dir=str(out), tokenizer=tok_cfg, name=name, steps=steps, max_minutes=max_minutes,
+            batch_size=batch_size, clip_frames=clip_frames, crop=crop, lr=lr, seed=seed, device=device,
+            checkpoint_every=checkpoint_every, max_frames_per_video=max_frames_per_video,
+        )
+        columns = (TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("train", total=1.0, info="decoding videos")
+
+            def on_step(s: StepStats) -> None:
+                info = f"step {s.step} loss {s.loss:.4f} psnr {s.psnr:.2f} dB lr {s.lr:.2e}"
+                progress.update(task, completed=s.progress, info=info)
+                if s.step % log_every == 0:
+                    progress.console.log(f"{info} l1 {s.l1:.4f} aux {s.aux:.4f} {s.step / max(s.seconds, 1e-9):.2f} steps/s")
+
+            result = train_tokenizer(config, on_step=on_step, resume=resume)
+    except LfqtokError as exc:
+        console.print(f"error: {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    for path, reason in result.skipped:
+        console.print(f"skipped {path}: {reason}")
+    console.print(f"done: {result.steps} steps in {result.seconds / 60:.1f} min, loss {result.loss:.4f}, psnr {result.psnr:.2f} dB -> {result.tokenizer_path}")
+    if export is not None:
+        export.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result.tokenizer_path, export)
+        console.print(f"exported {export}")
+
+
+if __name__ == "__main__":
+    app()
