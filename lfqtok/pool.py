@@ -93,7 +93,10 @@ def _worker_main(conn: Connection, clock: Any, spec: ClipSpec, decode: DecodeFn)
         clock.value = time.monotonic()
         for event in decode(index, item, spec):
             clock.value = 0.0
-            conn.send(event)  # blocks while the parent holds enough events: not decode time
+            try:
+                conn.send(event)  # blocks while the parent holds enough events: not decode time
+            except OSError:
+                return  # the parent is gone
             clock.value = time.monotonic()
 
 
