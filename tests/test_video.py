@@ -194,3 +194,19 @@ def test_every_real_video_gives_clips_or_a_clear_reason(real_videos):
         if name in outcomes:
             assert outcomes[name] == "pyav", (name, outcomes[name])
     assert not [n for n, o in outcomes.items() if o.startswith("error")], outcomes
+
+
+def test_each_fixture_video_gives_full_or_padded_clips(video_dir):
+    from lfqtok.sources import list_items
+
+    items = list_items([str(video_dir)])
+    assert [i.key for i in items] == ["short", "sub_tall", "wide"]  # notes.txt is not a video
+    results = {}
+    for item in items:
+        meta, clips = iter_clips(item.path, ClipSpec(size=32))
+        results[item.key] = [(c.frames.shape, c.padded) for c in clips]
+    assert results == {
+        "short": [((17, 32, 32, 3), 12)],
+        "sub_tall": [((17, 32, 32, 3), 0)],
+        "wide": [((17, 32, 32, 3), 0), ((17, 32, 32, 3), 0)],
+    }
