@@ -252,6 +252,7 @@ class Dispatcher:
         self.slots: list[_Slot] = []
         self.running: dict[Any, tuple[ShardJob, int, _Slot]] = {}  # ObjectRef -> (job, attempt, slot)
         self.results: list[ShardResult] = []
+        self.start_failures = 0  # actors that died before they were ready (bounded: lfqtok missing on a node, ...)
 
     def run(self, jobs: Sequence[ShardJob], on_progress: "ProgressFn | None") -> list[ShardResult]:
         from .encode import Counters
@@ -313,7 +314,11 @@ class Dispatcher:
             self.ray.get(slot.ready)
         except self.ray.exceptions.RayTaskError as exc:  # the model could not be loaded: same on every actor
             raise _cause(exc, "an encode actor failed to start") from None
-        except self.ray.exceptions.RayError:  # died while starting (node lost): start another
+        except self.ray.exceptions.RayError as exc:  # died while starting (node lost, broken install): another
+            self.start_failures += 1
+            if self.start_failures > self.plan.actors * (MAX_RETRIES + 1):
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise LfqtokError(f"encode actors keep dying before they are ready ({self.start_failures} so far): {first_line}") from None
             self.slots.remove(slot)
             self._start_actor()
             return
@@ -340,6 +345,9 @@ class Dispatcher:
 
     def _progress(self, total: "Counters") -> "Counters":
         """Finished shards' counts plus the live counters of the shards still running (on the actor they run on)."""
+        from .encode import Counters
+        from .engines import _counts, _sum_into
+
         for slot in self.slots:
             if slot.poll is not None and self.ray.wait([slot.poll], timeout=0)[0]:
                 try:
@@ -349,9 +357,6 @@ class Dispatcher:
                 slot.poll = None
             if slot.poll is None and slot.ready is None:
                 slot.poll = slot.handle.progress.remote()
-        from .encode import Counters
-        from .engines import _counts, _sum_into
-
         running = {(id(slot), job.index) for job, _, slot in self.running.values()}
         live = [c for slot in self.slots for shard, c in slot.live.items() if (id(slot), shard) in running]
         _sum_into(total, [Counters(**_counts(self.results)), *live])

@@ -72,17 +72,22 @@ def videos(tmp_path_factory) -> Path:
 # the engine
 
 
-def test_ray_writes_the_same_shards_as_local(tmp_path, ray, model, videos):
-    local = lfqtok.encode_dataset([str(videos)], tmp_path / "local", model=model, workers=0, **OPTIONS)
+@pytest.fixture(scope="module")
+def local_out(tmp_path_factory, model, videos) -> Path:
+    out = tmp_path_factory.mktemp("local") / "tokens"
+    lfqtok.encode_dataset([str(videos)], out, model=model, workers=0, **OPTIONS)
+    return out
+
+
+def test_ray_writes_the_same_shards_as_local(tmp_path, ray, model, videos, local_out):
     seen = []
-    remote = lfqtok.encode_dataset(
+    summary = lfqtok.encode_dataset(
         [str(videos)], tmp_path / "ray", model=model, engine="ray", on_progress=lambda c: seen.append(c.videos_done), **OPTIONS
     )
-    assert (remote.shards_written, remote.videos_ok, remote.videos_failed) == (2, 3, 1)
-    assert (remote.clips, remote.tokens, remote.failures) == (local.clips, local.tokens, local.failures)
-    ray_files, local_files = output_files(tmp_path / "ray"), output_files(tmp_path / "local")
-    assert sorted(ray_files) == ["00000.tar", "00000_stats.json", "00001.tar", "00001_stats.json", "lfqtok.json"]
-    assert ray_files == local_files  # every member, every token byte
+    assert (summary.shards_written, summary.videos_ok, summary.videos_failed) == (2, 3, 1)
+    files = output_files(tmp_path / "ray")
+    assert sorted(files) == ["00000.tar", "00000_stats.json", "00001.tar", "00001_stats.json", "lfqtok.json"]
+    assert files == output_files(local_out)  # every member, every token byte, the same failures
     assert seen and seen[-1] == 3 and seen == sorted(seen)
     deadline = time.monotonic() + 10
     while ray.available_resources().get("CPU") != 2 and time.monotonic() < deadline:
@@ -91,17 +96,23 @@ def test_ray_writes_the_same_shards_as_local(tmp_path, ray, model, videos):
 
 
 class DiesOnce(EncodeActor):
-    """An encode actor whose process dies in the middle of its first shard, the first time only."""
+    """An encode actor whose process dies the first time a shard is complete in its .tar.tmp, just before the rename."""
 
     def encode(self, job):
-        marker = Path(self.encoder.out).parent / f"died-{job.index}"
+        from lfqtok.shards import ShardWriter
+
+        marker = Path(self.encoder.out).parent / "died"
         if not marker.exists():
-            marker.touch()
-            os._exit(1)
+
+            def die(writer, stats):
+                marker.write_text(" ".join(sorted(os.listdir(writer.out))))  # what the dead attempt left
+                os._exit(1)
+
+            ShardWriter.finish = die  # in this actor's process only
         return super().encode(job)
 
 
-def test_a_shard_whose_actor_died_is_retried(tmp_path, ray, model, videos):
+def test_a_shard_whose_actor_died_is_retried_on_a_new_actor(tmp_path, ray, model, videos, local_out):
     from ray import cloudpickle
 
     from lfqtok.ray_engine import ActorPlan, Dispatcher
@@ -114,10 +125,22 @@ def test_a_shard_whose_actor_died_is_retried(tmp_path, ray, model, videos):
     jobs = plan_shards(list_items([str(videos)]), 2)
     plan = ActorPlan(actors=1, num_gpus=0, num_cpus=1, device="cpu", decode_tasks=1)
     results = Dispatcher(ray, config, str(out), plan, actor_cls=DiesOnce).run(jobs, on_progress=None)
-    assert sorted(r.shard for r in results) == [0, 1]
-    assert sorted((tmp_path).glob("died-*")) and sorted(p.name for p in out.iterdir()) == [
-        "00000.tar", "00000_stats.json", "00001.tar", "00001_stats.json"
-    ]  # no temp file of the dead attempt is left
+    assert ".tar.tmp" in (tmp_path / "died").read_text() and sorted(r.shard for r in results) == [0, 1]
+    expected = {name: data for name, data in output_files(local_out).items() if name != "lfqtok.json"}
+    assert output_files(out) == expected  # the retry replaced the dead attempt's .tar.tmp: no leftovers
+
+
+def test_a_model_an_actor_cannot_load_stops_the_run_with_its_error(tmp_path, ray, videos):
+    from lfqtok.errors import ModelError
+    from lfqtok.ray_engine import ActorPlan, Dispatcher
+    from lfqtok.sources import plan_shards
+
+    config = EncodeConfig(model=str(tmp_path / "only-on-the-head-node.safetensors"), **OPTIONS)
+    jobs = plan_shards(list_items([str(videos)]), 2)
+    plan = ActorPlan(actors=1, num_gpus=0, num_cpus=1, device="cpu", decode_tasks=1)
+    with pytest.raises(ModelError, match="only-on-the-head-node"):
+        Dispatcher(ray, config, str(tmp_path), plan).run(jobs, on_progress=None)
+    assert not list(tmp_path.glob("*.tar*"))
 
 
 # decode tasks
