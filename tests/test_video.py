@@ -210,3 +210,28 @@ def test_each_fixture_video_gives_full_or_padded_clips(video_dir):
         "sub_tall": [((17, 32, 32, 3), 0)],
         "wide": [((17, 32, 32, 3), 0), ((17, 32, 32, 3), 0)],
     }
+
+
+def test_decoding_stops_at_max_clips_and_skips_converting_gaps(wide, monkeypatch):
+    import lfqtok.video as video
+
+    decoded, converted = [], []
+    real_frames, real_rgb = video._pyav_frames, video._pyav_to_rgb
+
+    def counting_frames(*args):
+        for frame in real_frames(*args):
+            decoded.append(frame.index)
+            yield frame
+
+    def counting_rgb(frame, *args):
+        converted.append(frame)
+        return real_rgb(frame, *args)
+
+    monkeypatch.setattr(video, "_pyav_frames", counting_frames)
+    monkeypatch.setattr(video, "_pyav_to_rgb", counting_rgb)
+    meta, clips = iter_clips(str(wide), ClipSpec(size=16, clip_frames=9, max_clips=1), decoder="pyav")
+    assert len(list(clips)) == 1 and decoded == list(range(9)) and len(converted) == 9  # a long video costs the same
+    decoded.clear()
+    converted.clear()
+    meta, clips = iter_clips(str(wide), ClipSpec(size=16, clip_frames=9, clip_stride=15), decoder="pyav")
+    assert len(list(clips)) == 3 and len(decoded) == 40 and len(converted) == 27  # gaps decoded, not converted
