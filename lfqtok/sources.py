@@ -64,7 +64,9 @@ class ShardJob:
 
 
 def _is_video(name: str) -> bool:
-    return name.rpartition(".")[2].lower() in VIDEO_EXTENSIONS  # a tar member's ext or a file name
+    """Whether a file name (or ".ext") ends with a video extension, in any case."""
+    stem, dot, ext = name.rpartition(".")
+    return bool(dot) and ext.lower() in VIDEO_EXTENSIONS
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -180,7 +182,7 @@ def _list_tar(path: str, prefix: bool, out: list[_Raw]) -> int:
     stem = os.path.basename(path)[: -len(".tar")]
     skipped = 0
     for key, members in _tar_samples(path):
-        videos = [m for ext, m in members if _is_video(ext)]
+        videos = [m for ext, m in members if _is_video(f".{ext}")]
         if not videos:
             skipped += 1
             continue
