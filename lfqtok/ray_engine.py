@@ -36,7 +36,7 @@ INSTALL_HINT = '--engine ray needs Ray, which is not installed: pip install "lfq
 # helpers
 
 
-def import_ray():
+def import_ray() -> Any:
     """Ray is an optional extra: without it, `--engine ray` is one clear usage error."""
     try:
         import ray
@@ -72,6 +72,7 @@ def absolute_jobs(jobs: Sequence[ShardJob]) -> list[ShardJob]:
 
 
 def absolute_model(model: str) -> str:
+    """A checkpoint path as every node must open it ('default' stays: the weights ship in the package)."""
     return os.path.abspath(model) if os.path.isfile(model) else model
 
 
@@ -207,10 +208,9 @@ class EncodeActor:
         self.encoder = ShardEncoder(config, out, device, pool_factory=RayDecodePool)
         self.live: dict[int, Counters] = {}
 
-    def ready(self) -> str:
+    def ready(self) -> None:
         """Load the model now: a model error surfaces here as itself, before any shard is dealt."""
-        tok = self.encoder.tokenizer
-        return f"{os.uname().nodename}:{next(tok.parameters()).device}"
+        self.encoder.tokenizer
 
     def encode(self, job: ShardJob) -> list[ShardResult]:
         def report(counters: Counters) -> None:
