@@ -47,16 +47,15 @@ def import_ray() -> Any:
 
 @contextmanager
 def connected(address: str | None) -> Iterator[Any]:
-    """Start a local cluster (None) or join one ('auto', 'host:port', 'ray://...'); a driver that was already
-    connected stays so, and leaving only disconnects this driver (a joined cluster keeps running)."""
+    """Start a local cluster (None: or join the one `ray start` runs on this machine) or join one ('auto',
+    'host:port', 'ray://...'); a connected driver stays so; leaving stops only what ray.init started."""
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
-    private = address is None and "RAY_ADDRESS" not in os.environ  # a cluster of our own on this machine
     try:
         # worker logs stay in /tmp/ray/session_latest/logs: the progress display keeps the terminal
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **({"include_dashboard": False} if private else {}))
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, TimeoutError, ValueError) as exc:
         raise UsageError(f"--ray-address {address}: cannot connect to a Ray cluster ({exc}); start one with `ray start --head`") from None
     try:
