@@ -4,7 +4,9 @@ it crashes, so one bad file costs one FailEvent and never the run.
 Each worker has its own pipe: tasks go down, events come up in order, and the parent reads only while fewer
 than `max_pending_clips` events wait for the consumer, so a slow consumer blocks the workers (bounded memory).
 A worker's decode clock runs only while it decodes: it stops while the worker waits for a task or blocks
-sending an event, and restarts with each event, so `timeout` is decode time without progress.
+sending an event, and restarts with each event, so `timeout` is decode time without progress. A video whose
+worker crashed or hung before sending anything is retried once with PyAV only (decord segfaults on some
+broken inputs); otherwise it fails with the reason.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class FailEvent:
 
 Event = ClipEvent | DoneEvent | FailEvent
 DecodeFn = Callable[[int, VideoItem, ClipSpec], Iterator[Event]]
+Task = tuple[int, VideoItem, bool]  # (index, item, retry: the first try crashed or hung before any event)
 
 
 def decode_item(index: int, item: VideoItem, spec: ClipSpec, threads: int = 0) -> Iterator[Event]:
@@ -79,8 +82,12 @@ def decode_item(index: int, item: VideoItem, spec: ClipSpec, threads: int = 0) -
 
 
 def _worker_main(conn: Connection, clock: Any, spec: ClipSpec, decode: DecodeFn) -> None:
-    """Worker loop: receive (index, item), send its events; clock = decode start time, 0 while not decoding."""
+    """Worker loop: receive (index, item, retry), send its events; clock = decode start time, 0 while not decoding.
+
+    A retry (the first try crashed or hung before sending anything) decodes with PyAV only ($LFQTOK_DECODER).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then kills us
+    default = os.environ.get("LFQTOK_DECODER")
     while True:
         clock.value = 0.0
         try:
@@ -89,7 +96,8 @@ def _worker_main(conn: Connection, clock: Any, spec: ClipSpec, decode: DecodeFn)
             return  # the parent is gone
         if task is None:
             return
-        index, item = task
+        index, item, retry = task
+        _set_env("LFQTOK_DECODER", "pyav" if retry else default)
         clock.value = time.monotonic()
         for event in decode(index, item, spec):
             clock.value = 0.0
@@ -98,6 +106,13 @@ def _worker_main(conn: Connection, clock: Any, spec: ClipSpec, decode: DecodeFn)
             except OSError:
                 return  # the parent is gone
             clock.value = time.monotonic()
+
+
+def _set_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 # parent side
@@ -112,14 +127,14 @@ class _Worker:
         self.proc = ctx.Process(target=_worker_main, args=(child, self.clock, spec, decode), daemon=True, name="lfqtok-decode")
         self.proc.start()
         child.close()
-        self.task: tuple[int, VideoItem] | None = None  # what it is on
+        self.task: Task | None = None  # what it is on
         self.started = False  # whether it sent an event for its task yet
 
     @property
     def item(self) -> int | None:
         return self.task[0] if self.task is not None else None
 
-    def give(self, task: tuple[int, VideoItem] | None) -> None:
+    def give(self, task: Task | None) -> None:
         self.task, self.started = task, False
         if task is not None:
             try:
@@ -140,14 +155,16 @@ class _Worker:
 
 
 class _Tasks:
-    """(index, item) pairs still to decode: retries first (a task a worker died before starting), then in order."""
+    """Videos still to decode: retries first, then the items in order."""
 
     def __init__(self, items: Sequence[VideoItem]):
         self.items, self.retry = iter(enumerate(items)), deque()
-        self.retried: set[int] = set()  # a task is retried once: a worker that dies at start-up fails it
 
-    def next(self) -> tuple[int, VideoItem] | None:
-        return self.retry.popleft() if self.retry else next(self.items, None)
+    def next(self) -> Task | None:
+        if self.retry:
+            return self.retry.popleft()
+        task = next(self.items, None)
+        return (*task, False) if task is not None else None
 
 
 class DecodePool:
@@ -240,15 +257,20 @@ class DecodePool:
         for worker in busy:
             if not worker.proc.is_alive():
                 self._drain(worker, pending)
-                if worker.task is not None and not worker.started and worker.clock.value == 0 and worker.item not in tasks.retried:
-                    tasks.retry.append(worker.task)  # died between videos: this one never started
-                    tasks.retried.add(worker.item)
-                elif worker.task is not None:
-                    pending.append(FailEvent(worker.item, f"decoder process died (exit code {worker.proc.exitcode})"))
-                self._replace(worker, tasks)
+                self._lost(worker, tasks, pending, f"decoder process died (exit code {worker.proc.exitcode})")
             elif worker.task is not None and 0 < worker.clock.value < time.monotonic() - self.timeout:
-                pending.append(FailEvent(worker.item, f"decode timed out after {self.timeout:g} s"))
-                self._replace(worker, tasks)
+                self._lost(worker, tasks, pending, f"decode timed out after {self.timeout:g} s")
+
+    def _lost(self, worker: _Worker, tasks: _Tasks, pending: deque[Event], error: str) -> None:
+        """A worker died or hung: retry its video once with PyAV if it sent nothing yet (decord segfaults on
+        some broken inputs and can hang, dmlc/decord#373), else fail it; replace the worker."""
+        if worker.task is not None:
+            index, item, retry = worker.task
+            if not worker.started and not retry:
+                tasks.retry.append((index, item, True))
+            else:
+                pending.append(FailEvent(index, error))
+        self._replace(worker, tasks)
 
     def _drain(self, worker: _Worker, pending: deque[Event]) -> None:
         """Events a worker sent before it died, in order; its item is finished if one of them says so."""

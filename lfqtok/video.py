@@ -10,6 +10,7 @@ frames a clip needs are kept, and each window is dropped once yielded.
 from __future__ import annotations
 
 import io
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple
@@ -298,16 +299,18 @@ def _windows(sampled: Iterator[_Frame], spec: ClipSpec, to_rgb: Callable[[_Frame
 
 
 def iter_clips(
-    video: str | bytes, spec: ClipSpec, *, threads: int = 0, decoder: str = "auto"
+    video: str | bytes, spec: ClipSpec, *, threads: int = 0, decoder: str | None = None
 ) -> tuple[VideoMeta, Iterator[Clip]]:
     """A video (a path or its bytes) -> its meta and a lazy iterator of clips (T, S, S, 3) uint8 RGB.
 
     Raises VideoError with a one-line reason for an unreadable, empty or unsupported video; the iterator may
-    raise it too (a stream that breaks mid-way). `threads`: decoder threads, 0 lets the decoder choose;
-    `decoder`: "auto" (decord where it reads right), "pyav" or "decord" (still falling back to PyAV on failure).
+    raise it too (a stream that breaks mid-way). `threads`: decoder threads, 0 lets the decoder choose.
+    `decoder`: "auto" (decord where it reads right), "pyav", or "decord" (still falling back to PyAV on
+    failure); None reads $LFQTOK_DECODER (default "auto"), the switch to force PyAV everywhere.
     """
+    decoder = decoder or os.environ.get("LFQTOK_DECODER", "auto")
     if decoder not in ("auto", "pyav", "decord"):
-        raise UsageError(f"decoder must be auto, pyav or decord, got {decoder!r}")
+        raise UsageError(f"decoder must be auto, pyav or decord (LFQTOK_DECODER), got {decoder!r}")
     probe = _probe(video)
     decoder = _Decoder(video, probe, spec.size, threads, decoder)
     display = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)

@@ -22,8 +22,11 @@ SPEC = ClipSpec(size=16, clip_frames=5)
 
 
 def fake_decode(index, item, spec):
-    """Two clips per video; 'hang*' never returns, 'crash*' exits the process, 'big*' sends 1 MiB clips."""
+    """Two clips per video; 'hang*' never returns, 'crash*' exits the process, 'big*' sends 1 MiB clips,
+    'decordcrash*' exits unless PyAV is forced (as on a retry)."""
     name = Path(item.path).name
+    if name.startswith("decordcrash") and os.environ.get("LFQTOK_DECODER") != "pyav":
+        os._exit(11)
     if name.startswith("hang"):
         time.sleep(3600)
     if name.startswith("crash"):
@@ -115,6 +118,26 @@ def test_hang_and_crash_become_failures_and_the_run_goes_on(tmp_path):
         assert [type(e) for e in by_item[i]] == [ClipEvent, ClipEvent, DoneEvent]
         assert by_item[i][-1].extras == {"txt": Path(items[i].path).name.encode()}
     assert time.monotonic() - started < 20
+
+
+def test_a_video_that_crashes_its_worker_is_retried_once_with_pyav(tmp_path):
+    items = fake_items(tmp_path, ["a.mp4", "decordcrash.mp4"])
+    with DecodePool(SPEC, workers=1, decode=fake_decode) as pool:
+        by_item = assert_well_formed(list(pool.run(items)), 2)
+    assert [type(e) for e in by_item[1]] == [ClipEvent, ClipEvent, DoneEvent]
+
+
+def test_truncated_webm_in_a_tar_still_gives_clips(tmp_path, real_videos):
+    import tarfile
+
+    data = (real_videos / "train" / "big_buck_bunny_0_30.webm").read_bytes()
+    (tmp_path / "k.webm").write_bytes(data[: len(data) // 2])  # decord segfaults opening these bytes
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        tar.add(tmp_path / "k.webm", arcname="k.webm")
+    with DecodePool(ClipSpec(size=32, clip_frames=5, max_clips=3), workers=1) as pool:
+        events = list(pool.run(list_items([str(tmp_path / "s.tar")])))
+    assert [type(e).__name__ for e in events] == ["ClipEvent"] * 3 + ["DoneEvent"]
+    assert events[-1].meta.decoder == "pyav"
 
 
 def test_time_blocked_by_a_slow_consumer_is_not_decode_time(tmp_path):
