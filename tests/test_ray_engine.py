@@ -46,7 +46,7 @@ def output_files(out: Path) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def ray():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a cluster already here
     yield ray
     ray.shutdown()
 
@@ -88,6 +88,8 @@ def test_ray_writes_the_same_shards_as_local(tmp_path, ray, model, videos, local
     files = output_files(tmp_path / "ray")
     assert sorted(files) == ["00000.tar", "00000_stats.json", "00001.tar", "00001_stats.json", "lfqtok.json"]
     assert files == output_files(local_out)  # every member, every token byte, the same failures
+    for name in ("00000.tar", "00001.tar"):
+        assert (tmp_path / "ray" / name).read_bytes() == (local_out / name).read_bytes()
     assert seen and seen[-1] == 3 and seen == sorted(seen)
     deadline = time.monotonic() + 10
     while ray.available_resources().get("CPU") != 2 and time.monotonic() < deadline:
