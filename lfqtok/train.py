@@ -120,23 +120,32 @@ def iter_video_files(inputs: Sequence[str]):
             raise InputError(f"training input not found: {path}")
 
 
-def decode_video(path: Path, short_side: int, max_frames: int | None) -> Tensor:
-    """A whole video -> uint8 (N, H, W, 3) with its short side scaled to `short_side` (decord does the scaling)."""
+def resize_short_side(frames: Tensor, short_side: int) -> Tensor:
+    """uint8 (N, H, W, 3) -> uint8 (N, H', W', 3) with min(H', W') = short_side (bilinear, antialiased)."""
+    h, w = frames.shape[1:3]
+    scale = short_side / min(h, w)
+    size = (max(short_side, round(h * scale)), max(short_side, round(w * scale)))
+    x = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def decode_video(path: Path, short_side: int, max_frames: int | None, chunk: int = 32) -> Tensor:
+    """A whole video -> uint8 (N, H, W, 3), short side scaled to `short_side`; decoded `chunk` frames at a time."""
     import decord
 
     try:
-        probe = decord.VideoReader(str(path), ctx=decord.cpu(0))
-        n = len(probe)
-        h, w = probe[0].shape[:2]
-        del probe
-        scale = short_side / min(h, w)
-        height, width = max(short_side, round(h * scale)), max(short_side, round(w * scale))
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height)
-        count = n if max_frames is None else min(n, max_frames)
-        frames = reader.get_batch(list(range(count))).asnumpy()
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        count = len(reader) if max_frames is None else min(len(reader), max_frames)
+        parts = [
+            resize_short_side(torch.from_numpy(reader.get_batch(list(range(i, min(i + chunk, count)))).asnumpy()), short_side)
+            for i in range(0, count, chunk)
+        ]
     except Exception as exc:  # decord raises DECORDError / RuntimeError / IndexError depending on the damage
-        raise VideoError(f"{path}: cannot decode ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    return torch.from_numpy(np.ascontiguousarray(frames))
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise VideoError(f"{path}: cannot decode ({type(exc).__name__}: {first_line})") from None
+    if not parts:
+        raise VideoError(f"{path}: no frames")
+    return torch.cat(parts)
 
 
 class ClipSampler:

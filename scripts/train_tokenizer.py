@@ -64,11 +64,14 @@ def main(
         with Progress(*columns, console=console) as progress:
             task = progress.add_task("train", total=1.0, info="decoding videos")
 
+            first_step: list[int] = []  # the step a resumed run starts from, for steps/s
+
             def on_step(s: StepStats) -> None:
+                first_step[:] = first_step or [s.step - 1]
                 info = f"step {s.step} loss {s.loss:.4f} psnr {s.psnr:.2f} dB lr {s.lr:.2e}"
                 progress.update(task, completed=s.progress, info=info)
                 if s.step % log_every == 0:
-                    progress.console.log(f"{info} l1 {s.l1:.4f} aux {s.aux:.4f} {s.step / max(s.seconds, 1e-9):.2f} steps/s")
+                    progress.console.log(f"{info} l1 {s.l1:.4f} aux {s.aux:.4f} {(s.step - first_step[0]) / max(s.seconds, 1e-9):.2f} steps/s")
 
             result = train_tokenizer(config, on_step=on_step, resume=resume)
     except LfqtokError as exc:

@@ -1,0 +1,112 @@
+"""Training: a tiny tokenizer learns on generated videos, resumes bit-exactly, writes only safetensors."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from typer.testing import CliRunner
+from videos import make_video
+
+from lfqtok.errors import InputError, UsageError
+from lfqtok.model import TokenizerConfig, load_tokenizer
+from lfqtok.train import StepStats, TrainConfig, train_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# helpers
+
+
+@pytest.fixture(scope="module")
+def clips_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train_videos")
+    make_video(root / "a.mp4", frames=24, width=64, height=48, fps=24)
+    make_video(root / "sub" / "b.mp4", frames=12, width=64, height=64, fps=24)
+    make_video(root / "short.mp4", frames=3, width=64, height=64, fps=24)  # fewer frames than one clip: skipped
+    (root / "notes.txt").write_text("not a video")
+    return root
+
+
+def config(root: Path, out: Path, **overrides) -> TrainConfig:
+    base = dict(
+        inputs=(str(root),), out_dir=str(out), tokenizer=TokenizerConfig.tiny(), name="tiny-trained", steps=8,
+        batch_size=2, clip_frames=5, crop=32, short_side=40, zoom=(0.8, 1.0), lr=3e-3, warmup_steps=2, checkpoint_every=4,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+class StopAt(Exception):
+    pass
+
+
+# tests
+
+
+def test_tiny_model_loss_falls(clips_dir, tmp_path):
+    stats: list[StepStats] = []
+    result = train_tokenizer(config(clips_dir, tmp_path, steps=40, checkpoint_every=20), on_step=stats.append)
+    first, last = sum(s.l1 for s in stats[:5]) / 5, sum(s.l1 for s in stats[-5:]) / 5
+    assert result.steps == 40 and len(stats) == 40
+    assert last < 0.8 * first
+    assert [Path(p).name for p, _ in result.skipped] == ["short.mp4"]
+    tok = load_tokenizer(result.tokenizer_path)  # the export is an ordinary tokenizer checkpoint
+    assert tok.name == "tiny-trained" and tok.config == TokenizerConfig.tiny()
+
+
+def test_resume_continues_bit_exactly(clips_dir, tmp_path):
+    straight = train_tokenizer(config(clips_dir, tmp_path / "a"))
+
+    def interrupt(s: StepStats) -> None:
+        if s.step == 6:  # after the step-4 checkpoint
+            raise StopAt
+
+    with pytest.raises(StopAt):
+        train_tokenizer(config(clips_dir, tmp_path / "b"), on_step=interrupt)
+    resumed = train_tokenizer(config(clips_dir, tmp_path / "b"))
+    assert resumed.steps == 8
+    assert resumed.tokenizer_path.read_bytes() == straight.tokenizer_path.read_bytes()
+
+
+def test_state_is_safetensors(clips_dir, tmp_path):
+    result = train_tokenizer(config(clips_dir, tmp_path, steps=2, checkpoint_every=2))
+    with safe_open(str(result.state_path), framework="pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert meta["format"] == "lfqtok-train-state" and meta["step"] == "2"
+    assert any(k.startswith("model.") for k in keys) and any(k.endswith(".exp_avg_sq") for k in keys)
+
+
+def test_resume_refuses_another_model(clips_dir, tmp_path):
+    train_tokenizer(config(clips_dir, tmp_path, steps=2, checkpoint_every=2))
+    other = TokenizerConfig(channels=4, channel_mults=(1, 1, 2), patch_size=4, codebook_bits=6)
+    with pytest.raises(UsageError, match="another tokenizer config"):
+        train_tokenizer(config(clips_dir, tmp_path, tokenizer=other))
+
+
+def test_input_and_config_errors(clips_dir, tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        train_tokenizer(config(tmp_path / "nope", tmp_path / "out"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "x.txt").write_text("no video")
+    with pytest.raises(InputError, match="no usable training video"):
+        train_tokenizer(config(empty, tmp_path / "out"))
+    with pytest.raises(UsageError, match="clip_frames"):
+        config(clips_dir, tmp_path, clip_frames=6)
+    with pytest.raises(UsageError, match="crop"):
+        config(clips_dir, tmp_path, crop=30)
+
+
+def test_script_trains_and_exports(clips_dir, tmp_path):
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train_tokenizer.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    export = tmp_path / "exported.safetensors"
+    args = [str(clips_dir), "--out", str(tmp_path / "run"), "--tiny", "--steps", "2", "--batch-size", "1",
+            "--clip-frames", "5", "--crop", "32", "--export", str(export)]
+    result = CliRunner().invoke(script.app, args)
+    assert result.exit_code == 0, result.output
+    assert load_tokenizer(export).config == TokenizerConfig.tiny()
+    bad = CliRunner().invoke(script.app, [*args[:-2], "--clip-frames", "4"])
+    assert bad.exit_code == 2 and "clip_frames" in bad.output
