@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - depends on the platform
 # without duration, so it never seeks here and everything else goes to PyAV.
 DECORD_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg"})
 DECORD_CHUNK = 16  # frames per decord read: small, so a huge fps-subsampling step never holds many frames
+MAX_BAD_PACKETS = 16  # corrupt packets skipped per video before it counts as undecodable
 TIE_SECONDS = 1e-4  # timestamps this close to a target count as equally near
 ALPHA_FORMATS = ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya")  # composited over black
 
@@ -187,23 +188,33 @@ def _decord_times(reader: Any, total: int) -> np.ndarray:
 
 
 def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[_Frame]:
-    """Every decoded frame from `start` on (earlier ones are decoded and dropped); needs no duration or count."""
+    """Every decoded frame from `start` on (earlier ones are decoded and dropped); needs no duration or count.
+
+    A corrupt packet is skipped, as the ffmpeg CLI does (the decoder conceals what it referenced), up to
+    MAX_BAD_PACKETS per video.
+    """
     with _open(video) as container:
         stream = _stream(container)
         stream.thread_type = "AUTO"
         stream.thread_count = threads
-        t0 = None
-        last = 0.0
+        t0, last, index, bad = None, 0.0, -1, 0
         step = 1.0 / float(stream.average_rate) if stream.average_rate else 0.04
-        index = -1
         try:
-            for frame in container.decode(stream):
-                index += 1
-                t = frame.time if frame.time is not None else last + step
-                t0 = t if t0 is None else t0
-                last = max(t, last)  # guard against timestamps that go backwards
-                if index >= start:
-                    yield _Frame(index, last - t0, frame)
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.InvalidDataError:
+                    bad += 1
+                    if bad > MAX_BAD_PACKETS:
+                        raise VideoError(f"more than {MAX_BAD_PACKETS} corrupt packets (after frame {index})") from None
+                    continue
+                for frame in frames:
+                    index += 1
+                    t = frame.time if frame.time is not None else last + step
+                    t0 = t if t0 is None else t0
+                    last = max(t, last)  # guard against timestamps that go backwards
+                    if index >= start:
+                        yield _Frame(index, last - t0, frame)
         except av.FFmpegError as exc:
             raise VideoError(f"decode failed after frame {index}: {_reason(exc)}") from None
 

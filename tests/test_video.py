@@ -235,3 +235,12 @@ def test_decoding_stops_at_max_clips_and_skips_converting_gaps(wide, monkeypatch
     converted.clear()
     meta, clips = iter_clips(str(wide), ClipSpec(size=16, clip_frames=9, clip_stride=15), decoder="pyav")
     assert len(list(clips)) == 3 and len(decoded) == 40 and len(converted) == 27  # gaps decoded, not converted
+
+
+def test_a_corrupt_packet_is_skipped_not_fatal(tmp_path):
+    data = bytearray(make_video(tmp_path / "v.mp4", frames=60, width=160, height=120, fps=24).read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 1000] = bytes(1000)  # zero a run of one frame's data (mp4: the index is at the end)
+    (tmp_path / "broken.mp4").write_bytes(bytes(data))
+    meta, clips = iter_clips(str(tmp_path / "broken.mp4"), ClipSpec(size=16, clip_frames=9), decoder="pyav")
+    assert len(list(clips)) >= 5  # 6 with every frame; the bad packet costs at most its frame
