@@ -218,6 +218,8 @@ class DecodePool:
         pending: deque[Event] = deque()
         open_items = len(items)
         try:
+            for worker in self._pool:  # idle workers of an earlier run
+                worker.give(tasks.next())
             while len(self._pool) < min(self.workers, len(items)):
                 self._pool.append(self._start(tasks))
             while open_items:

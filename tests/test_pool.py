@@ -183,6 +183,14 @@ class _nothing:
         return False
 
 
+def test_a_pool_runs_several_item_lists(tmp_path):
+    first, second = fake_items(tmp_path, ["a.mp4", "b.mp4"]), fake_items(tmp_path, ["c.mp4", "d.mp4", "e.mp4"])
+    with DecodePool(SPEC, workers=2, decode=fake_decode) as pool:
+        assert_well_formed(list(pool.run(first)), 2)
+        by_item = assert_well_formed(list(pool.run(second)), 3)
+    assert [evs[-1].extras["txt"] for evs in by_item.values()] == [b"c.mp4", b"d.mp4", b"e.mp4"]
+
+
 def test_inline_mode_runs_in_this_process(tmp_path):
     items = fake_items(tmp_path, ["a.mp4", "b.mp4"])
     with DecodePool(SPEC, workers=0, decode=fake_decode) as pool:
