@@ -46,9 +46,17 @@ def bit_weights(bits: int, device: torch.device | str | None = None) -> Tensor:
     return torch.ones((), dtype=torch.int64, device=device) << torch.arange(bits - 1, -1, -1, device=device)
 
 
+def pack_along(bits: Tensor, weights: Tensor, dim: int) -> Tensor:
+    """Bool bits with the D bits on `dim` -> int64 indices; int32 products (2x less traffic) when D <= 31."""
+    shape = (-1,) + (1,) * (bits.ndim - dim - 1 if dim >= 0 else -dim - 1)
+    if weights.numel() <= 31:
+        return (bits * weights.int().view(shape)).sum(dim, dtype=torch.int64)
+    return (bits * weights.view(shape)).sum(dim)
+
+
 def pack_sign_bits(x: Tensor) -> Tensor:
     """(..., D) float -> (...) int64 indices, bit i = (x[..., i] > 0), MSB first; the whole eval quantizer."""
-    return ((x > 0) * bit_weights(x.shape[-1], x.device)).sum(-1)
+    return pack_along(x > 0, bit_weights(x.shape[-1], x.device), -1)
 
 
 def unpack_bits(indices: Tensor, bits: int) -> Tensor:
@@ -58,7 +66,7 @@ def unpack_bits(indices: Tensor, bits: int) -> Tensor:
 
 def bits_to_codes(bits: Tensor, scale: float) -> Tensor:
     """(..., D) bool -> (..., D) float32 codes, +scale for a set bit, -scale otherwise."""
-    return bits.float() * (2 * scale) - scale
+    return bits.float().mul_(2 * scale).sub_(scale)
 
 
 def code_range(start: int, stop: int, bits: int, scale: float, device: torch.device) -> Tensor:
@@ -283,7 +291,7 @@ class LFQ(nn.Module):
             original = x
             positive = x > 0
             quantized = bits_to_codes(positive, self.codebook_scale)
-            indices = (positive * self.mask).sum(-1)  # (b, n, c)
+            indices = pack_along(positive, self.mask, -1)  # (b, n, c)
             zero = x.new_zeros(())
             per_sample = batch = commitment = zero
             if self.training:
@@ -318,8 +326,7 @@ class LFQ(nn.Module):
         axis = 1 if is_img_or_video else x.ndim - 1
         positive = x > 0
         bits = positive.unflatten(axis, (self.num_codebooks, self.codebook_dim))  # codebook bits at axis + 1
-        weights = self.mask.view(-1, *([1] * (x.ndim - axis - 1)))
-        indices = (bits * weights).sum(axis + 1)  # (b, c, ...) or (b, n, c)
+        indices = pack_along(bits, self.mask, axis + 1)  # (b, c, ...) or (b, n, c)
         if is_img_or_video:
             indices = indices.movedim(1, -1)
         if not self.keep_num_codebooks_dim:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -33,15 +32,16 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def worker(impl: str, mode: str, bits: int, tokens: int, device: str, repeat: int) -> dict:
-    """Build one quantizer, run it `repeat` times, return median seconds and extra peak bytes."""
+def worker(impl: str, mode: str, bits: int, tokens: int, device: str, repeat: int, threads: int) -> dict:
+    """Build one quantizer, run it `repeat` times, return the best time (least disturbed by other load) and
+    the extra peak bytes."""
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     if impl == "bare":
-        from lfqtok.lfq import bit_weights
-
-        weights = bit_weights(bits, device).view(-1, 1, 1, 1)
-        run = lambda x: ((x > 0) * weights).sum(1)  # noqa: E731 - the baseline is one expression
+        weights = (2 ** torch.arange(bits - 1, -1, -1, device=device, dtype=torch.int32)).view(-1, 1, 1, 1)
+        run = lambda x: ((x > 0) * weights).sum(1, dtype=torch.int64)  # noqa: E731 - the baseline is one expression
     else:
         if impl == "lfqtok":
             from lfqtok.lfq import LFQ
@@ -80,15 +80,16 @@ def worker(impl: str, mode: str, bits: int, tokens: int, device: str, repeat: in
         extra = torch.cuda.max_memory_allocated() - before
     else:
         extra = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return {"seconds": statistics.median(times), "extra_bytes": max(0, extra)}
+    return {"seconds": min(times), "extra_bytes": max(0, extra)}
 
 
 # driver
 
 
-def measure(impl: str, mode: str, bits: int, tokens: int, device: str, repeat: int) -> dict:
+def measure(impl: str, mode: str, bits: int, args: argparse.Namespace, tokens: int, repeat: int) -> dict:
     """Run one worker in a fresh interpreter; an error (e.g. out of memory) becomes a row, not a crash."""
-    cmd = [sys.executable, __file__, "--worker", impl, mode, str(bits), str(tokens), device, str(repeat)]
+    worker_args = [impl, mode, bits, tokens, args.device, repeat, args.threads]
+    cmd = [sys.executable, __file__, "--worker", *map(str, worker_args)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
@@ -110,14 +111,14 @@ def bench_quantizers(args: argparse.Namespace) -> list[str]:
     bytes_per_pair = PRIOR_BYTES_PER_PAIR
     for bits in args.bits:
         pairs = args.tokens * 2**bits
-        for mode in ("train", "eval"):
+        for mode in args.modes:
             repeat = 1 if mode == "train" else args.eval_repeat
-            ours = measure("lfqtok", mode, bits, args.tokens, args.device, repeat)
+            ours = measure("lfqtok", mode, bits, args, args.tokens, repeat)
             need = bytes_per_pair * pairs
             if mode == "train" and need > args.mem_cap_gib * GIB:
                 ref = {"skipped": f"skipped: would need ~{need / GIB:.0f} GiB"}
             else:
-                ref = measure("reference", mode, bits, args.tokens, args.device, repeat)
+                ref = measure("reference", mode, bits, args, args.tokens, repeat)
                 if mode == "train" and "extra_bytes" in ref:
                     bytes_per_pair = max(ref["extra_bytes"] / pairs, 1.0)
             rows.append(f"| 2^{bits} | {mode} | {' | '.join(fmt(ours))} | {' | '.join(fmt(ref))} |")
@@ -127,8 +128,8 @@ def bench_quantizers(args: argparse.Namespace) -> list[str]:
 
 def bench_fast_path(args: argparse.Namespace) -> list[str]:
     rows = ["| eval forward, 2^18 codes | time | extra peak |", "|---|---|---|"]
-    for impl, label in (("bare", "bare sign-and-pack `((x > 0) * w).sum(1)`"), ("lfqtok", "lfqtok.LFQ eval"), ("reference", "reference eval")):
-        result = measure(impl, "eval", 18, args.fast_tokens, args.device, args.eval_repeat)
+    for impl, label in (("bare", "bare sign-and-pack `((x > 0) * w32).sum(1, dtype=int64)`"), ("lfqtok", "lfqtok.LFQ eval"), ("reference", "reference eval")):
+        result = measure(impl, "eval", 18, args, args.fast_tokens, args.eval_repeat)
         rows.append(f"| {label} | {' | '.join(fmt(result))} |")
     return rows
 
@@ -160,21 +161,24 @@ def bench_codec(count: int, bits: int = 18, repeat: int = 3) -> list[str]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        impl, mode, bits, tokens, device, repeat = sys.argv[2:8]
-        print(json.dumps(worker(impl, mode, int(bits), int(tokens), device, int(repeat))))
+        impl, mode, bits, tokens, device, repeat, threads = sys.argv[2:9]
+        print(json.dumps(worker(impl, mode, int(bits), int(tokens), device, int(repeat), int(threads))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch default)")
     parser.add_argument("--tokens", type=int, default=10240, help="tokens per train/eval call (multiple of 1280)")
     parser.add_argument("--bits", type=lambda s: [int(b) for b in s.split(",")], default=[10, 12, 14, 16, 18])
     parser.add_argument("--mem-cap-gib", type=float, default=16.0, help="skip reference runs that would need more")
-    parser.add_argument("--eval-repeat", type=int, default=20)
+    parser.add_argument("--modes", type=lambda s: s.split(","), default=["train", "eval"], help="train,eval or one")
+    parser.add_argument("--eval-repeat", type=int, default=20, help="eval calls per process; the best counts")
     parser.add_argument("--fast-tokens", type=int, default=64 * TOKENS_PER_CLIP, help="tokens for the fast-path table")
     parser.add_argument("--codec-tokens", type=int, default=10_000_000)
     args = parser.parse_args()
     import torch
 
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    threads = args.threads or torch.get_num_threads()
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {threads} torch threads"
     print(f"device: {device_name}; torch {torch.__version__}; {args.tokens} tokens per call\n")
     for table in (bench_quantizers(args), bench_fast_path(args), bench_codec(args.codec_tokens)):
         print("\n".join(table) + "\n")

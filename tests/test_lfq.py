@@ -178,10 +178,11 @@ def test_pack_sign_bits_msb_first_and_round_trip():
     x = torch.full((3, 18), -1.0)
     x[0, 0], x[1, 17], x[2] = 1.0, 1.0, 1.0
     assert pack_sign_bits(x).tolist() == [2**17, 1, 2**18 - 1]
-    x = torch.randn(4, 5, 18)
-    indices = pack_sign_bits(x)
-    assert indices.dtype == torch.int64
-    assert torch.equal(unpack_bits(indices, 18), x > 0)
+    for bits in (1, 18, 31, 32, 62):  # int32 products up to 31 bits, int64 above
+        x = torch.randn(4, 5, bits)
+        indices = pack_sign_bits(x)
+        assert indices.dtype == torch.int64 and indices.min() >= 0
+        assert torch.equal(unpack_bits(indices, bits), x > 0)
     assert pack_sign_bits(torch.zeros(2, 3)).tolist() == [0, 0]  # 0 is a negative bit, as the reference
 
 
