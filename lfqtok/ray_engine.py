@@ -273,6 +273,7 @@ class Dispatcher:
                         f"(needs {self.plan.num_gpus} GPU, {self.plan.num_cpus} CPU each); finished shards are kept"
                     )
                 if on_progress is not None:
+                    self._poll()
                     on_progress(self._progress(total))
         finally:
             for slot in self.slots:
@@ -337,25 +338,35 @@ class Dispatcher:
                     "finished shards are kept, rerun to resume"
                 ) from None
             todo.appendleft((job, attempt + 1))
-            if slot in self.slots:
-                self.slots.remove(slot)
-                self.ray.kill(slot.handle)
-                self._start_actor()
+            self._replace(slot)
+
+    def _replace(self, slot: _Slot) -> None:
+        """A dead actor's place goes to a new one (it starts when the cluster has room); once per actor."""
+        if slot in self.slots:
+            self.slots.remove(slot)
+            self.ray.kill(slot.handle)
+            self._start_actor()
+
+    def _poll(self) -> None:
+        """Collect each live actor's answer to its last `progress()` call and ask again (never more than one)."""
+        for slot in list(self.slots):
+            if slot.poll is not None and self.ray.wait([slot.poll], timeout=0)[0]:
+                poll, slot.poll = slot.poll, None
+                try:
+                    slot.live = self.ray.get(poll)
+                except self.ray.exceptions.RayError:  # it died: an idle one is replaced now, a busy one
+                    slot.live = {}  # when its shards come back failed (and are retried)
+                    if not slot.running:
+                        self._replace(slot)
+                        continue
+            if slot.poll is None and slot.ready is None:
+                slot.poll = slot.handle.progress.remote()
 
     def _progress(self, total: "Counters") -> "Counters":
         """Finished shards' counts plus the live counters of the shards still running (on the actor they run on)."""
         from .encode import Counters
         from .engines import _counts, _sum_into
 
-        for slot in self.slots:
-            if slot.poll is not None and self.ray.wait([slot.poll], timeout=0)[0]:
-                try:
-                    slot.live = self.ray.get(slot.poll)
-                except self.ray.exceptions.RayError:
-                    slot.live = {}
-                slot.poll = None
-            if slot.poll is None and slot.ready is None:
-                slot.poll = slot.handle.progress.remote()
         running = {(id(slot), job.index) for job, _, slot in self.running.values()}
         live = [c for slot in self.slots for shard, c in slot.live.items() if (id(slot), shard) in running]
         _sum_into(total, [Counters(**_counts(self.results)), *live])
