@@ -72,6 +72,16 @@ def videos(tmp_path_factory) -> Path:
 # the engine
 
 
+def test_joining_a_cluster_that_is_not_there_is_one_usage_error(tmp_path, monkeypatch, model, videos):
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized() or os.path.exists("/tmp/ray/ray_current_cluster"):
+        pytest.skip("a Ray cluster is running here")  # runs before the module's cluster starts
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(UsageError, match="--ray-address auto: cannot connect to a Ray cluster .*ray start --head"):
+        lfqtok.encode_dataset([str(videos)], tmp_path / "out", model=model, engine="ray", ray_address="auto", **OPTIONS)
+    assert not ray.is_initialized()
+
+
 @pytest.fixture(scope="module")
 def local_out(tmp_path_factory, model, videos) -> Path:
     out = tmp_path_factory.mktemp("local") / "tokens"
