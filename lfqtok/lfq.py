@@ -26,8 +26,7 @@ LossBreakdown = namedtuple("LossBreakdown", ["per_sample_entropy", "batch_entrop
 
 EPS = 1e-5  # probability clamp of the reference entropy
 LOG_EPS = math.log(EPS)
-CODE_CHUNK = 4096  # codes per chunk of the dense entropy
-BLOCK_ELEMS = 1 << 23  # at most this many (token, code) pairs live at once: 32 MiB per float32 temporary
+BLOCK_ELEMS = 1 << 23  # at most this many (row, code) pairs live at once: 32 MiB per float32 temporary
 MAX_BITS = 62  # indices are int64
 
 # helpers
@@ -74,15 +73,6 @@ def code_range(start: int, stop: int, bits: int, scale: float, device: torch.dev
     return bits_to_codes(unpack_bits(torch.arange(start, stop, device=device), bits), scale)
 
 
-def iter_blocks(num_tokens: int, num_codes: int):
-    """Yield (code slice, token slice) blocks of at most BLOCK_ELEMS pairs, codes outer."""
-    code_chunk = min(num_codes, CODE_CHUNK)
-    token_chunk = max(1, BLOCK_ELEMS // code_chunk)
-    for k0 in range(0, num_codes, code_chunk):
-        for t0 in range(0, num_tokens, token_chunk):
-            yield slice(k0, min(k0 + code_chunk, num_codes)), slice(t0, min(t0 + token_chunk, num_tokens))
-
-
 def log_partition(logit_scale_x: Tensor, scale: float) -> Tensor:
     """log sum_c exp(z . c) over all +-scale codes, closed form: sum_d log(2 cosh(scale * z_d)); (t, d) -> (t,)."""
     a = logit_scale_x * scale
@@ -94,6 +84,30 @@ def clamped_entropy(prob: Tensor) -> Tensor:
     return -(prob * prob.clamp(min=EPS).log()).sum(-1)
 
 
+def iter_chunks(n: int, size: int):
+    """Slices of at most `size` covering 0 .. n - 1."""
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def half_log_probs(z: Tensor, codes: Tensor, scale: float) -> Tensor:
+    """(t, h) logit-scaled inputs of h channels, (2^h, h) codes -> (t, 2^h) log-probs of their bit patterns."""
+    return torch.addmm(-log_partition(z, scale)[:, None], z, codes.T)
+
+
+def active_rows(log_hi: Tensor, log_lo: Tensor) -> Tensor:
+    """(t, 2^h), (t, 2^l) half log-probs -> (t, 2^h) bool: the (token, hi) rows holding a probability >= EPS."""
+    return log_hi + log_lo.amax(1, keepdim=True) >= LOG_EPS
+
+
+def iter_rows(active: Tensor, log_hi: Tensor, log_lo: Tensor):
+    """Chunks of (token, hi, (n, 2^l) log-probs) over the active rows; elsewhere no per-code work is needed."""
+    rows = active.nonzero()  # (n, 2): token, hi
+    for chunk in iter_chunks(rows.shape[0], max(1, BLOCK_ELEMS // log_lo.shape[1])):
+        token, hi = rows[chunk].unbind(1)
+        yield token, hi, log_hi[token, hi][:, None] + log_lo[token]
+
+
 # entropy
 
 
@@ -101,56 +115,64 @@ class ChunkedEntropy(torch.autograd.Function):
     """(t, c, d) inputs -> (mean clamped per-sample entropy, (c, 2^d) mean probabilities), O(t * d) saved.
 
     Probabilities are softmax(2 tau x . code) over all 2^d codes of value +-scale, the reference's
-    distribution; backward recomputes each chunk instead of saving it.
+    distribution. It factorizes over bits, so with code = (hi, lo) (upper d // 2 bits, lower bits)
+    p(hi, lo) = p_hi(hi) p_lo(lo): the batch mean is one matmul of the two factors per token chunk, and
+    sum_j p_j log max(p_j, eps) needs per-code work only on (token, hi) rows that hold a probability
+    >= eps (every other row adds p_hi(hi) log eps). Backward recomputes the same way.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, inv_temperature: float, scale: float) -> tuple[Tensor, Tensor]:
         t, c, d = x.shape
-        k = 1 << d
-        ent = torch.zeros((), dtype=torch.float64, device=x.device)
-        avg = torch.zeros(c, k, dtype=torch.float32, device=x.device)
+        h = d // 2
+        codes_hi, codes_lo = code_range(0, 1 << h, h, scale, x.device), code_range(0, 1 << d - h, d - h, scale, x.device)
+        neg_ent = torch.zeros((), dtype=torch.float64, device=x.device)  # sum_t sum_j p_j log max(p_j, eps)
+        avg = torch.zeros(c, 1 << h, 1 << d - h, dtype=x.dtype, device=x.device)
         for ci in range(c):
-            z = x[:, ci] * (2 * inv_temperature)  # (t, d)
-            neg_logz = -log_partition(z, scale)[:, None]  # (t, 1)
-            codes = None
-            for ks, ts in iter_blocks(t, k):
-                if ts.start == 0:
-                    codes = code_range(ks.start, ks.stop, d, scale, x.device)  # (k', d)
-                logp = torch.addmm(neg_logz[ts], z[ts], codes.T)  # (t', k')
-                p = logp.exp()
-                avg[ci, ks] += p.sum(0)
-                ent -= torch.dot(p.view(-1), logp.clamp_(min=LOG_EPS).view(-1))
+            z = x[:, ci] * (2 * inv_temperature)  # (t, d) logit scale
+            for ts in iter_chunks(t, max(1, BLOCK_ELEMS >> d - h)):
+                log_hi, log_lo = half_log_probs(z[ts, :h], codes_hi, scale), half_log_probs(z[ts, h:], codes_lo, scale)
+                avg[ci] += log_hi.exp().T @ log_lo.exp()
+                active = active_rows(log_hi, log_lo)
+                neg_ent += LOG_EPS * torch.where(active, 0, log_hi.exp()).sum()  # rows all below eps
+                for _, _, logp in iter_rows(active, log_hi, log_lo):
+                    neg_ent += torch.dot(logp.exp().view(-1), logp.clamp_(min=LOG_EPS).view(-1))
         ctx.save_for_backward(x)
         ctx.inv_temperature, ctx.scale = inv_temperature, scale
-        return (ent / (t * c)).float(), avg / t
+        return (-neg_ent / (t * c)).to(x.dtype), avg.view(c, -1) / t
 
     @staticmethod
     def backward(ctx, grad_ent: Tensor, grad_avg: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
         tau, scale = ctx.inv_temperature, ctx.scale
         t, c, d = x.shape
-        k = 1 << d
+        h = d // 2
+        codes_hi, codes_lo = code_range(0, 1 << h, h, scale, x.device), code_range(0, 1 << d - h, d - h, scale, x.device)
         a = grad_ent / (t * c)  # d loss / d per-token entropy
         grad = torch.empty_like(x)
         for ci in range(c):
-            # d loss / d p_j = w_j + a * u(p_j), u(p) = -(log clamp(p) + [p >= eps]); a constant shift per
-            # token leaves the softmax gradient unchanged, so both parts are shifted towards zero for accuracy
-            w = (grad_avg[ci] - grad_avg[ci].mean()) / t  # (k,)
+            # d loss / d p_j = w_j + a * u_j, u_j = -(log max(p_j, eps) + [p_j >= eps]); constant shifts per
+            # token leave the softmax gradient unchanged: w is centred and u loses its log eps, so that
+            # u_j = -(log p_j - log eps + 1) for p_j >= eps and 0 elsewhere
+            w = ((grad_avg[ci] - grad_avg[ci].mean()) / t).view(1 << h, 1 << d - h)  # (2^h, 2^l)
             z = x[:, ci] * (2 * tau)
-            neg_logz = -log_partition(z, scale)[:, None]
-            acc = torch.zeros(t, d + 1, dtype=x.dtype, device=x.device)  # [sum_j p_j g_j code_j, sum_j p_j g_j]
-            for ks, ts in iter_blocks(t, k):
-                if ts.start == 0:
-                    codes1 = F.pad(code_range(ks.start, ks.stop, d, scale, x.device), (0, 1), value=1.0)  # (k', d+1)
-                    weighted = codes1 * w[ks, None]
-                logp = torch.addmm(neg_logz[ts], z[ts], codes1[:, :d].T)  # (t', k')
-                p = logp.exp()
-                shifted = logp.sub_(LOG_EPS - 1)  # log p - log eps + 1
-                shifted_u = torch.where(shifted >= 1, shifted, 0).mul_(p)  # p * (-u - LOG_EPS), zero below eps
-                acc[ts] += p @ weighted - a * (shifted_u @ codes1)
             mean_code = scale * torch.tanh(z * scale)  # sum_j p_j code_j, closed form
-            grad[:, ci] = (2 * tau) * (acc[:, :d] - acc[:, d:] * mean_code)
+            for ts in iter_chunks(t, max(1, BLOCK_ELEMS >> d - h)):
+                log_hi, log_lo = half_log_probs(z[ts, :h], codes_hi, scale), half_log_probs(z[ts, h:], codes_lo, scale)
+                p_hi, p_lo = log_hi.exp(), log_lo.exp()
+                pw_lo = (p_hi @ w).mul_(p_lo)  # (t', 2^l): sum_hi p_j w_j
+                pw_hi = (p_lo @ w.T).mul_(p_hi)  # (t', 2^h): sum_lo p_j w_j
+                s1 = pw_lo.sum(1)  # sum_j p_j g_j
+                v_hi, v_lo = pw_hi @ codes_hi, pw_lo @ codes_lo  # sum_j p_j g_j code_j, split by channels
+                for token, hi, logp in iter_rows(active_rows(log_hi, log_lo), log_hi, log_lo):
+                    p = logp.exp()
+                    shifted = logp.sub_(LOG_EPS - 1)  # log p - log eps + 1
+                    pu = torch.where(shifted >= 1, shifted, 0).mul_(p).mul_(-a)  # (n, 2^l): p_j a u_j
+                    row = pu.sum(1)
+                    s1.index_add_(0, token, row)
+                    v_hi.index_add_(0, token, row[:, None] * codes_hi[hi])
+                    v_lo.index_add_(0, token, pu @ codes_lo)
+                grad[ts, ci] = (2 * tau) * (torch.cat([v_hi, v_lo], 1) - s1[:, None] * mean_code[ts])
         return grad, None, None
 
 

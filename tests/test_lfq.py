@@ -57,6 +57,14 @@ def assert_same(ref_out, our_out):
 # equality with the reference
 
 
+@pytest.mark.parametrize("bits", [1, 2, 3])
+@pytest.mark.parametrize("inv_temperature", [100.0, 0.5])
+def test_few_bits_match_reference(bits, inv_temperature):
+    ref, ours = make_pair(codebook_size=2**bits)
+    x = make_input("sequence", bits)
+    assert_same(run(ref, x, inv_temperature=inv_temperature), run(ours, x, inv_temperature=inv_temperature))
+
+
 @pytest.mark.parametrize("kind", ["image", "video", "sequence"])
 @pytest.mark.parametrize("num_codebooks, keep", [(1, None), (1, True), (2, None)])
 @pytest.mark.parametrize("scale", [1.0, 0.5])
@@ -124,9 +132,8 @@ def test_frac_per_sample_entropy_runs_on_sampled_tokens_only(monkeypatch):
 @pytest.mark.parametrize("inv_temperature", [100.0, 3.0])
 @pytest.mark.parametrize("chunked", [False, True])
 def test_big_codebook_chunks_match_reference(monkeypatch, inv_temperature, chunked):
-    if chunked:  # many code chunks and token blocks, with a ragged last block
-        monkeypatch.setattr(lfq_module, "CODE_CHUNK", 1024)
-        monkeypatch.setattr(lfq_module, "BLOCK_ELEMS", 1024 * 70)
+    if chunked:  # chunks of 70 tokens and of 70 (token, hi) rows, ragged at the end
+        monkeypatch.setattr(lfq_module, "BLOCK_ELEMS", 2**7 * 70)
     ref, ours = make_pair(codebook_size=2**14)
     x = make_input("sequence", 14).expand(2, 7, 14).repeat(1, 30, 1)[:, :200] + torch.randn(2, 200, 14) * 0.05
     assert_same(run(ref, x, inv_temperature=inv_temperature), run(ours, x, inv_temperature=inv_temperature))
