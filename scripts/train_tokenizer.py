@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -41,6 +42,7 @@ def main(
     max_frames_per_video: Annotated[Optional[int], typer.Option(help="decode at most this many frames per video")] = None,
     name: Annotated[str, typer.Option(help="name stored in the exported checkpoint")] = "lfqtok-default",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy shared CPU)")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 200,
     log_every: Annotated[int, typer.Option(help="steps between log lines")] = 50,
@@ -48,6 +50,8 @@ def main(
     export: Annotated[Optional[Path], typer.Option(help="copy the final tokenizer.safetensors here")] = None,
 ) -> None:
     console = Console(stderr=True)
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         mults = tuple(int(m) for m in channel_mults.split(","))
     except ValueError:

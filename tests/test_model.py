@@ -26,6 +26,15 @@ def video(frames: int, size: int, batch: int = 1, seed: int = 0) -> torch.Tensor
     return torch.randint(0, 256, (batch, frames, size, size, 3), dtype=torch.uint8, generator=g)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy shared CPU two threads make these tiny convs 10-50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tok() -> Tokenizer:
     return tiny()

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 from videos import make_video
@@ -17,6 +18,15 @@ from lfqtok.train import StepStats, TrainConfig, train_tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 
 # helpers
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a busy shared CPU two threads make these tiny convs 10-50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
