@@ -205,6 +205,11 @@ class LFQ(nn.Module):
     """Lookup-free quantizer: sign of each latent channel -> +-codebook_scale, bits -> integer index.
 
     Outputs stay float32 (CogVideo behaviour); the quantization runs in float32 with autocast disabled.
+    Default entropy terms equal the reference's (1e-5-clamped, natural log) in bounded memory.
+    `factorized_entropy=True` replaces them, for codebooks too big to enumerate, by: the exact unclamped
+    per-sample entropy (sum of per-bit binary entropies; >= the clamped value) and, as batch entropy, the
+    sum over groups of `entropy_group_size` bits of the entropy of the batch-mean group distribution (an
+    upper bound of the unclamped batch entropy, exact for one group); both O(tokens * D * 2^group) work.
     """
 
     def __init__(
