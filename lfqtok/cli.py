@@ -12,6 +12,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import LfqtokError
@@ -53,7 +54,7 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]lfqtok: error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]lfqtok: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

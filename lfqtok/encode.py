@@ -85,7 +85,12 @@ class EncodeConfig:
         for ok, message in checks:
             if not ok:
                 raise UsageError(message)
-        resolve_device(self.device)
+        if self.engine == "ray":  # the cluster's devices are checked when its actors are planned
+            from .ray_engine import import_ray
+
+            import_ray()
+        else:
+            resolve_device(self.device)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -222,7 +227,9 @@ class ShardEncoder:
                     if abort.is_set():
                         break
                     if isinstance(event, ClipEvent):
-                        batch = batcher.add(event.clip.frames, (event.item, event.clip_index, event.clip))
+                        clip = event.clip  # the frames go into the batch; only where they came from travels on
+                        ref = (event.item, event.clip_index, _ClipOrigin(clip.frame_indices, clip.padded))
+                        batch = batcher.add(clip.frames, ref)
                         if batch is not None:
                             gpu_q.put(batch)
                     else:
@@ -309,6 +316,14 @@ def _writer_loop(write_q: queue.Queue, assembler: "_ShardAssembler") -> None:
 
 
 # assembling samples and shards
+
+
+@dataclass
+class _ClipOrigin:
+    """Where a clip's frames came from: all the writer keeps of a clip besides its tokens."""
+
+    frame_indices: list[int]
+    padded: int
 
 
 @dataclass

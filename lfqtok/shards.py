@@ -37,7 +37,7 @@ RESERVED_EXTRAS = {"json": "src.json", "tokens.npy": "src.tokens.npy"}  # passth
 INFO_KEYS = {"lfqtok_version", "inputs", "tokenizer.name"}  # manifest keys that may differ on a resume
 STALE_TMP_SECONDS = 600.0  # a .tmp file untouched this long belongs to no live writer (others may share OUT)
 SHARD_RE = re.compile(r"^\d{5}\.tar$")
-OURS_RE = re.compile(r"^(\d{5}(\.tar|_stats\.json)|lfqtok\.json\.tmp)")
+OURS_RE = re.compile(r"^(\d{5}(\.tar|_stats\.json)|lfqtok\.json\.(\d+\.)?tmp)")
 MEMBER_MTIME = 0  # fixed member mtime: equal inputs give byte-identical tars
 
 # helpers
@@ -72,9 +72,12 @@ def _discard(path: Path) -> None:
         pass
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """JSON to `path` via a `.tmp` file, fsync and rename: readers see the old file or the whole new one."""
-    tmp = _tmp(path)
+def write_json_atomic(path: Path, obj: Any, shared: bool = False) -> None:
+    """JSON to `path` via a `.tmp` file, fsync and rename: readers see the old file or the whole new one.
+
+    `shared`: several processes may write it at once (the manifest, with --num-shards parts starting together),
+    so each gets its own temp name."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp") if shared else _tmp(path)
     try:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=2)
@@ -187,7 +190,7 @@ def prepare_output(out: Path, manifest: dict, overwrite: bool) -> set[int]:
         raise OutputError(f"{out} holds token shards but no readable {MANIFEST_NAME}: use --overwrite to replace them")
     if old is None:
         _remove(out, [n for n in names if _is_ours(n)])
-        write_json_atomic(path, manifest)
+        write_json_atomic(path, manifest, shared=True)
     else:
         now = time.time()
         _remove(out, [n for n in names if ".tmp" in n and _is_ours(n) and now - _mtime(out / n) > STALE_TMP_SECONDS])
