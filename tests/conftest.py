@@ -26,6 +26,19 @@ def video_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def model(tmp_path_factory) -> str:
+    """Path of a tiny random tokenizer checkpoint (seeded): what tests pass as `--model`."""
+    import torch
+
+    from lfqtok.model import Tokenizer, TokenizerConfig, save_tokenizer
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_tokenizer(Tokenizer(TokenizerConfig.tiny()), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def real_videos() -> Path:
     """/work/shared/data/videos (train, eval, edge); tests using it are skipped where it is absent."""
     if not DATA.is_dir():

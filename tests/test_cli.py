@@ -4,11 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from lfqtok.cli import app
-from lfqtok.model import Tokenizer, TokenizerConfig, save_tokenizer
 from videos import make_video
 
 try:  # click >= 8.2 keeps stderr apart by default; older versions need mix_stderr=False
@@ -17,14 +15,6 @@ except TypeError:
     runner = CliRunner()
 
 COMMON = ["--size", "32", "--clip-frames", "9", "--workers", "0", "--device", "cpu"]
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_tokenizer(Tokenizer(TokenizerConfig.tiny()), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

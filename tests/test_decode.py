@@ -13,7 +13,7 @@ import torch
 
 from lfqtok.decode import PSNR_CAP, SSIM_C1, decode_samples, psnr, ssim_frames
 from lfqtok.errors import InputError, ModelError, UsageError
-from lfqtok.model import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
+from lfqtok.model import load_tokenizer
 from lfqtok.shards import MANIFEST_NAME, ShardWriter, build_manifest, prepare_output, read_tokens
 from lfqtok.video import ClipSpec, iter_clips
 
@@ -32,14 +32,6 @@ def make_video(path: Path, frames: int, width: int = 48, height: int = 40, fps: 
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode(None))
     return path
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_tokenizer(Tokenizer(TokenizerConfig.tiny()), path)
-    return str(path)
 
 
 def encode_dir(out: Path, model: str, video: Path, sha256: str | None = None) -> Path:

@@ -20,19 +20,10 @@ import lfqtok
 from lfqtok.encode import EncodeConfig, ShardEncoder
 from lfqtok.engines import _run_multi_device
 from lfqtok.errors import OutputError, UsageError
-from lfqtok.model import Tokenizer, TokenizerConfig, save_tokenizer
 from lfqtok.sources import list_items, plan_shards
 from videos import make_video
 
 SIZE, FRAMES = 32, 9
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_tokenizer(Tokenizer(TokenizerConfig.tiny()), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

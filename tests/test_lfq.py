@@ -123,8 +123,8 @@ def test_frac_per_sample_entropy_same_draw_as_reference(frac, kind):
 
 def test_frac_per_sample_entropy_runs_on_sampled_tokens_only(monkeypatch):
     seen = []
-    real = lfq_module.ChunkedEntropy.apply
-    monkeypatch.setattr(lfq_module.ChunkedEntropy, "apply", lambda x, *a: seen.append(x.shape[0]) or real(x, *a))
+    real = lfq_module.ClampedEntropy.apply
+    monkeypatch.setattr(lfq_module.ClampedEntropy, "apply", lambda x, *a: seen.append(x.shape[0]) or real(x, *a))
     LFQ(codebook_size=2**4, frac_per_sample_entropy=0.25)(torch.randn(2, 4, 10, 10))
     assert seen == [50]
 

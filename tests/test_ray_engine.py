@@ -11,12 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import lfqtok
 from lfqtok.encode import EncodeConfig
 from lfqtok.errors import UsageError
-from lfqtok.model import Tokenizer, TokenizerConfig, save_tokenizer
 from lfqtok.pool import ClipEvent, DoneEvent, FailEvent
 from lfqtok.ray_engine import EncodeActor, RayDecodePool, plan_actors
 from lfqtok.sources import list_items
@@ -49,14 +47,6 @@ def ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a cluster already here
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    save_tokenizer(Tokenizer(TokenizerConfig.tiny()), path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
