@@ -90,7 +90,8 @@ def unpack_bits(data: Any, bits: int, count: int) -> np.ndarray:
     check_bits(bits)
     if count < 0:
         raise UsageError(f"count must be >= 0, got {count}")
-    stream = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else np.asarray(data)
+    is_buffer = isinstance(data, (bytes, bytearray, memoryview))
+    stream = np.frombuffer(data, dtype=np.uint8) if is_buffer else np.asarray(data)
     if stream.dtype != np.uint8 or stream.ndim != 1:
         raise InputError(f"packed tokens must be a 1-d uint8 stream, got {stream.dtype} {stream.shape}")
     if stream.size * 8 < count * bits:

@@ -90,6 +90,12 @@ def iter_chunks(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
+def half_codebooks(bits: int, scale: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Codes of the upper bits // 2 channels (2^h, h) and of the lower channels (2^l, l) of a codebook."""
+    h = bits // 2
+    return code_range(0, 1 << h, h, scale, device), code_range(0, 1 << bits - h, bits - h, scale, device)
+
+
 def half_log_probs(z: Tensor, codes: Tensor, scale: float) -> Tensor:
     """(t, h) logit-scaled inputs of h channels, (2^h, h) codes -> (t, 2^h) log-probs of their bit patterns."""
     return torch.addmm(-log_partition(z, scale)[:, None], z, codes.T)
@@ -111,7 +117,7 @@ def iter_rows(active: Tensor, log_hi: Tensor, log_lo: Tensor):
 # entropy
 
 
-class ChunkedEntropy(torch.autograd.Function):
+class ClampedEntropy(torch.autograd.Function):
     """(t, c, d) inputs -> (mean clamped per-sample entropy, (c, 2^d) mean probabilities), O(t * d) saved.
 
     Probabilities are softmax(2 tau x . code) over all 2^d codes of value +-scale, the reference's
@@ -125,13 +131,14 @@ class ChunkedEntropy(torch.autograd.Function):
     def forward(ctx, x: Tensor, inv_temperature: float, scale: float) -> tuple[Tensor, Tensor]:
         t, c, d = x.shape
         h = d // 2
-        codes_hi, codes_lo = code_range(0, 1 << h, h, scale, x.device), code_range(0, 1 << d - h, d - h, scale, x.device)
+        codes_hi, codes_lo = half_codebooks(d, scale, x.device)
         neg_ent = torch.zeros((), dtype=torch.float64, device=x.device)  # sum_t sum_j p_j log max(p_j, eps)
         avg = torch.zeros(c, 1 << h, 1 << d - h, dtype=x.dtype, device=x.device)
         for ci in range(c):
             z = x[:, ci] * (2 * inv_temperature)  # (t, d) logit scale
             for ts in iter_chunks(t, max(1, BLOCK_ELEMS >> d - h)):
-                log_hi, log_lo = half_log_probs(z[ts, :h], codes_hi, scale), half_log_probs(z[ts, h:], codes_lo, scale)
+                log_hi = half_log_probs(z[ts, :h], codes_hi, scale)  # (t', 2^h)
+                log_lo = half_log_probs(z[ts, h:], codes_lo, scale)  # (t', 2^l)
                 avg[ci] += log_hi.exp().T @ log_lo.exp()
                 active = active_rows(log_hi, log_lo)
                 neg_ent += LOG_EPS * torch.where(active, 0, log_hi.exp()).sum()  # rows all below eps
@@ -147,7 +154,7 @@ class ChunkedEntropy(torch.autograd.Function):
         tau, scale = ctx.inv_temperature, ctx.scale
         t, c, d = x.shape
         h = d // 2
-        codes_hi, codes_lo = code_range(0, 1 << h, h, scale, x.device), code_range(0, 1 << d - h, d - h, scale, x.device)
+        codes_hi, codes_lo = half_codebooks(d, scale, x.device)
         a = grad_ent / (t * c)  # d loss / d per-token entropy
         grad = torch.empty_like(x)
         for ci in range(c):
@@ -158,7 +165,8 @@ class ChunkedEntropy(torch.autograd.Function):
             z = x[:, ci] * (2 * tau)
             mean_code = scale * torch.tanh(z * scale)  # sum_j p_j code_j, closed form
             for ts in iter_chunks(t, max(1, BLOCK_ELEMS >> d - h)):
-                log_hi, log_lo = half_log_probs(z[ts, :h], codes_hi, scale), half_log_probs(z[ts, h:], codes_lo, scale)
+                log_hi = half_log_probs(z[ts, :h], codes_hi, scale)  # (t', 2^h)
+                log_lo = half_log_probs(z[ts, h:], codes_lo, scale)  # (t', 2^l)
                 p_hi, p_lo = log_hi.exp(), log_lo.exp()
                 pw_lo = (p_hi @ w).mul_(p_lo)  # (t', 2^l): sum_hi p_j w_j
                 pw_hi = (p_lo @ w.T).mul_(p_hi)  # (t', 2^h): sum_lo p_j w_j
@@ -382,5 +390,5 @@ class LFQ(nn.Module):
         tau = float(inv_temperature)
         if self.factorized_entropy:
             return factorized_entropies(tokens, tau, self.codebook_scale, self.entropy_group_size)
-        per_sample, avg_prob = ChunkedEntropy.apply(tokens, tau, self.codebook_scale)
+        per_sample, avg_prob = ClampedEntropy.apply(tokens, tau, self.codebook_scale)
         return per_sample, clamped_entropy(avg_prob).mean()

@@ -109,7 +109,8 @@ def fmt(result: dict) -> tuple[str, str]:
 
 
 def bench_quantizers(args: argparse.Namespace) -> list[str]:
-    rows = ["| codes | mode | lfqtok time | lfqtok extra peak | reference time | reference extra peak |", "|---|---|---|---|---|---|"]
+    header = "| codes | mode | lfqtok time | lfqtok extra peak | reference time | reference extra peak |"
+    rows = [header, "|---|---|---|---|---|---|"]
     bytes_per_pair = PRIOR_BYTES_PER_PAIR
     for bits in args.bits:
         pairs = args.tokens * 2**bits
@@ -130,7 +131,12 @@ def bench_quantizers(args: argparse.Namespace) -> list[str]:
 
 def bench_fast_path(args: argparse.Namespace) -> list[str]:
     rows = [f"| eval forward, 2^18 codes, {args.fast_tokens} tokens | time | extra peak |", "|---|---|---|"]
-    for impl, label in (("bare", "bare sign-and-pack `((x > 0) * w32).sum(1, dtype=int64)`"), ("lfqtok", "lfqtok.LFQ eval"), ("reference", "reference eval")):
+    labels = {
+        "bare": "bare sign-and-pack `((x > 0) * w32).sum(1, dtype=int64)`",
+        "lfqtok": "lfqtok.LFQ eval (indices + float32 codes)",
+        "reference": "reference eval",
+    }
+    for impl, label in labels.items():
         runs = [measure(impl, "eval", 18, args, args.fast_tokens, args.eval_repeat) for _ in range(args.fast_runs)]
         result = min(runs, key=lambda r: r.get("seconds", float("inf")))
         rows.append(f"| {label} | {' | '.join(fmt(result))} |")
@@ -184,7 +190,7 @@ def main() -> None:
 
     threads = args.threads or torch.get_num_threads()
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {threads} torch threads"
-    print(f"device: {device_name}; torch {torch.__version__}; {args.tokens} tokens per call; input std {args.input_std}\n")
+    print(f"device: {device_name}; torch {torch.__version__}; {args.tokens} tokens per call; std {args.input_std}\n")
     for table in (bench_quantizers(args), bench_fast_path(args), bench_codec(args.codec_tokens)):
         print("\n".join(table) + "\n")
 

@@ -11,7 +11,8 @@ from lfqtok.errors import InputError, UsageError
 
 @pytest.mark.parametrize(
     "codebook_size, dtype",
-    [(2, np.uint16), (2**10, np.uint16), (2**16, np.uint16), (2**16 + 1, np.uint32), (2**18, np.uint32), (2**32, np.uint32)],
+    [(2, np.uint16), (2**10, np.uint16), (2**16, np.uint16), (2**16 + 1, np.uint32), (2**18, np.uint32),
+     (2**32, np.uint32)],
 )
 def test_token_dtype(codebook_size, dtype):
     assert token_dtype(codebook_size) == np.dtype(dtype)

@@ -257,7 +257,8 @@ def test_seed_usage_example():
 
 def test_state_dict_loads_both_ways():
     ref, ours = make_pair(dim=12, codebook_size=2**5)
-    assert set(ours.state_dict()) == {"project_in.weight", "project_in.bias", "project_out.weight", "project_out.bias", "mask"}
+    expected = {"project_in.weight", "project_in.bias", "project_out.weight", "project_out.bias", "mask"}
+    assert set(ours.state_dict()) == expected
     torch.manual_seed(9)
     fresh = RefLFQ(dim=12, codebook_size=2**5)
     fresh.load_state_dict(ours.state_dict())
