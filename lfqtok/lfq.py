@@ -53,9 +53,12 @@ def pack_along(bits: Tensor, weights: Tensor, dim: int) -> Tensor:
     return (bits * weights.view(shape)).sum(dim)
 
 
-def pack_sign_bits(x: Tensor) -> Tensor:
-    """(..., D) float -> (...) int64 indices, bit i = (x[..., i] > 0), MSB first; the whole eval quantizer."""
-    return pack_along(x > 0, bit_weights(x.shape[-1], x.device), -1)
+def pack_sign_bits(x: Tensor, dim: int = -1) -> Tensor:
+    """(..., D) float -> (...) int64 indices, bit i = (x[..., i] > 0), MSB first; the whole eval quantizer.
+
+    `dim` names the D axis, e.g. 1 for (b, D, t, h, w) latents, which then need no channel-last copy.
+    """
+    return pack_along(x > 0, bit_weights(x.shape[dim], x.device), dim)
 
 
 def unpack_bits(indices: Tensor, bits: int) -> Tensor:

@@ -191,6 +191,9 @@ def test_pack_sign_bits_msb_first_and_round_trip():
         assert indices.dtype == torch.int64 and indices.min() >= 0
         assert torch.equal(unpack_bits(indices, bits), x > 0)
     assert pack_sign_bits(torch.zeros(2, 3)).tolist() == [0, 0]  # 0 is a negative bit, as the reference
+    video = torch.randn(2, 18, 3, 4, 5)
+    assert torch.equal(pack_sign_bits(video, dim=1), pack_sign_bits(video.movedim(1, -1)))
+    assert torch.equal(pack_sign_bits(video, dim=-4), pack_sign_bits(video.movedim(1, -1)))
 
 
 # factorized entropy
