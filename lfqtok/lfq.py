@@ -154,7 +154,12 @@ class ClampedEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_ent: Tensor, grad_avg: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
-        tau, scale = ctx.inv_temperature, ctx.scale
+        with torch.autocast(x.device.type, enabled=False):  # float32 even if backward runs under autocast
+            return ClampedEntropy.input_grad(x, grad_ent.float(), grad_avg.float(), ctx.inv_temperature, ctx.scale)
+
+    @staticmethod
+    def input_grad(x: Tensor, grad_ent: Tensor, grad_avg: Tensor, tau: float, scale: float) -> tuple[Tensor, None, None]:
+        """d loss / d x from the gradients of the two outputs, recomputing the probabilities chunk by chunk."""
         t, c, d = x.shape
         h = d // 2
         codes_hi, codes_lo = half_codebooks(d, scale, x.device)

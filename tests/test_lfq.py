@@ -276,6 +276,13 @@ def test_autocast_and_half_inputs_quantize_in_float32():
         out = quantizer(x.bfloat16())
     assert isinstance(out, Return) and out.quantized.dtype == torch.float32
     assert torch.equal(out.indices, expected.indices)
+    grads = []
+    for enabled in (False, True):  # backward under autocast stays float32
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            quantizer(xi).entropy_aux_loss.backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[1], grads[0])
 
 
 @pytest.mark.parametrize(
