@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -275,30 +276,41 @@ def train_tokenizer(config: TrainConfig, on_step: Callable[[StepStats], None] | 
     start = time.monotonic()
     loss_v = psnr = float("nan")
     progress = step / config.steps
-    while progress < 1:
-        x = sampler.batch(step).to(device, non_blocking=True)
-        lr = lr_at(config, step, progress)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with autocast:
-            out_ = tok(x)
-            l1 = (out_.recon.float() - x).abs().mean()
-        loss = l1 + out_.aux_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tok.parameters(), config.grad_clip)
-        opt.step()
-        step += 1
-        seconds = time.monotonic() - start
-        progress = max(step / config.steps, (past_seconds + seconds) / budget)
-        with torch.no_grad():
-            mse = (out_.recon.float().clamp(-1, 1) - x).square().mean()
-            loss_v, psnr = loss.item(), float(10 * torch.log10(4 / mse.clamp(min=1e-10)))
-        if on_step is not None:
-            on_step(StepStats(step, config.steps, progress, loss_v, l1.item(), out_.aux_loss.item(), psnr, lr, seconds))
-        if step % config.checkpoint_every == 0 or progress >= 1:
-            save_state(state_path, tok, opt, step, past_seconds + seconds, config)
-            save_tokenizer(tok, tok_path, name=config.name)
+    # on a GPU the next batch is cut on the CPU while this one trains (the sampler releases the GIL in torch ops)
+    prefetch = ThreadPoolExecutor(max_workers=1) if device.type == "cuda" else None
+    pending = prefetch.submit(sampler.batch, step) if prefetch else None
+    try:
+        while progress < 1:
+            if prefetch:
+                x = pending.result().pin_memory().to(device, non_blocking=True)
+                pending = prefetch.submit(sampler.batch, step + 1)
+            else:
+                x = sampler.batch(step)
+            lr = lr_at(config, step, progress)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with autocast:
+                out_ = tok(x)
+                l1 = (out_.recon.float() - x).abs().mean()
+            loss = l1 + out_.aux_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(tok.parameters(), config.grad_clip)
+            opt.step()
+            step += 1
+            seconds = time.monotonic() - start
+            progress = max(step / config.steps, (past_seconds + seconds) / budget)
+            with torch.no_grad():
+                mse = (out_.recon.float().clamp(-1, 1) - x).square().mean()
+                loss_v, psnr = loss.item(), float(10 * torch.log10(4 / mse.clamp(min=1e-10)))
+            if on_step is not None:
+                on_step(StepStats(step, config.steps, progress, loss_v, l1.item(), out_.aux_loss.item(), psnr, lr, seconds))
+            if step % config.checkpoint_every == 0 or progress >= 1:
+                save_state(state_path, tok, opt, step, past_seconds + seconds, config)
+                save_tokenizer(tok, tok_path, name=config.name)
+    finally:
+        if prefetch:
+            prefetch.shutdown(cancel_futures=True)
     if not tok_path.is_file():  # resumed a run that had already finished
         save_tokenizer(tok, tok_path, name=config.name)
     return TrainResult(step, past_seconds + time.monotonic() - start, loss_v, psnr, state_path, tok_path, skipped)
