@@ -1,8 +1,9 @@
 """Lookup-Free Quantization (https://arxiv.org/abs/2310.05737) with bounded-memory entropy losses.
 
 Same contract and values as CogVideo's / lucidrains' `LFQ`, but the entropy terms never materialize the
-(tokens, 2^D) probability matrix: log Z is closed form (the softmax over +-s codes factorizes over bits),
-the 1e-5-clamped entropies are accumulated over chunks of codes, and backward recomputes the chunks.
+(tokens, 2^D) probability matrix: the softmax over +-s codes factorizes over bits, so probabilities are
+products of two (tokens, 2^(D/2)) tables, the batch mean is a matmul of them, the 1e-5-clamped per-sample
+entropy is summed only over rows holding a probability >= 1e-5, and backward recomputes instead of saving.
 Bit order: channel 0 of a codebook is the most significant bit of its index; code value +s <=> bit 1.
 """
 
