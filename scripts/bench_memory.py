@@ -89,11 +89,16 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--model", default="default")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each command, interleaved, all printed")
+    parser.add_argument("--videos-dir", type=Path, default=None, help="keep the generated videos here for reruns")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lfqtok-mem-"))
-    videos = {"long": tmp / "long" / "long.mp4", "short": tmp / "short" / "short.mp4"}
+    root = args.videos_dir or tmp
+    videos = {"long": root / "long" / "long.mp4", "short": root / "short" / "short.mp4"}
     for name, seconds in (("long", args.long_seconds), ("short", args.short_seconds)):
-        videos[name].parent.mkdir()
+        if videos[name].exists():
+            continue
+        videos[name].parent.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         make_video(videos[name], seconds)
         print(f"made {name} video ({seconds:.0f} s, 640x360): {time.perf_counter() - t:.1f} s", file=sys.stderr)
@@ -101,8 +106,9 @@ def main() -> None:
     lfq = [sys.executable, "-m", "lfqtok"]
     print(f"{'options':32s} {'video':6s} {'seconds':>8s} {'peak tree RSS (MiB)':>20s}")
     for options in (["--size", "256", "--max-clips", "2"], ["--size", "64", "--fps", "1"]):
-        for name, path in videos.items():
-            out = tmp / f"tok-{name}-{options[1]}"
+        for run, name in ((r, n) for r in range(args.repeat) for n in videos):
+            path = videos[name]
+            out = tmp / f"tok-{name}-{options[1]}-{run}"
             cmd = [*lfq, "encode", str(path.parent), "-o", str(out), "--model", args.model,
                    "--workers", str(args.workers), "--device", "cpu", *options]
             seconds, peak = run_peak(cmd)
