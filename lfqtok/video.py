@@ -113,7 +113,9 @@ def _open(video: str | bytes) -> av.container.InputContainer:
 
 
 def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    """One short line: FFmpeg's message without its errno prefix or the path (the failure row names the source)."""
+    text = getattr(exc, "strerror", None) if isinstance(exc, av.FFmpegError) else None
+    text = " ".join((text or str(exc)).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 
