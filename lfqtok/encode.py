@@ -276,18 +276,31 @@ class _Stage(threading.Thread):
             abort.set()
 
 
+CPU_CHUNK = 4  # clips per encoder call on the CPU: ~3x the speed of one clip at a time, and a fixed shape
+
+
+def encode_batch(tok, frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, T, H, W, 3) -> int64 ids on the model's device, as the encode pipeline computes them.
+
+    On the CPU, in zero-padded chunks of CPU_CHUNK clips: its kernels pick algorithms by batch shape, so a
+    fixed shape keeps tokens independent of --batch-size (and of which clips share a chunk)."""
+    device = next(tok.parameters()).device
+    video = frames.to(device, non_blocking=True)
+    if device.type != "cpu":
+        return tok.encode_to_device(video)
+    chunks = []
+    for chunk in video.split(CPU_CHUNK):
+        padded = torch.cat([chunk, chunk.new_zeros((CPU_CHUNK - len(chunk), *chunk.shape[1:]))])
+        chunks.append(tok.encode_to_device(padded)[: len(chunk)])
+    return torch.cat(chunks)
+
+
 def _encoder_loop(gpu_q: queue.Queue, write_q: queue.Queue, tok, storage: np.dtype, batcher: ClipBatcher, counters: Counters) -> None:
     """Encoder stage: uint8 batches -> token arrays in the storage dtype, computed and narrowed on the device."""
-    device = next(tok.parameters()).device
     narrow = torch.int16 if storage == np.uint16 else torch.int32  # same bits as uint16/uint32 after .view
     while (batch := gpu_q.get()) is not None:
         try:
-            video = batch.frames.to(device, non_blocking=True)
-            if device.type == "cpu":  # CPU kernels pick algorithms by batch size: clip by clip keeps tokens
-                ids = torch.cat([tok.encode_to_device(clip[None]) for clip in video])  # independent of it
-            else:
-                ids = tok.encode_to_device(video)
-            ids = ids.to(narrow)  # (n, t, h, w) [+ (c)]
+            ids = encode_batch(tok, batch.frames).to(narrow)  # (n, t, h, w) [+ (c)]
             tokens = ids.cpu().numpy().view(storage)
         except torch.cuda.OutOfMemoryError:
             raise LfqtokError(

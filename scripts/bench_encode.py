@@ -4,7 +4,8 @@
 
 - naive loop: for each video, decord reads each clip, `tokenizer.encode` on a batch of 1, `np.save`;
 - decode ceiling: the decode worker pool alone (all workers, clips dropped), frames/s;
-- encoder ceiling: the tokenizer alone on random uint8 batches already in memory, frames/s;
+- encoder ceiling: the tokenizer alone on random uint8 batches already in memory, frames/s (on the CPU
+  clip by clip, as `lfqtok encode` runs there so that tokens do not depend on the batch size);
 - end to end: `lfqtok.encode_dataset` with the same videos, model and clip settings.
 Prints one table; the ratios are what docs/performance.md records.
 """
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 import lfqtok
-from lfqtok.encode import EncodeConfig, resolve_device
+from lfqtok.encode import EncodeConfig, encode_batch, resolve_device
 from lfqtok.pool import ClipEvent, DecodePool
 from lfqtok.sources import list_items
 from lfqtok.video import ClipSpec
@@ -61,14 +62,15 @@ def decode_ceiling(items, spec: ClipSpec, workers: int) -> int:
 
 
 def encoder_ceiling(tok, spec: ClipSpec, batch_size: int, batches: int) -> int:
+    """The encoder alone, fed batches already in memory, computing ids the way the pipeline does."""
     video = torch.randint(0, 256, (batch_size, spec.clip_frames, spec.size, spec.size, 3), dtype=torch.uint8)
     device = next(tok.parameters()).device
     video = video.to(device)
-    tok.encode_to_device(video)  # warm-up (cuDNN autotune, allocator)
+    encode_batch(tok, video)  # warm-up (cuDNN autotune, allocator)
     if device.type == "cuda":
         torch.cuda.synchronize()
     for _ in range(batches):
-        ids = tok.encode_to_device(video)
+        ids = encode_batch(tok, video)
     ids.cpu()
     return batches * batch_size * spec.clip_frames
 
