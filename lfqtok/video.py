@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover - depends on the platform
 # videos). Its own seeking mis-maps frames in HEVC with open GOPs, and it cannot open AV1, GIF or a WebM
 # without duration, so it never seeks here and everything else goes to PyAV.
 DECORD_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg2video", "mpeg1video", "mjpeg"})
+DECORD_MAX_FRAMES = 4096  # decord indexes the whole file at open (~3 KB a frame): longer videos go to PyAV
 DECORD_CHUNK = 16  # frames per decord read: small, so a huge fps-subsampling step never holds many frames
 MAX_BAD_PACKETS = 16  # corrupt packets skipped per video before it counts as undecodable
 TIE_SECONDS = 1e-4  # timestamps this close to a target count as equally near
@@ -103,6 +104,7 @@ class _Probe:
     rotation: int  # counter-clockwise degrees, a multiple of 90
     fps: float | None
     num_frames: int | None
+    approx_frames: int | None  # num_frames, or duration x fps where the container has no frame count
 
 
 def _open(video: str | bytes) -> av.container.InputContainer:
@@ -138,6 +140,8 @@ def _probe(video: str | bytes) -> _Probe:
         if first is None:
             raise VideoError(f"no frames could be decoded from the {ctx.name} stream")
         rate = stream.average_rate or stream.guessed_rate
+        duration = container.duration / av.time_base if container.duration else None
+        approx = stream.frames or (round(duration * float(rate)) if duration and rate else None)
         return _Probe(
             codec=ctx.name,
             width=first.width,
@@ -145,6 +149,7 @@ def _probe(video: str | bytes) -> _Probe:
             rotation=round(first.rotation / 90) % 4 * 90,
             fps=float(rate) if rate else None,
             num_frames=stream.frames or None,
+            approx_frames=approx or None,
         )
 
 
@@ -240,7 +245,8 @@ class _Decoder:
 
     def __init__(self, video: str | bytes, probe: _Probe, size: int, threads: int, prefer: str):
         self.video, self.probe, self.size, self.threads = video, probe, size, threads
-        readable = decord is not None and probe.codec in DECORD_CODECS and probe.rotation == 0
+        short = probe.approx_frames is not None and probe.approx_frames <= DECORD_MAX_FRAMES  # memory: see constant
+        readable = decord is not None and probe.codec in DECORD_CODECS and probe.rotation == 0 and short
         self.use_decord = (prefer == "decord" and decord is not None) or (prefer == "auto" and readable)
         self.name = "decord" if self.use_decord else "pyav"
 
@@ -321,7 +327,7 @@ def iter_clips(
     `decoder`: "auto" (decord where it reads right), "pyav", or "decord" (still falling back to PyAV on
     failure); None reads $LFQTOK_DECODER (default "auto"), the switch to force PyAV everywhere.
     """
-    decoder = decoder or os.environ.get("LFQTOK_DECODER", "auto")
+    decoder = decoder or os.environ.get("LFQTOK_DECODER") or "auto"
     if decoder not in ("auto", "pyav", "decord"):
         raise UsageError(f"decoder must be auto, pyav or decord (LFQTOK_DECODER), got {decoder!r}")
     probe = _probe(video)

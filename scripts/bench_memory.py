@@ -3,8 +3,8 @@ short video with the same options, and the cost of listing many input files.
 
     python scripts/bench_memory.py [--long-seconds 600] [--files 100000] [--model default]
 
-Videos are generated (640x360, 30 fps, a moving pattern) into a temp dir. Peak tree RSS is sampled from
-/proc every 20 ms. Prints a table for docs/performance.md.
+Videos are generated (640x360, 30 fps, a moving pattern) into a temp dir. Peak tree memory (the sum of
+each process's PSS) is sampled from /proc every 20 ms. Prints a table for docs/performance.md.
 """
 
 from __future__ import annotations
@@ -42,13 +42,16 @@ def make_video(path: Path, seconds: float, width: int = 640, height: int = 360, 
 
 
 def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
+    """Proportional resident bytes (PSS) of a process and all its descendants.
+
+    PSS, not RSS: a child between fork and exec (how the decode workers are spawned) shares all of its
+    parent's pages, and summing RSS would count them twice."""
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()
         try:
-            with open(f"/proc/{p}/status") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     stack.extend(int(c) for c in f.read().split())
@@ -104,7 +107,7 @@ def main() -> None:
         print(f"made {name} video ({seconds:.0f} s, 640x360): {time.perf_counter() - t:.1f} s", file=sys.stderr)
 
     lfq = [sys.executable, "-m", "lfqtok"]
-    print(f"{'options':32s} {'video':6s} {'seconds':>8s} {'peak tree RSS (MiB)':>20s}")
+    print(f"{'options':32s} {'video':6s} {'seconds':>8s} {'peak tree PSS (MiB)':>20s}")
     for options in (["--size", "256", "--max-clips", "2"], ["--size", "64", "--fps", "1"]):
         for run, name in ((r, n) for r in range(args.repeat) for n in videos):
             path = videos[name]
