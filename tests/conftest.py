@@ -38,6 +38,17 @@ def model(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy shared CPU two threads make tiny convs 10-50x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def real_videos() -> Path:
     """/work/shared/data/videos (train, eval, edge); tests using it are skipped where it is absent."""

@@ -13,6 +13,8 @@ from safetensors.torch import save_file
 from lfqtok.errors import ModelError, UsageError
 from lfqtok.model import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # helpers
 
 
@@ -24,15 +26,6 @@ def tiny(seed: int = 0) -> Tokenizer:
 def video(frames: int, size: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (batch, frames, size, size, 3), dtype=torch.uint8, generator=g)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy shared CPU two threads make these tiny convs 10-50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,11 @@ from lfqtok.errors import InputError, UsageError
 from lfqtok.model import TokenizerConfig, load_tokenizer
 from lfqtok.train import StepStats, TrainConfig, train_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # helpers
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a busy shared CPU two threads make these tiny convs 10-50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
