@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .errors import InputError, OutputError, UsageError, VideoError
-from .model import Tokenizer, TokenizerConfig, _device, save_tokenizer
+from .model import Tokenizer, TokenizerConfig, _device, load_tokenizer, save_tokenizer
 
 STATE_FORMAT = "lfqtok-train-state"
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".flv", ".ts"}
@@ -54,6 +54,9 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    l1_weight: float = 1.0  # reconstruction loss = l1_weight * L1 + mse_weight * MSE (on [-1, 1] pixels)
+    mse_weight: float = 0.0  # MSE is what PSNR measures; L1 alone favours sharp medians
+    init_from: str | None = None  # start from these tokenizer weights ("default" or a path): fine-tuning, fresh optimizer
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 200  # steps between state files (and at the end)
@@ -75,6 +78,8 @@ class TrainConfig:
             raise UsageError(f"train config: zoom {self.zoom} of short side {self.short_side} must fit a {self.crop} crop")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UsageError(f"train config: max_minutes must be positive, got {self.max_minutes}")
+        if self.l1_weight < 0 or self.mse_weight < 0 or self.l1_weight + self.mse_weight == 0:
+            raise UsageError(f"train config: l1_weight and mse_weight must be >= 0, not both 0, got {self.l1_weight}, {self.mse_weight}")
         if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
             raise UsageError(f"train config: lr must be positive and min_lr_ratio in [0, 1], got {self.lr}, {self.min_lr_ratio}")
 
@@ -90,6 +95,7 @@ class StepStats(NamedTuple):
     progress: float  # 0 .. 1 of the schedule (steps or time budget, whichever is further)
     loss: float
     l1: float
+    mse: float
     aux: float
     psnr: float  # dB of the training batch, clamped reconstruction
     lr: float
@@ -251,6 +257,14 @@ def load_state(path: Path, tok: Tokenizer, opt: torch.optim.Optimizer, config: T
 # training
 
 
+def _init_weights(tok: Tokenizer, source: str) -> None:
+    """Copy the weights of tokenizer checkpoint `source` into `tok`; UsageError if its config differs."""
+    init = load_tokenizer(source, "cpu")
+    if init.config != tok.config:
+        raise UsageError(f"init_from {source}: its config {init.config.to_dict()} differs from the run's {tok.config.to_dict()}")
+    tok.load_state_dict(init.state_dict())
+
+
 def train_tokenizer(config: TrainConfig, on_step: Callable[[StepStats], None] | None = None, resume: bool = True) -> TrainResult:
     """Train (or resume) a tokenizer; writes state + inference weights every `checkpoint_every` steps and at the end."""
     device = _device(config.device)
@@ -269,7 +283,12 @@ def train_tokenizer(config: TrainConfig, on_step: Callable[[StepStats], None] | 
     no_decay = [p for n, p in tok.named_parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
-    step, past_seconds = load_state(state_path, tok, opt, config) if resume and state_path.is_file() else (0, 0.0)
+    if resume and state_path.is_file():
+        step, past_seconds = load_state(state_path, tok, opt, config)
+    else:
+        step, past_seconds = 0, 0.0
+        if config.init_from is not None:
+            _init_weights(tok, config.init_from)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     budget = config.max_minutes * 60 if config.max_minutes is not None else math.inf
@@ -291,8 +310,9 @@ def train_tokenizer(config: TrainConfig, on_step: Callable[[StepStats], None] | 
                 group["lr"] = lr
             with autocast:
                 out_ = tok(x)
-                l1 = (out_.recon.float() - x).abs().mean()
-            loss = l1 + out_.aux_loss
+                err = out_.recon.float() - x
+                l1, mse = err.abs().mean(), err.square().mean()
+            loss = config.l1_weight * l1 + config.mse_weight * mse + out_.aux_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(tok.parameters(), config.grad_clip)
@@ -301,10 +321,10 @@ def train_tokenizer(config: TrainConfig, on_step: Callable[[StepStats], None] | 
             seconds = time.monotonic() - start
             progress = max(step / config.steps, (past_seconds + seconds) / budget)
             with torch.no_grad():
-                mse = (out_.recon.float().clamp(-1, 1) - x).square().mean()
-                loss_v, psnr = loss.item(), float(10 * torch.log10(4 / mse.clamp(min=1e-10)))
+                clamped_mse = (out_.recon.float().clamp(-1, 1) - x).square().mean()
+                loss_v, psnr = loss.item(), float(10 * torch.log10(4 / clamped_mse.clamp(min=1e-10)))
             if on_step is not None:
-                on_step(StepStats(step, config.steps, progress, loss_v, l1.item(), out_.aux_loss.item(), psnr, lr, seconds))
+                on_step(StepStats(step, config.steps, progress, loss_v, l1.item(), mse.item(), out_.aux_loss.item(), psnr, lr, seconds))
             if step % config.checkpoint_every == 0 or progress >= 1:
                 save_state(state_path, tok, opt, step, past_seconds + seconds, config)
                 save_tokenizer(tok, tok_path, name=config.name)

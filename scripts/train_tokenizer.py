@@ -35,6 +35,9 @@ def main(
     clip_frames: Annotated[int, typer.Option(help="frames per training clip, 1 + 4k")] = 9,
     crop: Annotated[int, typer.Option(help="square crop size in pixels")] = 64,
     lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 2e-3,
+    l1_weight: Annotated[float, typer.Option(help="weight of the L1 reconstruction loss")] = 1.0,
+    mse_weight: Annotated[float, typer.Option(help="weight of the MSE reconstruction loss (what PSNR measures)")] = 0.0,
+    init_from: Annotated[Optional[str], typer.Option(help="fine-tune: start from this tokenizer ('default' or a .safetensors)")] = None,
     channels: Annotated[int, typer.Option(help="base channels of the tokenizer")] = TokenizerConfig.channels,
     channel_mults: Annotated[str, typer.Option(help="comma-separated channel multipliers, one per level")] = "1,2,4",
     codebook_bits: Annotated[int, typer.Option(help="LFQ bits: 2^bits codes")] = TokenizerConfig.codebook_bits,
@@ -62,6 +65,7 @@ def main(
         config = TrainConfig(
             inputs=tuple(inputs), out_dir=str(out), tokenizer=tok_cfg, name=name, steps=steps, max_minutes=max_minutes,
             batch_size=batch_size, clip_frames=clip_frames, crop=crop, lr=lr, seed=seed, device=device,
+            l1_weight=l1_weight, mse_weight=mse_weight, init_from=init_from,
             checkpoint_every=checkpoint_every, max_frames_per_video=max_frames_per_video,
         )
         columns = (TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
@@ -75,7 +79,7 @@ def main(
                 info = f"step {s.step} loss {s.loss:.4f} psnr {s.psnr:.2f} dB lr {s.lr:.2e}"
                 progress.update(task, completed=s.progress, info=info)
                 if s.step % log_every == 0:
-                    progress.console.log(f"{info} l1 {s.l1:.4f} aux {s.aux:.4f} {(s.step - first_step[0]) / max(s.seconds, 1e-9):.2f} steps/s")
+                    progress.console.log(f"{info} l1 {s.l1:.4f} mse {s.mse:.4f} aux {s.aux:.4f} {(s.step - first_step[0]) / max(s.seconds, 1e-9):.2f} steps/s")
 
             result = train_tokenizer(config, on_step=on_step, resume=resume)
     except LfqtokError as exc:

@@ -113,3 +113,24 @@ def test_script_trains_and_exports(clips_dir, tmp_path):
     assert load_tokenizer(export).config == TokenizerConfig.tiny()
     bad = CliRunner().invoke(script.app, [*args[:-2], "--clip-frames", "4"])
     assert bad.exit_code == 2 and "clip_frames" in bad.output
+
+
+def test_fine_tune_starts_from_init_weights(clips_dir, tmp_path):
+    base = train_tokenizer(config(clips_dir, tmp_path / "base", steps=30, checkpoint_every=30))
+    fresh, tuned = [], []
+    train_tokenizer(config(clips_dir, tmp_path / "fresh", steps=1), on_step=fresh.append)
+    train_tokenizer(config(clips_dir, tmp_path / "tuned", steps=1, init_from=str(base.tokenizer_path)), on_step=tuned.append)
+    assert tuned[0].step == 1  # a fresh schedule and optimizer, not a resume of the base run
+    assert tuned[0].l1 < 0.8 * fresh[0].l1  # the same first batch, reconstructed by the trained weights
+    other = TokenizerConfig(channels=4, channel_mults=(1, 1, 2), patch_size=4, codebook_bits=6)
+    with pytest.raises(UsageError, match="init_from"):
+        train_tokenizer(config(clips_dir, tmp_path / "other", tokenizer=other, init_from=str(base.tokenizer_path)))
+
+
+def test_mse_weight_sets_the_reconstruction_loss(clips_dir, tmp_path):
+    stats: list[StepStats] = []
+    train_tokenizer(config(clips_dir, tmp_path, steps=2, l1_weight=0.0, mse_weight=2.0), on_step=stats.append)
+    for s in stats:
+        assert s.loss == pytest.approx(2.0 * s.mse + s.aux, rel=1e-5, abs=1e-6)
+    with pytest.raises(UsageError, match="l1_weight and mse_weight"):
+        config(clips_dir, tmp_path, l1_weight=0.0, mse_weight=0.0)
