@@ -283,14 +283,19 @@ def load_for(samples: Sequence[Sample], model: str | None, device: str) -> tuple
     return tok, None
 
 
-def source_video(source: Any) -> str | bytes | None:
-    """A sample's source: a video file path, or the bytes of "shard.tar:member" (a tar input's video); None if gone."""
+def source_video(source: Any, cwd: str | None = None) -> str | bytes | None:
+    """A sample's source: a video file path, or the bytes of "shard.tar:member" (a tar input's video); None if gone.
+
+    A relative source not found from here is looked up under `cwd`, the directory the encode ran in.
+    """
     if not isinstance(source, str) or not source:
         return None
-    if Path(source).is_file():
-        return source
+    found = _existing_file(source, cwd)
+    if found:
+        return found
     tar, _, member = source.rpartition(":")
-    if not tar or not Path(tar).is_file():
+    tar = _existing_file(tar, cwd) if tar else None
+    if not tar:
         return None
     try:
         with tarfile.open(tar) as archive:
@@ -299,9 +304,17 @@ def source_video(source: Any) -> str | bytes | None:
         return None
 
 
+def _existing_file(path: str, cwd: str | None) -> str | None:
+    if Path(path).is_file():
+        return path
+    if cwd and not Path(path).is_absolute() and (Path(cwd) / path).is_file():
+        return str(Path(cwd) / path)
+    return None
+
+
 def open_source(sample: Sample, size: int, clip_frames: int) -> tuple[Iterator[Any] | None, str | None]:
     """The source video's clips cut like at encode time (manifest clip settings), or None and why not."""
-    source = source_video(sample.meta.get("source"))
+    source = source_video(sample.meta.get("source"), (sample.manifest or {}).get("cwd"))
     if source is None:
         return None, f"source {sample.meta.get('source')!r} is not readable: no psnr"
     from .video import ClipSpec, iter_clips

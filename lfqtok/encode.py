@@ -504,6 +504,7 @@ def encode_dataset(
             "clip": {k: v for k, v in asdict(config.clip_spec()).items()},
             "samples_per_shard": config.samples_per_shard,
             "inputs": [str(i) for i in inputs],
+            "cwd": os.getcwd(),  # sources are stored as given: decode resolves relative ones against this
         },
     )
     finished = prepare_output(out, manifest, config.overwrite)

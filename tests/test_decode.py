@@ -159,3 +159,18 @@ def test_ssim_of_identical_and_of_constant_frames():
     expected = (2 * 100 * 150 + SSIM_C1) / (100**2 + 150**2 + SSIM_C1)  # luminance term only: no variance
     assert ssim_frames(a, b)[0] == pytest.approx(expected)
     assert ssim_frames(frames, 255 - frames).mean() < 0.1
+
+
+def test_a_relative_source_is_found_from_another_directory(tmp_path, model, monkeypatch):
+    from lfqtok.encode import EncodeConfig, encode_dataset
+
+    (tmp_path / "data").mkdir()
+    make_video(tmp_path / "data" / "v.mp4", frames=9)
+    monkeypatch.chdir(tmp_path)
+    config = EncodeConfig(model=model, size=SIZE, clip_frames=FRAMES, workers=0, device="cpu")
+    encode_dataset(["data"], tmp_path / "tok", config)  # stored source: "data/v.mp4", relative
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    [row] = decode_samples(tmp_path / "tok", tmp_path / "prev", fmt="png", compare=True, device="cpu")
+    assert row["source"] == str(Path("data") / "v.mp4") and row["note"] is None and row["psnr"] is not None
