@@ -31,6 +31,7 @@ SHARDS_PER_ACTOR = 2  # in flight per actor: the next shard decodes while the la
 CLIPS_AHEAD = 4  # clips a decode task may run ahead of its consumer (Ray generator backpressure)
 POLL_SECONDS = 0.5  # how often the driver collects progress from the actors
 ACTOR_START_TIMEOUT = 600.0  # seconds without any live actor before the run gives up (cluster too small)
+MIN_STALL_SECONDS = 600.0  # a busy actor whose progress has not moved this long (or 5 video timeouts) is killed
 INSTALL_HINT = '--engine ray needs Ray, which is not installed: pip install "lfqtok[ray]"'
 
 # helpers
@@ -233,6 +234,7 @@ class _Slot:
     running: int = 0
     live: dict[int, Any] = field(default_factory=dict)  # its last progress report: shard -> Counters
     poll: Any = None  # ObjectRef of its pending `progress()` call
+    moved: float = field(default_factory=time.monotonic)  # when its progress last changed or it got a shard
 
     @property
     def usable(self) -> bool:
@@ -242,8 +244,12 @@ class _Slot:
 class Dispatcher:
     """Deals shard jobs to encode actors, retries the shards of actors that died, sums progress."""
 
-    def __init__(self, ray: Any, config: "EncodeConfig", out: str, plan: ActorPlan, actor_cls: type = EncodeActor):
+    def __init__(
+        self, ray: Any, config: "EncodeConfig", out: str, plan: ActorPlan, actor_cls: type = EncodeActor, stall_timeout: float | None = None
+    ):
         self.ray, self.plan = ray, plan
+        # decode stalls are cut by the pool after video_timeout, so a healthy shard's counters move at least that often
+        self.stall_timeout = stall_timeout if stall_timeout is not None else max(MIN_STALL_SECONDS, 5 * config.video_timeout)
         remote_cls = ray.remote(actor_cls).options(
             num_gpus=plan.num_gpus, num_cpus=plan.num_cpus, max_concurrency=SHARDS_PER_ACTOR + 1, max_restarts=0
         )
@@ -272,8 +278,9 @@ class Dispatcher:
                         f"no encode actor could start on the Ray cluster in {ACTOR_START_TIMEOUT:g} s "
                         f"(needs {self.plan.num_gpus} GPU, {self.plan.num_cpus} CPU each); finished shards are kept"
                     )
+                self._poll()
+                self._kill_stalled()
                 if on_progress is not None:
-                    self._poll()
                     on_progress(self._progress(total))
         finally:
             for slot in self.slots:
@@ -297,6 +304,7 @@ class Dispatcher:
             slot = min(usable, key=lambda s: s.running)
             job, attempt = todo.popleft()
             slot.running += 1
+            slot.moved = time.monotonic()
             self.running[slot.handle.encode.remote(job)] = (job, attempt, slot)
 
     def _wait(self, todo: deque) -> None:
@@ -334,7 +342,7 @@ class Dispatcher:
         except self.ray.exceptions.RayError as exc:  # the actor died: its shards go to the others
             if attempt >= MAX_RETRIES:
                 raise LfqtokError(
-                    f"shard {job.index} failed {attempt + 1} times ({type(exc).__name__}: its encode actor died); "
+                    f"shard {job.index} failed {attempt + 1} times ({type(exc).__name__}: its encode actor died or stalled); "
                     "finished shards are kept, rerun to resume"
                 ) from None
             todo.appendleft((job, attempt + 1))
@@ -353,7 +361,9 @@ class Dispatcher:
             if slot.poll is not None and self.ray.wait([slot.poll], timeout=0)[0]:
                 poll, slot.poll = slot.poll, None
                 try:
-                    slot.live = self.ray.get(poll)
+                    live = self.ray.get(poll)
+                    if live != slot.live:
+                        slot.live, slot.moved = live, time.monotonic()
                 except self.ray.exceptions.RayError:  # it died: an idle one is replaced now, a busy one
                     slot.live = {}  # when its shards come back failed (and are retried)
                     if not slot.running:
@@ -361,6 +371,14 @@ class Dispatcher:
                         continue
             if slot.poll is None and slot.ready is None:
                 slot.poll = slot.handle.progress.remote()
+
+    def _kill_stalled(self) -> None:
+        """An actor with shards whose progress has not moved for `stall_timeout` (hung GPU, deadlock) is killed:
+        its shards then come back failed from Ray and are retried like those of an actor that died."""
+        now = time.monotonic()
+        for slot in list(self.slots):
+            if slot.running and now - slot.moved > self.stall_timeout:
+                self._replace(slot)
 
     def _progress(self, total: "Counters") -> "Counters":
         """Finished shards' counts plus the live counters of the shards still running (on the actor they run on)."""

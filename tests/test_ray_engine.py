@@ -132,6 +132,37 @@ def test_a_shard_whose_actor_died_is_retried_on_a_new_actor(tmp_path, ray, model
     assert output_files(out) == expected  # the retry replaced the dead attempt's .tar.tmp: no leftovers
 
 
+class HangsOnce(EncodeActor):
+    """An encode actor whose first shard hangs forever (a stuck GPU call) while it still answers progress polls."""
+
+    def encode(self, job):
+        marker = Path(self.encoder.out).parent / "hung"
+        if not marker.exists():
+            marker.write_text(str(job.index))
+            time.sleep(3600)
+        return super().encode(job)
+
+
+def test_a_shard_whose_actor_stalls_is_retried_on_a_new_actor(tmp_path, ray, model, videos, local_out):
+    from ray import cloudpickle
+
+    from lfqtok.ray_engine import ActorPlan, Dispatcher
+    from lfqtok.sources import plan_shards
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    out = tmp_path / "out"
+    out.mkdir()
+    config = EncodeConfig(model=model, workers=1, **OPTIONS)
+    jobs = plan_shards(list_items([str(videos)]), 2)
+    plan = ActorPlan(actors=1, num_gpus=0, num_cpus=1, device="cpu", decode_tasks=1)
+    started = time.monotonic()
+    results = Dispatcher(ray, config, str(out), plan, actor_cls=HangsOnce, stall_timeout=3).run(jobs, on_progress=None)
+    assert (tmp_path / "hung").exists() and sorted(r.shard for r in results) == [0, 1]
+    assert time.monotonic() - started < 120  # the hung shard did not wait out its hour
+    expected = {name: data for name, data in output_files(local_out).items() if name != "lfqtok.json"}
+    assert output_files(out) == expected
+
+
 def test_a_model_an_actor_cannot_load_stops_the_run_with_its_error(tmp_path, ray, videos):
     from lfqtok.errors import ModelError
     from lfqtok.ray_engine import ActorPlan, Dispatcher
