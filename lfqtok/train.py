@@ -1,6 +1,7 @@
-"""`train_tokenizer`: train a `Tokenizer` on video files with L1 + LFQ aux loss; the embedded default was made with it.
+"""`train_tokenizer`: train a `Tokenizer` on videos with L1 (+ MSE) + LFQ aux loss; the embedded default was made with it.
 
-Videos are decoded once (decord, short side scaled to `short_side`) and kept in memory as uint8; every batch is
+Inputs are listed like `lfqtok encode`'s (files, directories, @lists, WebDataset tar shards of videos). Videos are
+decoded once (decord or PyAV, short side scaled to `short_side`) and kept in memory as uint8; every batch is
 random clips of them: random video (by length), temporal offset and frame step, zoom, crop and horizontal flip.
 The sampler is seeded by (seed, step), so a resumed run sees the batches the uninterrupted one would have seen.
 State (model + AdamW moments + step) is one safetensors file written atomically; nothing is ever pickled.
@@ -8,6 +9,7 @@ State (model + AdamW moments + step) is one safetensors file written atomically;
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -15,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -25,9 +27,9 @@ from torch import Tensor
 
 from .errors import InputError, OutputError, UsageError, VideoError
 from .model import Tokenizer, TokenizerConfig, _device, load_tokenizer, save_tokenizer
+from .sources import list_items, read_video_bytes
 
 STATE_FORMAT = "lfqtok-train-state"
-VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".gif", ".flv", ".ts"}
 
 # config
 
@@ -36,7 +38,7 @@ VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", 
 class TrainConfig:
     """One training run; saved into the state file so a resume can check it continues the same run."""
 
-    inputs: tuple[str, ...]  # video files or directories (searched recursively)
+    inputs: tuple[str, ...]  # video files, directories (recursive), @lists, tar shards: as `lfqtok encode` takes
     out_dir: str  # last.safetensors (resumable state) and tokenizer.safetensors (inference weights)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     name: str = "lfqtok-default"  # stored in the exported checkpoint's metadata
@@ -115,18 +117,6 @@ class TrainResult(NamedTuple):
 # data
 
 
-def iter_video_files(inputs: Sequence[str]):
-    """Yield video paths of files and directories (recursive, by extension, sorted); InputError for missing ones."""
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTS)
-        elif path.is_file():
-            yield path
-        else:
-            raise InputError(f"training input not found: {path}")
-
-
 def resize_short_side(frames: Tensor, short_side: int) -> Tensor:
     """uint8 (N, H, W, 3) -> uint8 (N, H', W', 3) with min(H', W') = short_side (bilinear, antialiased)."""
     h, w = frames.shape[1:3]
@@ -136,23 +126,59 @@ def resize_short_side(frames: Tensor, short_side: int) -> Tensor:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def decode_video(path: Path, short_side: int, max_frames: int | None, chunk: int = 32) -> Tensor:
-    """A whole video -> uint8 (N, H, W, 3), short side scaled to `short_side`; decoded `chunk` frames at a time."""
+def decode_video(video: str | bytes, short_side: int, max_frames: int | None, chunk: int = 32) -> Tensor:
+    """A whole video (path or bytes) -> uint8 (N, H, W, 3), short side scaled to `short_side`, `chunk` frames at a time.
+
+    decord for the codecs it reads right, PyAV for the rest and whenever decord fails (as `lfqtok.video` does).
+    """
+    import av
+
+    from .video import DECORD_CODECS, _open, _stream
+
+    with _open(video) as container:
+        codec = _stream(container).codec_context.name
+    parts: list[Tensor] = []
+    if codec in DECORD_CODECS:
+        try:
+            parts = [resize_short_side(torch.from_numpy(batch), short_side) for batch in _decord_chunks(video, max_frames, chunk)]
+        except Exception:  # decord raises DECORDError / RuntimeError / IndexError depending on the damage
+            parts = []
+    if not parts:
+        try:
+            parts = [resize_short_side(torch.from_numpy(batch), short_side) for batch in _pyav_chunks(video, max_frames, chunk)]
+        except av.FFmpegError as exc:
+            raise VideoError(f"cannot decode {codec} video: {exc}") from None
+    if not parts:
+        raise VideoError("no frames")
+    return torch.cat(parts)
+
+
+def _decord_chunks(video: str | bytes, max_frames: int | None, chunk: int) -> Iterator[np.ndarray]:
     import decord
 
-    try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-        count = len(reader) if max_frames is None else min(len(reader), max_frames)
-        parts = [
-            resize_short_side(torch.from_numpy(reader.get_batch(list(range(i, min(i + chunk, count)))).asnumpy()), short_side)
-            for i in range(0, count, chunk)
-        ]
-    except Exception as exc:  # decord raises DECORDError / RuntimeError / IndexError depending on the damage
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise VideoError(f"{path}: cannot decode ({type(exc).__name__}: {first_line})") from None
-    if not parts:
-        raise VideoError(f"{path}: no frames")
-    return torch.cat(parts)
+    reader = decord.VideoReader(io.BytesIO(video) if isinstance(video, bytes) else video, ctx=decord.cpu(0))
+    count = len(reader) if max_frames is None else min(len(reader), max_frames)
+    for i in range(0, count, chunk):
+        yield reader.get_batch(list(range(i, min(i + chunk, count)))).asnumpy()
+
+
+def _pyav_chunks(video: str | bytes, max_frames: int | None, chunk: int) -> Iterator[np.ndarray]:
+    from .video import _open, _stream
+
+    with _open(video) as container:
+        stream = _stream(container)
+        stream.thread_type = "AUTO"
+        batch, count = [], 0
+        for frame in container.decode(stream):
+            if max_frames is not None and count >= max_frames:
+                break
+            batch.append(frame.to_ndarray(format="rgb24"))
+            count += 1
+            if len(batch) == chunk:
+                yield np.stack(batch)
+                batch = []
+        if batch:
+            yield np.stack(batch)
 
 
 class ClipSampler:
@@ -189,16 +215,19 @@ class ClipSampler:
 
 
 def load_videos(config: TrainConfig) -> tuple[list[Tensor], list[tuple[str, str]]]:
-    """Decode every input video long enough for one clip; (videos, skipped (path, reason))."""
+    """Decode every input video long enough for one clip; (videos, skipped (source, reason)).
+
+    Inputs are whatever `lfqtok encode` takes: video files, directories, @lists, WebDataset tar shards of videos.
+    """
     videos, skipped = [], []
-    for path in iter_video_files(config.inputs):
+    for item in list_items(config.inputs):
         try:
-            video = decode_video(path, config.short_side, config.max_frames_per_video)
+            video = decode_video(read_video_bytes(item), config.short_side, config.max_frames_per_video)
         except VideoError as exc:
-            skipped.append((str(path), str(exc)))
+            skipped.append((item.source, str(exc)))
             continue
         if len(video) < config.clip_frames:
-            skipped.append((str(path), f"{len(video)} frames, fewer than one clip of {config.clip_frames}"))
+            skipped.append((item.source, f"{len(video)} frames, fewer than one clip of {config.clip_frames}"))
             continue
         videos.append(video)
     if not videos:

@@ -1,4 +1,4 @@
-"""Train an lfqtok tokenizer on videos: `python scripts/train_tokenizer.py DIR... --out runs/x [--device cuda]`.
+"""Train an lfqtok tokenizer on videos: `python scripts/train_tokenizer.py INPUT... --out runs/x [--device cuda]` (INPUT as for encode).
 
 Resumes from OUT/last.safetensors when it exists; `--export` copies the final inference weights somewhere
 (e.g. lfqtok/weights/default.safetensors). Progress on stderr, one log line every --log-every steps.
@@ -27,7 +27,7 @@ app = typer.Typer(add_completion=False)
 
 @app.command()
 def main(
-    inputs: Annotated[list[str], typer.Argument(help="video files or directories (recursive)")],
+    inputs: Annotated[list[str], typer.Argument(help="video files, directories (recursive), @lists or WebDataset tar shards of videos")],
     out: Annotated[Path, typer.Option("--out", "-o", help="run directory: last.safetensors, tokenizer.safetensors")],
     steps: Annotated[int, typer.Option(help="optimizer steps (end of the LR schedule)")] = 4000,
     max_minutes: Annotated[Optional[float], typer.Option(help="wall-clock budget; the schedule ends at steps or time")] = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from videos import make_video
 
 from lfqtok.errors import InputError, UsageError
 from lfqtok.model import TokenizerConfig, load_tokenizer
-from lfqtok.train import StepStats, TrainConfig, train_tokenizer
+from lfqtok.train import StepStats, TrainConfig, load_videos, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,6 +59,18 @@ def test_tiny_model_loss_falls(clips_dir, tmp_path):
     assert tok.name == "tiny-trained" and tok.config == TokenizerConfig.tiny()
 
 
+def test_trains_on_tar_shards_and_codecs_decord_cannot_read(clips_dir, tmp_path):
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:  # a WebDataset shard of videos, as encode reads them
+        tar.add(clips_dir / "a.mp4", arcname="s0.mp4")
+        tar.add(clips_dir / "sub" / "b.mp4", arcname="s1.mp4")
+    gif = make_video(tmp_path / "g" / "c.gif", frames=10, width=48, height=48, fps=10, codec="gif", pix_fmt="rgb8")
+    videos, skipped = load_videos(config(tmp_path / "shard.tar", tmp_path / "out", inputs=(str(tmp_path / "shard.tar"), str(gif))))
+    assert [len(v) for v in videos] == [10, 24, 12] and skipped == []  # sorted by path: g/c.gif, then the tar's
+    assert [tuple(v.shape[1:]) for v in videos] == [(40, 40, 3), (40, 53, 3), (40, 40, 3)]  # short side 40
+    result = train_tokenizer(config(tmp_path, tmp_path / "run", inputs=(str(tmp_path / "shard.tar"),), steps=2))
+    assert result.steps == 2
+
+
 def test_resume_continues_bit_exactly(clips_dir, tmp_path):
     straight = train_tokenizer(config(clips_dir, tmp_path / "a"))
 
@@ -88,7 +101,7 @@ def test_resume_refuses_another_model(clips_dir, tmp_path):
 
 
 def test_input_and_config_errors(clips_dir, tmp_path):
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="no such file"):
         train_tokenizer(config(tmp_path / "nope", tmp_path / "out"))
     empty = tmp_path / "empty"
     empty.mkdir()
