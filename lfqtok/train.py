@@ -9,7 +9,7 @@ State (model + AdamW moments + step) is one safetensors file written atomically;
 
 from __future__ import annotations
 
-import io
+import itertools
 import json
 import math
 import os
@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch import Tensor
 from .errors import InputError, OutputError, UsageError, VideoError
 from .model import Tokenizer, TokenizerConfig, _device, load_tokenizer, save_tokenizer
 from .sources import list_items, read_video_bytes
+from .video import iter_frames
 
 STATE_FORMAT = "lfqtok-train-state"
 
@@ -129,56 +130,15 @@ def resize_short_side(frames: Tensor, short_side: int) -> Tensor:
 def decode_video(video: str | bytes, short_side: int, max_frames: int | None, chunk: int = 32) -> Tensor:
     """A whole video (path or bytes) -> uint8 (N, H, W, 3), short side scaled to `short_side`, `chunk` frames at a time.
 
-    decord for the codecs it reads right, PyAV for the rest and whenever decord fails (as `lfqtok.video` does).
+    Frames come from `lfqtok.video.iter_frames` (decord where it reads right, PyAV otherwise) at native size.
     """
-    import av
-
-    from .video import DECORD_CODECS, _open, _stream
-
-    with _open(video) as container:
-        codec = _stream(container).codec_context.name
-    parts: list[Tensor] = []
-    if codec in DECORD_CODECS:
-        try:
-            parts = [resize_short_side(torch.from_numpy(batch), short_side) for batch in _decord_chunks(video, max_frames, chunk)]
-        except Exception:  # decord raises DECORDError / RuntimeError / IndexError depending on the damage
-            parts = []
-    if not parts:
-        try:
-            parts = [resize_short_side(torch.from_numpy(batch), short_side) for batch in _pyav_chunks(video, max_frames, chunk)]
-        except av.FFmpegError as exc:
-            raise VideoError(f"cannot decode {codec} video: {exc}") from None
+    frames = itertools.islice(iter_frames(video), max_frames)
+    parts = []
+    while batch := list(itertools.islice(frames, chunk)):
+        parts.append(resize_short_side(torch.from_numpy(np.stack(batch)), short_side))
     if not parts:
         raise VideoError("no frames")
     return torch.cat(parts)
-
-
-def _decord_chunks(video: str | bytes, max_frames: int | None, chunk: int) -> Iterator[np.ndarray]:
-    import decord
-
-    reader = decord.VideoReader(io.BytesIO(video) if isinstance(video, bytes) else video, ctx=decord.cpu(0))
-    count = len(reader) if max_frames is None else min(len(reader), max_frames)
-    for i in range(0, count, chunk):
-        yield reader.get_batch(list(range(i, min(i + chunk, count)))).asnumpy()
-
-
-def _pyav_chunks(video: str | bytes, max_frames: int | None, chunk: int) -> Iterator[np.ndarray]:
-    from .video import _open, _stream
-
-    with _open(video) as container:
-        stream = _stream(container)
-        stream.thread_type = "AUTO"
-        batch, count = [], 0
-        for frame in container.decode(stream):
-            if max_frames is not None and count >= max_frames:
-                break
-            batch.append(frame.to_ndarray(format="rgb24"))
-            count += 1
-            if len(batch) == chunk:
-                yield np.stack(batch)
-                batch = []
-        if batch:
-            yield np.stack(batch)
 
 
 class ClipSampler:

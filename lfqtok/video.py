@@ -226,10 +226,12 @@ def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[_Fram
             raise VideoError(f"decode failed after frame {index}: {_reason(exc)}") from None
 
 
-def _pyav_to_rgb(frame: av.VideoFrame, size: int, rotation: int) -> np.ndarray:
-    """One PyAV frame -> (S, S, 3) uint8: scaled at conversion (AREA), rotated for display, alpha over black."""
+def _pyav_to_rgb(frame: av.VideoFrame, size: int | None, rotation: int) -> np.ndarray:
+    """One PyAV frame -> (S, S, 3) uint8: scaled at conversion (AREA), rotated for display, alpha over black.
+
+    `size` None: the frame at its native size, rotated, uncropped."""
     display = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
-    w, h = _scaled_size(*display, size)
+    w, h = _scaled_size(*display, size) if size else display
     if rotation in (90, 270):
         w, h = h, w
     alpha = frame.format.has_palette or frame.format.name.startswith(ALPHA_FORMATS)
@@ -237,13 +239,15 @@ def _pyav_to_rgb(frame: av.VideoFrame, size: int, rotation: int) -> np.ndarray:
     if alpha:
         rgb = (rgb[..., :3].astype(np.uint16) * rgb[..., 3:] + 127) // 255
     rgb = np.rot90(rgb, k=rotation // 90) if rotation else rgb
-    return np.ascontiguousarray(_center_crop(rgb, size), dtype=np.uint8)
+    return np.ascontiguousarray(_center_crop(rgb, size) if size else rgb, dtype=np.uint8)
 
 
 class _Decoder:
-    """A frame stream that starts on decord when it can and continues on PyAV if decord fails."""
+    """A frame stream that starts on decord when it can and continues on PyAV if decord fails.
 
-    def __init__(self, video: str | bytes, probe: _Probe, size: int, threads: int, prefer: str):
+    Frames come out scaled to short side `size` and center-cropped, or at native size when `size` is None."""
+
+    def __init__(self, video: str | bytes, probe: _Probe, size: int | None, threads: int, prefer: str):
         self.video, self.probe, self.size, self.threads = video, probe, size, threads
         short = probe.approx_frames is not None and probe.approx_frames <= DECORD_MAX_FRAMES  # memory: see constant
         readable = decord is not None and probe.codec in DECORD_CODECS and probe.rotation == 0 and short
@@ -253,11 +257,12 @@ class _Decoder:
     def frames(self) -> Iterator[_Frame]:
         next_index = 0
         if self.use_decord:
-            w, h = _scaled_size(self.probe.width, self.probe.height, self.size)
+            native = (self.probe.width, self.probe.height)
+            w, h = _scaled_size(*native, self.size) if self.size else native
             try:
                 for frame in _decord_frames(self.video, w, h, 0, max(self.threads, 0)):
                     next_index = frame.index + 1
-                    yield frame._replace(data=_center_crop(frame.data, self.size))
+                    yield frame._replace(data=_center_crop(frame.data, self.size) if self.size else frame.data)
                 return
             except (decord.DECORDError, VideoError, RuntimeError, ValueError):
                 self.name = "pyav"  # decord failed (open, a bad size, the end of a short stream): PyAV goes on
@@ -317,6 +322,25 @@ def _windows(sampled: Iterator[_Frame], spec: ClipSpec, to_rgb: Callable[[_Frame
         yield Clip(np.stack([f for _, f in window]), [i for i, _ in window], pad)
 
 
+def _decoder_choice(decoder: str | None) -> str:
+    decoder = decoder or os.environ.get("LFQTOK_DECODER") or "auto"
+    if decoder not in ("auto", "pyav", "decord"):
+        raise UsageError(f"decoder must be auto, pyav or decord (LFQTOK_DECODER), got {decoder!r}")
+    return decoder
+
+
+def iter_frames(video: str | bytes, *, threads: int = 0, decoder: str | None = None) -> Iterator[np.ndarray]:
+    """Every frame of a video (a path or its bytes) at native size, uint8 RGB (H, W, 3), rotated for display.
+
+    The same decoder choice and mid-stream PyAV fallback as `iter_clips`; training reads whole videos with it.
+    Raises VideoError with a one-line reason for a video that cannot be read.
+    """
+    probe = _probe(video)
+    frames = _Decoder(video, probe, None, threads, _decoder_choice(decoder))
+    for frame in frames.frames():
+        yield frames.to_rgb(frame)
+
+
 def iter_clips(
     video: str | bytes, spec: ClipSpec, *, threads: int = 0, decoder: str | None = None
 ) -> tuple[VideoMeta, Iterator[Clip]]:
@@ -327,11 +351,8 @@ def iter_clips(
     `decoder`: "auto" (decord where it reads right), "pyav", or "decord" (still falling back to PyAV on
     failure); None reads $LFQTOK_DECODER (default "auto"), the switch to force PyAV everywhere.
     """
-    decoder = decoder or os.environ.get("LFQTOK_DECODER") or "auto"
-    if decoder not in ("auto", "pyav", "decord"):
-        raise UsageError(f"decoder must be auto, pyav or decord (LFQTOK_DECODER), got {decoder!r}")
     probe = _probe(video)
-    decoder = _Decoder(video, probe, spec.size, threads, decoder)
+    decoder = _Decoder(video, probe, spec.size, threads, _decoder_choice(decoder))
     display = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
     meta = VideoMeta(fps=probe.fps, num_frames=probe.num_frames, orig_size=display, decoder=decoder.name)
 
