@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from .errors import ModelError, OutputError, UsageError
 from .lfq import LFQ, LossBreakdown, pack_sign_bits
 
+CHROMA_FROM_RGB = ((-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))  # BT.601 Cb, Cr of RGB in [-1, 1]
 FORMAT = "lfqtok-tokenizer"  # safetensors metadata `format` of every tokenizer checkpoint
 DEFAULT_WEIGHTS = "weights/default.safetensors"  # inside the package
 
@@ -94,6 +95,7 @@ class TokenizerConfig:
     decoder_res_blocks: int | None = None  # residual blocks per decoder level; None = num_res_blocks
     decoder_expansion: int = 1  # inner width of a decoder residual block = level width * this (decoder-only cost)
     decoder_base: bool = False  # decoder adds a bilinearly upsampled 1/patch-size RGB base: smooth colour and level
+    chroma_bits: int = 0  # the last bits come from a small head that sees only Cb, Cr: colour always gets bits
     patch_size: int = 4  # spatial space-to-depth at the input (cheap: full-resolution convs dominate the cost)
     temporal_compression: int = 4  # T = 1 + 4k frames -> t = 1 + k latent frames
     spatial_compression: int = 8  # H x W -> H/8 x W/8 tokens
@@ -109,6 +111,8 @@ class TokenizerConfig:
         for name in ("channels", "num_res_blocks", "codebook_bits", "num_codebooks", "decoder_expansion"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise UsageError(f"tokenizer config: {name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.chroma_bits, int) or not 0 <= self.chroma_bits < self.latent_dim:
+            raise UsageError(f"tokenizer config: chroma_bits must be in [0, {self.latent_dim}), got {self.chroma_bits!r}")
         if self.decoder_res_blocks is not None and (not isinstance(self.decoder_res_blocks, int) or self.decoder_res_blocks < 1):
             raise UsageError(f"tokenizer config: decoder_res_blocks must be a positive integer, got {self.decoder_res_blocks!r}")
         if not self.channel_mults or any(not isinstance(m, int) or m < 1 for m in self.channel_mults):
@@ -249,12 +253,35 @@ class Encoder(nn.Module):
             layers.append(Downsample(dims[i], dims[i + 1], space, time))
         layers += [ResBlock(dims[-1]) for _ in range(c.num_res_blocks)]
         self.layers = nn.Sequential(*layers)
-        self.out = nn.Sequential(ChannelRMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], c.latent_dim))
+        self.out = nn.Sequential(ChannelRMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], c.latent_dim - c.chroma_bits))
+        self.chroma = ChromaHead(c) if c.chroma_bits else None
         self.norm_latent = ChannelRMSNorm(c.latent_dim, affine=False)  # latents on the scale of the +-1 codes
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv_in(space_time_to_depth(x, self.patch, 1))
-        return self.norm_latent(self.out(self.layers(x)))
+        z = self.out(self.layers(self.conv_in(space_time_to_depth(x, self.patch, 1))))
+        if exists(self.chroma):
+            z = torch.cat([z, self.chroma(x)], dim=1)
+        return self.norm_latent(z)
+
+
+class ChromaHead(nn.Module):
+    """Cb, Cr of the input (B, 3, T, H, W) -> `chroma_bits` latent channels (B, k, t, h, w) at token resolution.
+
+    Colour is a small share of the pixel error, so a single encoder spends its bits on luma and guesses colour;
+    this head sees nothing but colour (4x4 means, then the token's space-time block and its neighbours)."""
+
+    def __init__(self, c: TokenizerConfig):
+        super().__init__()
+        self.pool, self.time = c.spatial_compression // 2, c.temporal_compression
+        self.register_buffer("to_chroma", torch.tensor(CHROMA_FROM_RGB), persistent=False)
+        self.net = nn.Sequential(
+            CausalConv3d(2 * 4 * self.time, 64), nn.SiLU(), CausalConv3d(64, 64), nn.SiLU(), CausalConv3d(64, c.chroma_bits)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        chroma = torch.einsum("ij,bjthw->bithw", self.to_chroma.to(x.dtype), x)  # (B, 2, T, H, W)
+        chroma = F.avg_pool3d(chroma, (1, self.pool, self.pool))
+        return self.net(space_time_to_depth(chroma, 2, self.time))
 
 
 class Decoder(nn.Module):

@@ -357,7 +357,8 @@ def grown_state(init: Tokenizer, tok: Tokenizer) -> dict[str, Tensor]:
 
     `tok` may have more residual blocks per level (new ones are identities: their last conv is zero) and a
     decoder base (zero at init); everything else must match in name and shape. Old blocks keep their order
-    and come first in each level.
+    and come first in each level. When `tok` gives its last latent channels to a chroma head the checkpoint
+    lacks, the encoder's output conv keeps its first channels and the decoder learns what the others now mean.
     """
     state = tok.state_dict()
     source = init.state_dict()
@@ -375,6 +376,8 @@ def grown_state(init: Tokenizer, tok: Tokenizer) -> dict[str, Tensor]:
     for name, value in source.items():
         prefix = next((p for p in mapping if name.startswith(p)), None)
         target = mapping[prefix] + name[len(prefix) :] if prefix else name
+        if target.startswith("encoder.out.") and target in state and value.ndim and state[target].shape[1:] == value.shape[1:]:
+            value = value[: state[target].shape[0]]  # channels handed to a new chroma head
         if target not in state or state[target].shape != value.shape:
             raise UsageError(f"init_from: checkpoint tensor {name} {tuple(value.shape)} has no place in the run's model")
         state[target] = value
@@ -421,7 +424,7 @@ def _init_weights(tok: Tokenizer, source: str) -> None:
     """Copy the weights of tokenizer checkpoint `source` into `tok` (grown by `grown_state` where it is larger)."""
     init = load_tokenizer(source, "cpu")
     a, b = init.config.to_dict(), tok.config.to_dict()
-    growth = {"num_res_blocks", "decoder_res_blocks", "decoder_base"}
+    growth = {"num_res_blocks", "decoder_res_blocks", "decoder_base", "chroma_bits"}
     if {k: v for k, v in a.items() if k not in growth} != {k: v for k, v in b.items() if k not in growth}:
         raise UsageError(f"init_from {source}: its config {a} differs from the run's {b} beyond added blocks")
     tok.load_state_dict(grown_state(init, tok))

@@ -52,6 +52,7 @@ def main(
     decoder_res_blocks: Annotated[Optional[int], typer.Option(help="residual blocks per decoder level (unset: as the encoder)")] = None,
     decoder_expansion: Annotated[int, typer.Option(help="inner width multiplier of decoder residual blocks")] = 1,
     decoder_base: Annotated[bool, typer.Option(help="decoder adds a bilinearly upsampled RGB base")] = False,
+    chroma_bits: Annotated[int, typer.Option(help="bits per token from a colour-only encoder head")] = 0,
     tiny: Annotated[bool, typer.Option(help="use TokenizerConfig.tiny() (tests, smoke runs)")] = False,
     max_frames_per_video: Annotated[Optional[int], typer.Option(help="decode at most this many frames per video")] = None,
     name: Annotated[str, typer.Option(help="name stored in the exported checkpoint")] = "lfqtok-default",
@@ -73,7 +74,8 @@ def main(
         console.print(f"error: --channel-mults and --zoom must be comma-separated numbers, got {channel_mults!r}, {zoom!r}")
         raise typer.Exit(2) from None
     try:
-        arch = dict(num_res_blocks=num_res_blocks, decoder_res_blocks=decoder_res_blocks, decoder_expansion=decoder_expansion, decoder_base=decoder_base)
+        arch = dict(num_res_blocks=num_res_blocks, decoder_res_blocks=decoder_res_blocks, decoder_expansion=decoder_expansion, decoder_base=decoder_base,
+                    chroma_bits=chroma_bits)
         tok_cfg = TokenizerConfig(**{**TokenizerConfig.tiny().to_dict(), **arch}) if tiny else TokenizerConfig(
             channels=channels, channel_mults=mults, codebook_bits=codebook_bits, **arch)
         config = TrainConfig(
