@@ -1,6 +1,6 @@
 """Reconstruction quality of a tokenizer: PSNR, SSIM and code utilization on held-out videos, vs a naive baseline.
 
-`python scripts/eval_tokenizer.py [--model default|PATH] [--data /work/shared/data/videos/eval] [--json]`
+`python scripts/eval_tokenizer.py [--model default|PATH] [--data ../shared/data/videos/eval] [--json]`
 
 Clips: short side scaled to --size (antialiased), center crop, the first --max-clips non-overlapping runs of
 --clip-frames consecutive frames. The loader is this script's own (decord), independent of `lfqtok.video`, so
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from lfqtok.errors import LfqtokError  # noqa: E402
 from lfqtok.model import load_tokenizer  # noqa: E402
 
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".gif"}
+SHARED = Path(os.environ.get("LFQTOK_SHARED") or Path(__file__).resolve().parents[2] / "shared")  # beside the checkout
 app = typer.Typer(add_completion=False)
 
 # clips
@@ -97,7 +99,7 @@ def naive_baseline(clip: torch.Tensor, time_factor: int = 4, space_factor: int =
 @app.command()
 def main(
     model: Annotated[str, typer.Option(help="'default' or a tokenizer .safetensors")] = "default",
-    data: Annotated[Path, typer.Option(help="directory of held-out videos")] = Path("/work/shared/data/videos/eval"),
+    data: Annotated[Path, typer.Option(help="directory of held-out videos")] = SHARED / "data" / "videos" / "eval",
     size: Annotated[int, typer.Option(help="short side and crop")] = 128,
     clip_frames: Annotated[int, typer.Option(help="frames per clip, 1 + 4k")] = 17,
     max_clips: Annotated[int, typer.Option(help="clips per video at most")] = 8,

@@ -135,6 +135,7 @@ def test_other_settings_into_an_existing_out_are_refused_unless_overwrite(tmp_pa
     assert json.loads((out / "lfqtok.json").read_text())["size"] == SIZE * 2
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, videos, model):
     whole = tmp_path / "whole"
     encode(videos, whole, model, samples_per_shard=1)
@@ -192,6 +193,7 @@ def test_bad_options_fail_before_any_work(tmp_path, videos, model):
     assert not (tmp_path / "tok").exists()
 
 
+@pytest.mark.slow
 def test_one_process_per_device_gives_the_same_shards(tmp_path, videos, model):
     config = EncodeConfig(model=model, size=SIZE, clip_frames=FRAMES, workers=1, batch_size=2, device="cpu", samples_per_shard=1)
     encode(videos, tmp_path / "single", model, samples_per_shard=1)

@@ -109,6 +109,7 @@ def test_tar_extras_are_read_in_the_worker(tmp_path, real_items):
     assert done[0].extras == {"txt": b"a caption"} and done[0].num_clips == 2
 
 
+@pytest.mark.slow
 def test_hang_and_crash_become_failures_and_the_run_goes_on(tmp_path):
     items = fake_items(tmp_path, ["a.mp4", "b.mp4", "crash.mp4", "hang.mp4", "z.mp4"])  # listed sorted
     with DecodePool(SPEC, workers=2, timeout=2.0, decode=fake_decode) as pool:
@@ -120,6 +121,7 @@ def test_hang_and_crash_become_failures_and_the_run_goes_on(tmp_path):
         assert by_item[i][-1].extras == {"txt": Path(items[i].path).name.encode()}
 
 
+@pytest.mark.slow
 def test_a_video_that_crashes_or_hangs_its_worker_is_retried_once_with_pyav(tmp_path, monkeypatch):
     monkeypatch.delenv("LFQTOK_DECODER", raising=False)  # the retry must not depend on it
     items = fake_items(tmp_path, ["a.mp4", "decordcrash.mp4", "decordhang.mp4"])
@@ -143,6 +145,7 @@ def test_truncated_webm_in_a_tar_still_gives_clips(tmp_path, real_videos):
     assert events[-1].meta.decoder == "pyav"
 
 
+@pytest.mark.slow
 def test_time_blocked_by_a_slow_consumer_is_not_decode_time(tmp_path):
     items = fake_items(tmp_path, ["big1.mp4"])  # 5 clips of 1 MiB: each send blocks until the consumer reads
     events = []
@@ -153,6 +156,7 @@ def test_time_blocked_by_a_slow_consumer_is_not_decode_time(tmp_path):
     assert [type(e).__name__ for e in events] == ["ClipEvent"] * 5 + ["DoneEvent"]
 
 
+@pytest.mark.slow
 def test_a_stalled_consumer_stops_the_workers(tmp_path):
     items = fake_items(tmp_path, [f"count{i:02d}.mp4" for i in range(30)])
     with DecodePool(SPEC, workers=2, max_pending_clips=4, decode=fake_decode) as pool:

@@ -83,6 +83,7 @@ def local_out(tmp_path_factory, model, videos) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_ray_writes_the_same_shards_as_local(tmp_path, ray, model, videos, local_out):
     seen = []
     summary = lfqtok.encode_dataset(
@@ -118,6 +119,7 @@ class DiesOnce(EncodeActor):
         return super().encode(job)
 
 
+@pytest.mark.slow
 def test_a_shard_whose_actor_died_is_retried_on_a_new_actor(tmp_path, ray, model, videos, local_out):
     from ray import cloudpickle
 
@@ -162,6 +164,7 @@ with connected(None) as ray:  # a cluster of its own, as `lfqtok encode --engine
 """
 
 
+@pytest.mark.slow
 def test_a_retried_shard_is_one_lfqtok_line_and_ray_stays_quiet(tmp_path, model, videos):
     pytest.importorskip("ray")
     out = tmp_path / "out"
@@ -190,6 +193,7 @@ class HangsOnce(EncodeActor):
         return super().encode(job)
 
 
+@pytest.mark.slow
 def test_a_shard_whose_actor_stalls_is_retried_on_a_new_actor(tmp_path, ray, model, videos, local_out):
     from ray import cloudpickle
 
@@ -208,6 +212,7 @@ def test_a_shard_whose_actor_stalls_is_retried_on_a_new_actor(tmp_path, ray, mod
     assert output_files(out) == expected
 
 
+@pytest.mark.slow
 def test_a_model_an_actor_cannot_load_stops_the_run_with_its_error(tmp_path, ray, videos):
     from lfqtok.errors import ModelError
     from lfqtok.ray_engine import ActorPlan, Dispatcher
@@ -249,6 +254,7 @@ def run_fake_pool(tmp_path, names, timeout):
     return {Path(item.path).stem: [e for e in events if e.item == i] for i, item in enumerate(items)}
 
 
+@pytest.mark.slow
 def test_decode_tasks_lost_before_their_first_clip_are_retried_with_pyav_as_locally(tmp_path, ray, monkeypatch):
     monkeypatch.delenv("LFQTOK_DECODER", raising=False)  # the retry must not depend on it
     names = ["a", "decordcrash", "decordhang"]
@@ -276,6 +282,7 @@ def decord_crasher(tmp_path_factory, real_videos) -> Path:
     return root / "in.tar"
 
 
+@pytest.mark.slow
 def test_ray_and_local_write_the_same_shards_on_a_video_that_crashes_decord(tmp_path, ray, model, decord_crasher, monkeypatch):
     from typer.testing import CliRunner
 
@@ -295,6 +302,7 @@ def test_ray_and_local_write_the_same_shards_on_a_video_that_crashes_decord(tmp_
     assert cut["decoder"] == "pyav"  # the retry, with PyAV alone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad, timeout, error", [("hang", 2.0, "decode timed out after 2 s"), ("crash", 60.0, "decoder process died")])
 def test_decode_tasks_that_hang_or_crash_become_failures(tmp_path, ray, bad, timeout, error):
     events = run_fake_pool(tmp_path, ["a", bad, "b"], timeout)
