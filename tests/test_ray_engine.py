@@ -3,7 +3,6 @@ decode tasks that hang or crash become failures; plus the actor plan and the mis
 
 import io
 import json
-import logging
 import os
 import re
 import subprocess
