@@ -65,10 +65,21 @@ def videos(tmp_path_factory) -> Path:
 # the engine
 
 
+def ray_runs_here() -> bool:
+    """Whether a Ray cluster runs on this machine (`ray start`'s, or another test run's): 'auto' joins any of them."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"gcs_server" in cmdline.read_bytes().split(b"\0")[0]:
+                return True
+        except OSError:
+            continue  # a process that ended meanwhile
+    return os.path.exists("/tmp/ray/ray_current_cluster")
+
+
 def test_joining_a_cluster_that_is_not_there_is_one_usage_error(tmp_path, monkeypatch, model, videos):
     ray = pytest.importorskip("ray")
-    if ray.is_initialized() or os.path.exists("/tmp/ray/ray_current_cluster"):
-        pytest.skip("a Ray cluster is running here")  # runs before the module's cluster starts
+    if ray.is_initialized() or ray_runs_here():
+        pytest.skip("a Ray cluster is running on this machine: --ray-address auto would join it")  # runs before the module's cluster starts
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(UsageError, match="--ray-address auto: cannot connect to a Ray cluster .*ray start --head"):
         lfqtok.encode_dataset([str(videos)], tmp_path / "out", model=model, engine="ray", ray_address="auto", **OPTIONS)
