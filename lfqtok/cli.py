@@ -3,12 +3,14 @@ prints a summary; errors a user can cause become one line on stderr (LFQTOK_DEBU
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -58,6 +60,26 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+class _WarningLines(logging.Handler):
+    """The library's warnings (a shard retried, an actor replaced) as one line each on stderr, above the progress."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err.print(f"[yellow]lfqtok:[/] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _library_warnings() -> Iterator[None]:
+    logger = logging.getLogger("lfqtok")
+    handler, propagate = _WarningLines(logging.WARNING), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False  # printed here once, not again by a root handler
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -92,6 +114,7 @@ def encode(
     engine: Annotated[str, typer.Option(help="local | ray")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address ('auto' joins a running one).")] = None,
     video_timeout: Annotated[float, typer.Option(help="Seconds a video may decode without progress before it fails.")] = 60.0,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's own log lines too (--engine ray; LFQTOK_DEBUG=1 does as well).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Encode videos into WebDataset token shards (OUT/lfqtok.json, OUT/00000.tar, OUT/00000_stats.json, ...)."""
@@ -102,9 +125,9 @@ def encode(
         model=model, size=size, clip_frames=clip_frames, clip_stride=clip_stride, fps=fps, max_clips=max_clips,
         pad_short=pad_short, batch_size=batch_size, workers=workers, device=device,
         samples_per_shard=samples_per_shard, overwrite=overwrite, strict=strict, num_shards=num_shards,
-        shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout,
+        shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout, verbose=verbose or DEBUG,
     )
-    with EncodeProgress(err) as progress:
+    with EncodeProgress(err) as progress, _library_warnings():
         summary = encode_dataset(inputs, out, config, on_progress=progress.update)
     if json_out:
         _print_json({**vars(summary), "failures_by_reason": dict(summary.failures_by_reason)})

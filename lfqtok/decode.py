@@ -34,13 +34,6 @@ def exists(v: Any) -> bool:
     return v is not None
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a GPU is there, else 'cpu'; anything else is checked by `load_tokenizer`."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # writers: one file per sample, frames appended clip by clip
@@ -230,7 +223,7 @@ def load_for(samples: Sequence[Sample], model: str | None, device: str) -> tuple
     manifest = next((s.manifest for s in samples if s.manifest), None)
     recorded = (manifest or {}).get("tokenizer") or {}
     if exists(model):
-        tok = load_tokenizer(model, device=resolve_device(device))
+        tok = load_tokenizer(model, device=device)
         if not manifest:
             return tok, "no lfqtok.json next to the shards: tokenizer not checked"
         if tok.sha256 != recorded.get("sha256"):
@@ -241,7 +234,7 @@ def load_for(samples: Sequence[Sample], model: str | None, device: str) -> tuple
     name = recorded.get("name")
     if name != "default" and not (isinstance(name, str) and Path(name).is_file()):
         raise ModelError(f"the tokens were made with tokenizer {name!r}, which is not 'default' nor a checkpoint file here: pass --model")
-    tok = load_tokenizer(name, device=resolve_device(device))
+    tok = load_tokenizer(name, device=device)
     if not recorded.get("sha256"):
         raise ModelError(f"the manifest records no tokenizer sha256 to check {name!r} against: pass --model to decode anyway")
     if tok.sha256 != recorded["sha256"]:

@@ -1,5 +1,6 @@
-"""Where ShardJobs run: `local` (this machine: in-process on one device, one process per GPU on several)
-or `ray` (a Ray cluster). Every engine calls the same `ShardEncoder`, so outputs are identical."""
+"""Where ShardJobs run: `local` (this machine: in-process on one device, one process per GPU on several) or `ray`
+(a Ray cluster). An engine receives the shard job function (a `worker.ShardEncoder`) and runs it unchanged, only
+placed (device, decode workers), so every engine writes the same bytes."""
 
 from __future__ import annotations
 
@@ -7,30 +8,40 @@ import multiprocessing as mp
 import queue
 import time
 import traceback
-from pathlib import Path
+from dataclasses import replace
 from typing import Sequence
 
 import torch
 
-from .encode import Counters, EncodeConfig, ProgressFn, ShardEncoder, ShardResult, resolve_device
+from .device import resolve_device
 from .errors import LfqtokError
 from .sources import ShardJob
+from .worker import Counters, ProgressFn, ShardEncoder, ShardResult, decode_workers
+
+ENGINES = ("local", "ray")
+PROGRESS_SECONDS = 0.25  # a device process reports its progress at most this often
 
 
-def run_jobs(config: EncodeConfig, out: Path, jobs: Sequence[ShardJob], on_progress: ProgressFn | None = None) -> list[ShardResult]:
-    """Run `jobs` on the engine `config.engine` names; results come back in job order."""
+def run_jobs(
+    encoder: ShardEncoder,
+    jobs: Sequence[ShardJob],
+    engine: str = "local",
+    *,
+    ray_address: str | None = None,
+    verbose: bool = False,
+    on_progress: ProgressFn | None = None,
+) -> list[ShardResult]:
+    """Run `encoder` on `jobs` with the engine named `engine`; results come back in shard order.
+
+    `ray_address` and `verbose` (Ray's own log lines in the terminal) matter to the Ray engine only."""
     if not jobs:
         return []
-    if config.engine == "ray":
+    if engine == "ray":
         from .ray_engine import run_ray
 
-        results = run_ray(config, out, jobs, on_progress=on_progress)
+        results = run_ray(encoder, jobs, on_progress, address=ray_address, verbose=verbose)
     else:
-        devices = local_devices(config.device)
-        if len(devices) == 1:
-            results = ShardEncoder(config, out, devices[0])(jobs, on_progress=on_progress)
-        else:
-            results = _run_multi_device(config, out, jobs, devices, on_progress)
+        results = run_local(encoder, jobs, on_progress)
     return sorted(results, key=lambda r: r.shard)
 
 
@@ -42,22 +53,26 @@ def local_devices(device: str) -> list[str]:
     return [str(dev)]
 
 
-# several devices: one spawned process each, shard jobs dealt round-robin
+# the local engine
 
 
-def _run_multi_device(
-    config: EncodeConfig, out: Path, jobs: Sequence[ShardJob], devices: Sequence[str], on_progress: ProgressFn | None
+def run_local(
+    encoder: ShardEncoder, jobs: Sequence[ShardJob], on_progress: ProgressFn | None = None, devices: Sequence[str] | None = None
 ) -> list[ShardResult]:
-    """One process per device, each with its share of the decode workers; progress summed here."""
+    """Run `encoder` on this machine: in this process on one device; on several (`devices`, default: what
+    `encoder.device` names), one spawned process each, with its share of the decode workers and every
+    len(devices)-th job (dealt round-robin up front); progress is summed here."""
+    devices = list(devices or local_devices(encoder.device))
+    if len(devices) == 1:
+        return replace(encoder, device=devices[0])(jobs, on_progress=on_progress)
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
-    share = max(1, config.num_workers() // len(devices))
-    per_device = [list(jobs[i :: len(devices)]) for i in range(len(devices))]
+    share = max(1, decode_workers(encoder.workers) // len(devices))
     procs = [
-        ctx.Process(target=_device_main, args=(config, str(out), dev, share, part, messages))  # not daemonic: it starts decode workers
-        for dev, part in zip(devices, per_device)
-        if part
-    ]
+        ctx.Process(target=_device_main, args=(rank, replace(encoder, device=dev, workers=share), part, messages))
+        for rank, dev in enumerate(devices)
+        if (part := list(jobs[rank :: len(devices)]))
+    ]  # not daemonic: each starts decode workers
     for proc in procs:
         proc.start()
     total = Counters(videos_total=sum(len(j.items) for j in jobs))
@@ -75,9 +90,8 @@ def _run_multi_device(
                 continue
             if kind == "progress":
                 latest[rank] = payload
-                _sum_into(total, latest.values())
                 if on_progress is not None:
-                    on_progress(total)
+                    on_progress(total.set_sum(latest.values()))
             elif kind == "done":
                 results.extend(payload)
                 running -= 1
@@ -91,40 +105,21 @@ def _run_multi_device(
     return results
 
 
-def _sum_into(total: Counters, parts) -> None:
-    for name in ("videos_done", "videos_failed", "clips", "frames", "tokens"):
-        setattr(total, name, sum(getattr(p, name) for p in parts))
-
-
-def _device_main(config: EncodeConfig, out: str, device: str, workers: int, jobs: list[ShardJob], messages) -> None:
-    """Body of one device process: encode its jobs, report progress at most a few times a second."""
-    from dataclasses import replace
-
-    rank = int(device.split(":")[-1]) if ":" in device else 0
+def _device_main(rank: int, encoder: ShardEncoder, jobs: list[ShardJob], messages) -> None:
+    """Body of one device process: encode its jobs, report progress at most every PROGRESS_SECONDS."""
     last = [0.0]
 
     def report(counters: Counters) -> None:
         now = time.perf_counter()
-        if now - last[0] > 0.25:
+        if now - last[0] > PROGRESS_SECONDS:
             last[0] = now
             messages.put((rank, "progress", counters))
 
     try:
-        encoder = ShardEncoder(replace(config, workers=workers), out, device)
         results = encoder(jobs, on_progress=report)
-        messages.put((rank, "progress", Counters(**{**vars(Counters()), **_counts(results)})))
+        messages.put((rank, "progress", Counters.of(results)))
         messages.put((rank, "done", results))
     except LfqtokError as exc:
         messages.put((rank, "error", exc))
     except BaseException:
-        messages.put((rank, "error", f"encode on {device} failed:\n{traceback.format_exc()}"))
-
-
-def _counts(results: Sequence[ShardResult]) -> dict[str, int]:
-    return {
-        "videos_done": sum(r.samples for r in results),
-        "videos_failed": sum(len(r.failures) for r in results),
-        "clips": sum(r.clips for r in results),
-        "frames": sum(r.frames for r in results),
-        "tokens": sum(r.tokens for r in results),
-    }
+        messages.put((rank, "error", f"encode on {encoder.device} failed:\n{traceback.format_exc()}"))

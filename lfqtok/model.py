@@ -27,6 +27,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor, nn
 
+from .device import resolve_device
 from .errors import ModelError, OutputError, UsageError
 from .lfq import LFQ, LossBreakdown, pack_sign_bits
 
@@ -447,16 +448,6 @@ class Tokenizer(nn.Module):
 # checkpoints
 
 
-def _device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise UsageError(f"invalid device {device!r}: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
 def _header(data: bytes) -> dict[str, Any]:
     """The JSON header of a safetensors file, or ValueError when `data` is not one."""
     if len(data) < 8:
@@ -519,7 +510,7 @@ def _read_checkpoint(name_or_path: str | Path) -> tuple[bytes, str]:
 
 def load_tokenizer(name_or_path: str | Path = "default", device: str | torch.device = "cpu") -> Tokenizer:
     """Load "default" (shipped in the package) or a .safetensors path onto `device`, in eval mode."""
-    dev = _device(device)
+    dev = resolve_device(device)
     data, label = _read_checkpoint(name_or_path)
     try:
         meta = _header(data).get("__metadata__") or {}

@@ -4,9 +4,9 @@ it crashes, so one bad file costs one FailEvent and never the run.
 Each worker has its own pipe: tasks go down, events come up in order, and the parent reads only while fewer
 than `max_pending_clips` events wait for the consumer, so a slow consumer blocks the workers (bounded memory).
 A worker's decode clock runs only while it decodes: it stops while the worker waits for a task or blocks
-sending an event, and restarts with each event, so `timeout` is decode time without progress. A video whose
-worker crashed or hung before sending anything is retried once with PyAV only (decord segfaults on some
-broken inputs); otherwise it fails with the reason.
+sending an event, and restarts with each event, so `timeout` is decode time without progress. What a video is
+decoded with on each try is `decoder_attempts` (shared with the Ray engine's pool): the chosen decoder, then, when
+that try crashed or hung before sending anything, PyAV alone; otherwise the video fails with the reason.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from .errors import LfqtokError, UsageError
 from .sources import VideoItem, read_extras, read_video_bytes
-from .video import Clip, ClipSpec, VideoMeta, iter_clips
+from .video import Clip, ClipSpec, VideoMeta, iter_clips, resolve_decoder
 
 POLL_SECONDS = 0.2  # how often the parent checks decode clocks while it waits for events
 
@@ -58,15 +58,32 @@ class FailEvent:
 
 
 Event = ClipEvent | DoneEvent | FailEvent
-DecodeFn = Callable[[int, VideoItem, ClipSpec], Iterator[Event]]
-Task = tuple[int, VideoItem, bool]  # (index, item, retry: the first try crashed or hung before any event)
+DecodeFn = Callable[[int, VideoItem, ClipSpec, str], Iterator[Event]]  # (index, item, spec, decoder) -> events
+Task = tuple[int, VideoItem, int]  # (index, item, attempt: position in decoder_attempts)
+
+# the decoder policy of both engines
 
 
-def decode_item(index: int, item: VideoItem, spec: ClipSpec, threads: int = 0) -> Iterator[Event]:
+def decoder_attempts(decoder: str) -> tuple[str, str]:
+    """The decoder of each try of one video: `decoder` first (auto: decord where it reads right, PyAV from the
+    frame where decord fails), then, if that try crashed or hung before its first event, PyAV alone (decord
+    segfaults or hangs on some broken inputs, dmlc/decord#373). A try that fails after an event is final."""
+    return (decoder, "pyav")
+
+
+def validate_pool(workers: int, timeout: float) -> None:
+    """The options of a decode pool, checked where they are taken and by `EncodeConfig.validate` before any work."""
+    if workers < 0:
+        raise UsageError(f"--workers must be >= 0, got {workers}")
+    if timeout <= 0:
+        raise UsageError(f"--video-timeout must be > 0, got {timeout}")
+
+
+def decode_item(index: int, item: VideoItem, spec: ClipSpec, decoder: str = "auto", threads: int = 0) -> Iterator[Event]:
     """One video's events: its ClipEvents, then one DoneEvent or FailEvent (a bad video is an event, not a raise)."""
     try:
         extras = read_extras(item)
-        meta, clips = iter_clips(read_video_bytes(item), spec, threads=threads)
+        meta, clips = iter_clips(read_video_bytes(item), spec, threads=threads, decoder=decoder)
         count = 0
         for clip in clips:
             yield ClipEvent(index, count, clip)
@@ -82,12 +99,8 @@ def decode_item(index: int, item: VideoItem, spec: ClipSpec, threads: int = 0) -
 
 
 def _worker_main(conn: Connection, clock: Any, spec: ClipSpec, decode: DecodeFn) -> None:
-    """Worker loop: receive (index, item, retry), send its events; clock = decode start time, 0 while not decoding.
-
-    A retry (the first try crashed or hung before sending anything) decodes with PyAV only ($LFQTOK_DECODER).
-    """
+    """Worker loop: receive (index, item, decoder), send its events; clock = decode start time, 0 while not decoding."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then kills us
-    default = os.environ.get("LFQTOK_DECODER")
     while True:
         clock.value = 0.0
         try:
@@ -96,10 +109,9 @@ def _worker_main(conn: Connection, clock: Any, spec: ClipSpec, decode: DecodeFn)
             return  # the parent is gone
         if task is None:
             return
-        index, item, retry = task
-        _set_env("LFQTOK_DECODER", "pyav" if retry else default)
+        index, item, decoder = task
         clock.value = time.monotonic()
-        for event in decode(index, item, spec):
+        for event in decode(index, item, spec, decoder):
             clock.value = 0.0
             try:
                 conn.send(event)  # blocks while the parent holds enough events: not decode time
@@ -108,20 +120,14 @@ def _worker_main(conn: Connection, clock: Any, spec: ClipSpec, decode: DecodeFn)
             clock.value = time.monotonic()
 
 
-def _set_env(name: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-
-
 # parent side
 
 
 class _Worker:
     """One decode process, its pipe, its decode clock and the item it is on."""
 
-    def __init__(self, ctx: Any, spec: ClipSpec, decode: DecodeFn):
+    def __init__(self, ctx: Any, spec: ClipSpec, decode: DecodeFn, decoders: Sequence[str]):
+        self.decoders = decoders  # per attempt
         self.conn, child = ctx.Pipe()
         self.clock = ctx.Value("d", 0.0, lock=False)
         self.proc = ctx.Process(target=_worker_main, args=(child, self.clock, spec, decode), daemon=True, name="lfqtok-decode")
@@ -137,8 +143,9 @@ class _Worker:
     def give(self, task: Task | None) -> None:
         self.task, self.started = task, False
         if task is not None:
+            index, item, attempt = task
             try:
-                self.conn.send(task)
+                self.conn.send((index, item, self.decoders[attempt]))
             except OSError:
                 pass  # it died: found through its sentinel, and the task goes to another worker
 
@@ -164,13 +171,14 @@ class _Tasks:
         if self.retry:
             return self.retry.popleft()
         task = next(self.items, None)
-        return (*task, False) if task is not None else None
+        return (*task, 0) if task is not None else None
 
 
 class DecodePool:
     """Decodes videos into clip events in `workers` processes (0: inline in this process, no timeout).
 
     Use as a context manager: leaving it kills every worker, also on exceptions and KeyboardInterrupt.
+    `decoder`: what each video is decoded with first (None: `resolve_decoder`), PyAV alone on a retry.
     `decode` replaces the per-video function run in the workers (a picklable, module-level function; tests
     use it to simulate hangs and crashes).
     """
@@ -182,15 +190,14 @@ class DecodePool:
         timeout: float = 60.0,  # seconds of decode time without a new clip before the worker is killed
         max_pending_clips: int = 64,  # events decoded but not yet taken by the consumer, at most (about)
         *,
+        decoder: str | None = None,
         decode: DecodeFn | None = None,
     ):
-        if workers < 0:
-            raise UsageError(f"--workers must be >= 0, got {workers}")
-        if timeout <= 0:
-            raise UsageError(f"--video-timeout must be > 0, got {timeout}")
+        validate_pool(workers, timeout)
         if max_pending_clips < 1:
             raise UsageError(f"max_pending_clips must be >= 1, got {max_pending_clips}")
         self.spec, self.workers, self.timeout, self.max_pending = spec, workers, timeout, max_pending_clips
+        self.decoders = decoder_attempts(resolve_decoder(decoder))
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))  # decoder threads per worker: no oversubscription
         self.decode = decode or functools.partial(decode_item, threads=threads)
         self._ctx = mp.get_context("spawn")  # never fork a parent that may hold torch / CUDA state
@@ -210,9 +217,9 @@ class DecodePool:
 
     def run(self, items: Sequence[VideoItem]) -> Iterator[Event]:
         """Events for every item: per video its ClipEvents in order, then exactly one DoneEvent or FailEvent."""
-        if self.workers == 0:
+        if self.workers == 0:  # one try each: a crash here would be this process's
             for index, item in enumerate(items):
-                yield from self.decode(index, item, self.spec)
+                yield from self.decode(index, item, self.spec, self.decoders[0])
             return
         tasks = _Tasks(items)
         pending: deque[Event] = deque()
@@ -236,7 +243,7 @@ class DecodePool:
     # helpers
 
     def _start(self, tasks: _Tasks) -> _Worker:
-        worker = _Worker(self._ctx, self.spec, self.decode)
+        worker = _Worker(self._ctx, self.spec, self.decode, self.decoders)
         worker.give(tasks.next())
         return worker
 
@@ -264,12 +271,12 @@ class DecodePool:
                 self._lost(worker, tasks, pending, f"decode timed out after {self.timeout:g} s")
 
     def _lost(self, worker: _Worker, tasks: _Tasks, pending: deque[Event], error: str) -> None:
-        """A worker died or hung: retry its video once with PyAV if it sent nothing yet (decord segfaults on
-        some broken inputs and can hang, dmlc/decord#373), else fail it; replace the worker."""
+        """A worker died or hung: its video's next try (`decoder_attempts`) if it sent nothing yet, else it
+        fails; the worker is replaced."""
         if worker.task is not None:
-            index, item, retry = worker.task
-            if not worker.started and not retry:
-                tasks.retry.append((index, item, True))
+            index, item, attempt = worker.task
+            if not worker.started and attempt + 1 < len(self.decoders):
+                tasks.retry.append((index, item, attempt + 1))
             else:
                 pending.append(FailEvent(index, error))
         self._replace(worker, tasks)

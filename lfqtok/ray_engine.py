@@ -3,7 +3,8 @@ decode tasks anywhere in the cluster (`RayDecodePool`: one streaming Ray task pe
 
 The driver deals shards to actors with bounded in-flight work and sums their progress. A shard whose actor
 died (node lost, OOM-killed) is retried on another actor: safe, because a shard is finished exactly when its
-`_stats.json` exists, and a rerun of a shard overwrites its temp files.
+`_stats.json` exists, and a rerun of a shard overwrites its temp files. Each retry and replaced actor is one
+warning on the `lfqtok` logger; Ray's own log lines stay in its log files unless `verbose`.
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from .errors import LfqtokError, UsageError
-from .pool import ClipEvent, DecodeFn, Event, FailEvent, decode_item
+from .pool import ClipEvent, DecodeFn, Event, FailEvent, decode_item, decoder_attempts
 from .sources import ShardJob, VideoItem
-from .video import ClipSpec
+from .video import ClipSpec, resolve_decoder
 
-if TYPE_CHECKING:  # encode.py imports torch: decode tasks import this module and must stay light
-    from .encode import Counters, EncodeConfig, ProgressFn, ShardResult
+if TYPE_CHECKING:  # worker.py imports torch: decode tasks import this module and must stay light
+    from .worker import Counters, ProgressFn, ShardEncoder, ShardResult
 
 MAX_RETRIES = 2  # a shard whose actor died runs at most 1 + MAX_RETRIES times
 SHARDS_PER_ACTOR = 2  # in flight per actor: the next shard decodes while the last one's tail is encoded
@@ -33,6 +33,8 @@ POLL_SECONDS = 0.5  # how often the driver collects progress from the actors
 ACTOR_START_TIMEOUT = 600.0  # seconds without any live actor before the run gives up (cluster too small)
 MIN_STALL_SECONDS = 600.0  # a busy actor whose progress has not moved this long (or 5 video timeouts) is killed
 INSTALL_HINT = '--engine ray needs Ray, which is not installed: pip install "lfqtok[ray]"'
+
+log = logging.getLogger(__name__)
 
 # helpers
 
@@ -47,22 +49,41 @@ def import_ray() -> Any:
 
 
 @contextmanager
-def connected(address: str | None) -> Iterator[Any]:
+def connected(address: str | None, verbose: bool = False) -> Iterator[Any]:
     """Start a local cluster (None: or join the one `ray start` runs on this machine) or join one ('auto',
-    'host:port', 'ray://...'); a connected driver stays so; leaving stops only what ray.init started."""
+    'host:port', 'ray://...'); a connected driver stays so; leaving stops only what ray.init started.
+
+    Unless `verbose`, Ray's own lines (workers' output, its warnings, the raylet's "worker died" notices that
+    it prints on stdout, into `--json` output) stay in /tmp/ray/session_latest/logs for the whole run."""
     ray = import_ray()
-    if ray.is_initialized():
-        yield ray
+    with _quiet(ray, verbose):
+        if ray.is_initialized():
+            yield ray
+            return
+        try:
+            ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.ERROR)
+        except (ConnectionError, TimeoutError, ValueError) as exc:
+            raise UsageError(f"--ray-address {address}: cannot connect to a Ray cluster ({exc}); start one with `ray start --head`") from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def _quiet(ray: Any, verbose: bool) -> Iterator[None]:
+    """Keep the driver's relay of cluster errors (the raylet's worker-died and task-retry notices, which Ray
+    prints to stdout whatever `log_to_driver` says) off the terminal while inside; they stay in Ray's logs.
+    That relay has no public switch: this is the module flag Ray's own debugger (ray.util.rpdb) sets."""
+    module = getattr(getattr(ray, "_private", None), "worker", None)
+    if verbose or not hasattr(module, "_worker_logs_enabled"):
+        yield
         return
+    before, module._worker_logs_enabled = module._worker_logs_enabled, False
     try:
-        # worker logs stay in /tmp/ray/session_latest/logs: the progress display keeps the terminal
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    except (ConnectionError, TimeoutError, ValueError) as exc:
-        raise UsageError(f"--ray-address {address}: cannot connect to a Ray cluster ({exc}); start one with `ray start --head`") from None
-    try:
-        yield ray
+        yield
     finally:
-        ray.shutdown()
+        module._worker_logs_enabled = before
 
 
 def absolute_jobs(jobs: Sequence[ShardJob]) -> list[ShardJob]:
@@ -79,16 +100,17 @@ def absolute_model(model: str) -> str:
 # decode tasks
 
 
-def _decode_task(decode: DecodeFn, index: int, item: VideoItem, spec: ClipSpec) -> Iterator[Event | None]:
+def _decode_task(decode: DecodeFn, index: int, item: VideoItem, spec: ClipSpec, decoder: str) -> Iterator[Event | None]:
     """Body of one decode task: None (it runs: its decode clock starts), then the events of one video
     (`pool.decode_item`: the same clips and the same error lines as the local engine)."""
     yield None
-    yield from decode(index, item, spec)
+    yield from decode(index, item, spec, decoder)
 
 
 @functools.lru_cache(maxsize=None)
 def _remote_decode():
-    """The decode task: one CPU, retried once if its worker or node dies (Ray replays, the clips are not repeated)."""
+    """The decode task: one CPU. Ray replays it once, with the same decoder, if its worker or node dies (a lost node
+    costs no video; the clips are not repeated); a task lost again then goes by the pool's decoder attempts."""
     return import_ray().remote(num_cpus=1, max_retries=1, _generator_backpressure_num_objects=CLIPS_AHEAD)(_decode_task)
 
 
@@ -98,7 +120,9 @@ class _Decoding:
 
     item: int
     stream: Any  # ray.ObjectRefGenerator
+    attempt: int = 0  # position in the pool's decoder attempts
     started: bool = False  # whether the task runs (a task queued for a free core cannot time out)
+    sent: bool = False  # whether it yielded an event of its video yet (after that, a lost task is a failure)
     stalled: float = 0.0  # seconds waited on it since its last value, once started
 
 
@@ -107,12 +131,17 @@ class RayDecodePool:
 
     At most `workers` videos in flight (0 counts as 1), each at most CLIPS_AHEAD clips ahead of the consumer.
     Events per video: its ClipEvents in order, then one DoneEvent or FailEvent; a task that yields nothing for
-    `timeout` seconds of waiting (time the consumer spends elsewhere does not count) is killed -> FailEvent.
+    `timeout` seconds of waiting (time the consumer spends elsewhere does not count) is killed. A task killed
+    or lost before its first event is tried again with the next of `decoder_attempts(decoder)` (PyAV alone),
+    as `DecodePool` does; after an event, or on the last try, the video fails.
     `decode` replaces the per-video function, as in `DecodePool` (tests simulate hangs and crashes with it).
     """
 
-    def __init__(self, spec: ClipSpec, workers: int, timeout: float = 60.0, *, decode: DecodeFn | None = None):
+    def __init__(
+        self, spec: ClipSpec, workers: int, timeout: float = 60.0, *, decoder: str | None = None, decode: DecodeFn | None = None
+    ):
         self.spec, self.workers, self.timeout = spec, max(1, workers), timeout
+        self.decoders = decoder_attempts(resolve_decoder(decoder))
         self.decode = decode or functools.partial(decode_item, threads=1)  # one core per task
         self.active: list[_Decoding] = []
 
@@ -131,9 +160,9 @@ class RayDecodePool:
         while todo or self.active:
             while todo and len(self.active) < self.workers:
                 index, item = todo.popleft()
-                self.active.append(_Decoding(index, self.task.remote(self.decode, index, item, self.spec)))
+                self.active.append(_Decoding(index, self._submit(index, item, 0)))
             for running in self._wait():
-                event = self._next_event(running)
+                event = self._next_event(running, items)
                 if event is None:
                     continue
                 if not isinstance(event, ClipEvent):
@@ -141,10 +170,24 @@ class RayDecodePool:
                 yield event
             for running in [r for r in self.active if r.stalled >= self.timeout]:
                 self.ray.cancel(running.stream, force=True)
-                self.active.remove(running)
-                yield FailEvent(running.item, f"decode timed out after {self.timeout:g} s")
+                event = self._lost(running, items, f"decode timed out after {self.timeout:g} s")
+                if event is not None:
+                    self.active.remove(running)
+                    yield event
 
     # helpers
+
+    def _submit(self, index: int, item: VideoItem, attempt: int) -> Any:
+        return self.task.remote(self.decode, index, item, self.spec, self.decoders[attempt])
+
+    def _lost(self, running: _Decoding, items: Sequence[VideoItem], error: str) -> FailEvent | None:
+        """A task that died or hung: its video's next try if it sent no event yet (None), else its failure."""
+        if running.sent or running.attempt + 1 >= len(self.decoders):
+            return FailEvent(running.item, error)
+        running.attempt += 1
+        running.stream = self._submit(running.item, items[running.item], running.attempt)
+        running.started, running.stalled = False, 0.0
+        return None
 
     def _wait(self) -> list[_Decoding]:
         """The videos with a value ready, oldest first (the writer emits in input order); blocks until one is."""
@@ -161,14 +204,17 @@ class RayDecodePool:
         ready_ids = set(map(id, ready))
         return [r for r in self.active if id(r.stream) in ready_ids]
 
-    def _next_event(self, running: _Decoding) -> Event | None:
+    def _next_event(self, running: _Decoding, items: Sequence[VideoItem]) -> Event | None:
+        """The next event of a ready task; None for its 'started' value, or when it died and is tried again."""
         running.started, running.stalled = True, 0.0
         try:
-            return self.ray.get(next(running.stream))
+            event = self.ray.get(next(running.stream))
         except StopIteration:
             return FailEvent(running.item, "decoder stopped without a result")
         except self.ray.exceptions.RayError as exc:
-            return FailEvent(running.item, f"decoder process died ({type(exc).__name__})")
+            return self._lost(running, items, f"decoder process died ({type(exc).__name__})")
+        running.sent = running.sent or event is not None
+        return event
 
 
 # encode actors
@@ -202,10 +248,8 @@ def plan_actors(resources: dict[str, float], device: str, workers: int | None, n
 class EncodeActor:
     """Holds one ShardEncoder (model loaded once, in `ready`) and the live counters of the shards it encodes."""
 
-    def __init__(self, config: "EncodeConfig", out: str, device: str):
-        from .encode import ShardEncoder
-
-        self.encoder = ShardEncoder(config, out, device, pool_factory=RayDecodePool)
+    def __init__(self, encoder: "ShardEncoder"):
+        self.encoder = encoder
         self.live: dict[int, Counters] = {}
 
     def ready(self) -> None:
@@ -235,6 +279,7 @@ class _Slot:
     live: dict[int, Any] = field(default_factory=dict)  # its last progress report: shard -> Counters
     poll: Any = None  # ObjectRef of its pending `progress()` call
     moved: float = field(default_factory=time.monotonic)  # when its progress last changed or it got a shard
+    stalled: bool = False  # killed because its progress stopped moving
 
     @property
     def usable(self) -> bool:
@@ -242,25 +287,28 @@ class _Slot:
 
 
 class Dispatcher:
-    """Deals shard jobs to encode actors, retries the shards of actors that died, sums progress."""
+    """Deals shard jobs to encode actors, retries the shards of actors that died, sums progress.
+
+    Each actor runs `encoder` on the plan's device with its decode tasks per shard, decoding through Ray tasks."""
 
     def __init__(
-        self, ray: Any, config: "EncodeConfig", out: str, plan: ActorPlan, actor_cls: type = EncodeActor, stall_timeout: float | None = None
+        self, ray: Any, encoder: "ShardEncoder", plan: ActorPlan, actor_cls: type = EncodeActor, stall_timeout: float | None = None
     ):
         self.ray, self.plan = ray, plan
         # decode stalls are cut by the pool after video_timeout, so a healthy shard's counters move at least that often
-        self.stall_timeout = stall_timeout if stall_timeout is not None else max(MIN_STALL_SECONDS, 5 * config.video_timeout)
+        self.stall_timeout = stall_timeout if stall_timeout is not None else max(MIN_STALL_SECONDS, 5 * encoder.video_timeout)
         remote_cls = ray.remote(actor_cls).options(
             num_gpus=plan.num_gpus, num_cpus=plan.num_cpus, max_concurrency=SHARDS_PER_ACTOR + 1, max_restarts=0
         )
-        self.spawn = lambda: remote_cls.remote(config, out, plan.device)
+        placed = replace(encoder, device=plan.device, workers=plan.decode_tasks, pool_factory=RayDecodePool)
+        self.spawn = lambda: remote_cls.remote(placed)
         self.slots: list[_Slot] = []
         self.running: dict[Any, tuple[ShardJob, int, _Slot]] = {}  # ObjectRef -> (job, attempt, slot)
         self.results: list[ShardResult] = []
         self.start_failures = 0  # actors that died before they were ready (bounded: lfqtok missing on a node, ...)
 
     def run(self, jobs: Sequence[ShardJob], on_progress: "ProgressFn | None") -> list[ShardResult]:
-        from .encode import Counters
+        from .worker import Counters
 
         total = Counters(videos_total=sum(len(j.items) for j in jobs))
         todo: deque[tuple[ShardJob, int]] = deque((job, 0) for job in jobs)  # (job, attempt)
@@ -327,6 +375,7 @@ class Dispatcher:
             if self.start_failures > self.plan.actors * (MAX_RETRIES + 1):
                 first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise LfqtokError(f"encode actors keep dying before they are ready ({self.start_failures} so far): {first_line}") from None
+            log.warning("an encode actor died while starting (%s); starting another", type(exc).__name__)
             self.slots.remove(slot)
             self._start_actor()
             return
@@ -345,6 +394,8 @@ class Dispatcher:
                     f"shard {job.index} failed {attempt + 1} times ({type(exc).__name__}: its encode actor died or stalled); "
                     "finished shards are kept, rerun to resume"
                 ) from None
+            why = f"made no progress for {self.stall_timeout:g} s" if slot.stalled else f"died ({type(exc).__name__})"
+            log.warning("shard %d: its encode actor %s; retrying it on a new actor (attempt %d of %d)", job.index, why, attempt + 2, MAX_RETRIES + 1)
             todo.appendleft((job, attempt + 1))
             self._replace(slot)
 
@@ -364,9 +415,10 @@ class Dispatcher:
                     live = self.ray.get(poll)
                     if live != slot.live:
                         slot.live, slot.moved = live, time.monotonic()
-                except self.ray.exceptions.RayError:  # it died: an idle one is replaced now, a busy one
+                except self.ray.exceptions.RayError as exc:  # it died: an idle one is replaced now, a busy one
                     slot.live = {}  # when its shards come back failed (and are retried)
                     if not slot.running:
+                        log.warning("an idle encode actor died (%s); starting a new one", type(exc).__name__)
                         self._replace(slot)
                         continue
             if slot.poll is None and slot.ready is None:
@@ -378,17 +430,16 @@ class Dispatcher:
         now = time.monotonic()
         for slot in list(self.slots):
             if slot.running and now - slot.moved > self.stall_timeout:
+                slot.stalled = True  # said in the line about its shards' retries
                 self._replace(slot)
 
     def _progress(self, total: "Counters") -> "Counters":
         """Finished shards' counts plus the live counters of the shards still running (on the actor they run on)."""
-        from .encode import Counters
-        from .engines import _counts, _sum_into
+        from .worker import Counters
 
         running = {(id(slot), job.index) for job, _, slot in self.running.values()}
         live = [c for slot in self.slots for shard, c in slot.live.items() if (id(slot), shard) in running]
-        _sum_into(total, [Counters(**_counts(self.results)), *live])
-        return total
+        return total.set_sum([Counters.of(self.results), *live])
 
 
 def _cause(exc: Any, what: str) -> LfqtokError:
@@ -402,10 +453,17 @@ def _cause(exc: Any, what: str) -> LfqtokError:
 # the entry point
 
 
-def run_ray(config: "EncodeConfig", out: str | Path, jobs: Sequence[ShardJob], on_progress: "ProgressFn | None" = None) -> list[ShardResult]:
-    """Run shard jobs on a Ray cluster (`config.ray_address`); results come back as the local engine's do."""
-    with connected(config.ray_address) as ray:
-        plan = plan_actors(ray.cluster_resources(), config.device, config.workers, len(jobs))
-        config = replace(config, workers=plan.decode_tasks, model=absolute_model(config.model))
-        dispatcher = Dispatcher(ray, config, os.path.abspath(out), plan)
-        return dispatcher.run(absolute_jobs(jobs), on_progress)
+def run_ray(
+    encoder: "ShardEncoder",
+    jobs: Sequence[ShardJob],
+    on_progress: "ProgressFn | None" = None,
+    *,
+    address: str | None = None,
+    verbose: bool = False,
+) -> list[ShardResult]:
+    """Run `encoder` on shard jobs on a Ray cluster (`address`, see `connected`); results come back as the local
+    engine's do. `verbose`: Ray's own log lines go to the terminal too."""
+    with connected(address, verbose) as ray:
+        plan = plan_actors(ray.cluster_resources(), encoder.device, encoder.workers, len(jobs))
+        encoder = replace(encoder, out=os.path.abspath(encoder.out), model=absolute_model(encoder.model))
+        return Dispatcher(ray, encoder, plan).run(absolute_jobs(jobs), on_progress)

@@ -229,7 +229,7 @@ def _remove(out: Path, names: Sequence[str]) -> None:
 class ShardWriter:
     """One token shard: samples go to `{index:05d}.tar.tmp`; `finish` renames it and then writes `_stats.json`.
 
-    Nothing is opened before the first sample; leaving the context without `finish` removes the temp file.
+    Nothing is opened before the first sample; `abort` (or leaving the context without `finish`) removes the temp file.
     """
 
     def __init__(self, out: Path, index: int, token_dtype: np.dtype):
@@ -245,8 +245,7 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if not self.finished:
-            self._abort()
+        self.abort()
         return False
 
     def write(self, key: str, tokens: np.ndarray, meta: dict, extras: dict[str, bytes] | None = None) -> None:
@@ -263,7 +262,7 @@ class ShardWriter:
         try:
             self._open().write(sample)
         except OSError as exc:
-            self._abort()
+            self.abort()
             raise _oserror(exc, self.tmp) from None
         self.keys.add(key)
 
@@ -276,10 +275,23 @@ class ShardWriter:
             self._file.close()
             os.replace(self.tmp, self.path)
         except OSError as exc:
-            self._abort()
+            self.abort()
             raise _oserror(exc, self.path) from None
         self.finished = True
         write_json_atomic(stats_path(self.out, self.index), {"shard": self.index, **stats})
+
+    def abort(self) -> None:
+        """Give the shard up (a failed or interrupted run): close and remove its temp file; finished shards stay."""
+        if self.finished:
+            return
+        for closable in (self._tar, self._file):
+            try:
+                if closable is not None:
+                    closable.close()  # closed once here, so nothing flushes into a removed file later
+            except (OSError, ValueError):
+                pass  # the temp file goes anyway
+        _discard(self.tmp)
+        self.finished = True  # nothing left to clean up
 
     # helpers
 
@@ -300,16 +312,6 @@ class ShardWriter:
                 raise _oserror(exc, self.tmp) from None
             self._tar = TarWriter(self._file, encoder=False, mtime=MEMBER_MTIME)
         return self._tar
-
-    def _abort(self) -> None:
-        for closable in (self._tar, self._file):
-            try:
-                if closable is not None:
-                    closable.close()  # closed once here, so nothing flushes into a removed file later
-            except (OSError, ValueError):
-                pass  # the temp file goes anyway
-        _discard(self.tmp)
-        self.finished = True  # nothing left to clean up
 
 
 # reading

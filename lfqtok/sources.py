@@ -241,14 +241,19 @@ def _list_items(inputs: Sequence[str]) -> ItemList:
     return result
 
 
-def plan_shards(items: Sequence[VideoItem], samples_per_shard: int, num_shards: int = 1, shard_index: int = 0) -> list[ShardJob]:
-    """Consecutive runs of samples_per_shard items -> shard jobs; keeps jobs i with i % num_shards == shard_index."""
+def validate_split(samples_per_shard: int, num_shards: int = 1, shard_index: int = 0) -> None:
+    """The shard options, checked by `plan_shards` and by `EncodeConfig.validate` before any work."""
     if samples_per_shard < 1:
         raise UsageError(f"--samples-per-shard must be >= 1, got {samples_per_shard}")
     if num_shards < 1:
         raise UsageError(f"--num-shards must be >= 1, got {num_shards}")
     if not 0 <= shard_index < num_shards:
         raise UsageError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
+
+
+def plan_shards(items: Sequence[VideoItem], samples_per_shard: int, num_shards: int = 1, shard_index: int = 0) -> list[ShardJob]:
+    """Consecutive runs of samples_per_shard items -> shard jobs; keeps jobs i with i % num_shards == shard_index."""
+    validate_split(samples_per_shard, num_shards, shard_index)
     return [
         ShardJob(i, tuple(items[start : start + samples_per_shard]))
         for i, start in enumerate(range(0, len(items), samples_per_shard))

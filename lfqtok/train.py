@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .device import resolve_device
 from .errors import InputError, OutputError, UsageError, VideoError
 from .metrics import RGB_TO_YCBCR
-from .model import ResBlock, Tokenizer, TokenizerConfig, _device, load_tokenizer, save_tokenizer
+from .model import ResBlock, Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
 from .sources import list_items, read_video_bytes
 from .video import iter_frames
 
@@ -432,7 +433,7 @@ def _init_weights(tok: Tokenizer, source: str) -> None:
 
 def train_tokenizer(config: TrainConfig, on_step: Callable[[StepStats], None] | None = None, resume: bool = True) -> TrainResult:
     """Train (or resume) a tokenizer; writes state + inference weights every `checkpoint_every` steps and at the end."""
-    device = _device(config.device)
+    device = resolve_device(config.device)
     out = Path(config.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

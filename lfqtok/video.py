@@ -34,6 +34,7 @@ DECORD_CHUNK = 16  # frames per decord read: small, so a huge fps-subsampling st
 MAX_BAD_PACKETS = 16  # corrupt packets skipped per video before it counts as undecodable
 TIE_SECONDS = 1e-4  # timestamps this close to a target count as equally near
 ALPHA_FORMATS = ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya")  # composited over black
+DECODERS = ("auto", "pyav", "decord")  # auto: decord where it reads right (DECORD_CODECS, short, unrotated), else PyAV
 
 # config and results
 
@@ -323,9 +324,11 @@ def _windows(sampled: Iterator[_Frame], spec: ClipSpec, to_rgb: Callable[[_Frame
         yield Clip(np.stack([f for _, f in window]), [i for i, _ in window], pad)
 
 
-def _decoder_choice(decoder: str | None) -> str:
+def resolve_decoder(decoder: str | None = None) -> str:
+    """The decoder to start with: `decoder`, else $LFQTOK_DECODER (the user's switch), else "auto"; UsageError if
+    it is none of auto, pyav, decord. Encode resolves it once, in the driver, and hands it to every worker."""
     decoder = decoder or os.environ.get("LFQTOK_DECODER") or "auto"
-    if decoder not in ("auto", "pyav", "decord"):
+    if decoder not in DECODERS:
         raise UsageError(f"decoder must be auto, pyav or decord (LFQTOK_DECODER), got {decoder!r}")
     return decoder
 
@@ -341,7 +344,7 @@ def iter_frames(
     Raises VideoError with a one-line reason for a video that cannot be read.
     """
     probe = _probe(video)
-    frames = _Decoder(video, probe, size, threads, _decoder_choice(decoder), crop=False)
+    frames = _Decoder(video, probe, size, threads, resolve_decoder(decoder), crop=False)
     for frame in frames.frames():
         yield frames.to_rgb(frame)
 
@@ -357,7 +360,7 @@ def iter_clips(
     failure); None reads $LFQTOK_DECODER (default "auto"), the switch to force PyAV everywhere.
     """
     probe = _probe(video)
-    decoder = _Decoder(video, probe, spec.size, threads, _decoder_choice(decoder))
+    decoder = _Decoder(video, probe, spec.size, threads, resolve_decoder(decoder))
     display = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
     meta = VideoMeta(fps=probe.fps, num_frames=probe.num_frames, orig_size=display, decoder=decoder.name)
 

@@ -24,10 +24,12 @@ import numpy as np
 import torch
 
 import lfqtok
-from lfqtok.encode import EncodeConfig, encode_batch, resolve_device
+from lfqtok.device import resolve_device
+from lfqtok.encode import EncodeConfig
 from lfqtok.pool import ClipEvent, DecodePool
 from lfqtok.sources import list_items
 from lfqtok.video import ClipSpec
+from lfqtok.worker import encode_batch
 
 
 def read_clips(path: str, spec: ClipSpec):

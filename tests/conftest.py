@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # `from videos import make_video
 
 from videos import make_video  # noqa: E402
 
-DATA = Path("/work/shared/data/videos")
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LFQTOK_SHARED") or REPO.parent / "shared")  # the shared data dir beside the checkout
+DATA = SHARED / "data" / "videos"
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +54,10 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def real_videos() -> Path:
-    """/work/shared/data/videos (train, eval, edge); tests using it are skipped where it is absent."""
+    """SHARED/data/videos (train, eval, edge): ../shared beside the repository, or $LFQTOK_SHARED; tests using
+    it are skipped, saying where they looked, where it is absent."""
     if not DATA.is_dir():
-        pytest.skip(f"{DATA} not present")
+        pytest.skip(f"real test videos not found at {DATA} (put the shared data dir beside the repository or set LFQTOK_SHARED)")
     return DATA
 
 

@@ -17,8 +17,8 @@ import torch
 import webdataset as wds
 
 import lfqtok
-from lfqtok.encode import EncodeConfig, ShardEncoder
-from lfqtok.engines import _run_multi_device
+from lfqtok.encode import EncodeConfig
+from lfqtok.engines import run_local
 from lfqtok.errors import OutputError, UsageError
 from lfqtok.sources import list_items, plan_shards
 from videos import make_video
@@ -135,6 +135,7 @@ def test_other_settings_into_an_existing_out_are_refused_unless_overwrite(tmp_pa
     assert json.loads((out / "lfqtok.json").read_text())["size"] == SIZE * 2
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, videos, model):
     whole = tmp_path / "whole"
     encode(videos, whole, model, samples_per_shard=1)
@@ -192,6 +193,7 @@ def test_bad_options_fail_before_any_work(tmp_path, videos, model):
     assert not (tmp_path / "tok").exists()
 
 
+@pytest.mark.slow
 def test_one_process_per_device_gives_the_same_shards(tmp_path, videos, model):
     config = EncodeConfig(model=model, size=SIZE, clip_frames=FRAMES, workers=1, batch_size=2, device="cpu", samples_per_shard=1)
     encode(videos, tmp_path / "single", model, samples_per_shard=1)
@@ -200,7 +202,7 @@ def test_one_process_per_device_gives_the_same_shards(tmp_path, videos, model):
     for stats in out.glob("*_stats.json"):  # ... then redo every shard with two device processes
         stats.unlink()
     jobs = plan_shards(list_items([str(videos)]), 1)
-    results = _run_multi_device(config, out, jobs, ["cpu", "cpu"], None)
+    results = run_local(config.shard_encoder(out), jobs, devices=["cpu", "cpu"])
     assert sorted(r.shard for r in results) == [0, 1, 2, 3]
     assert output_bytes(out) == output_bytes(tmp_path / "single")
 
@@ -223,7 +225,7 @@ def test_large_ids_keep_their_value_in_the_storage_dtype(tmp_path, videos, model
     ids = [0, 1, 32767, 32768, codebook_size - 2, codebook_size - 1]
     config = EncodeConfig(model=model, size=SIZE, clip_frames=FRAMES, workers=0, device="cpu")
     lfqtok.encode_dataset([str(videos / "a.mp4")], tmp_path / "tok", config)  # manifest + a real run first
-    encoder = ShardEncoder(config, tmp_path / "fake")
+    encoder = config.shard_encoder(tmp_path / "fake")
     encoder._tokenizer = _FakeTokenizer(codebook_size, ids)
     (tmp_path / "fake").mkdir()
     [result] = encoder(plan_shards(list_items([str(videos / "a.mp4")]), 10))

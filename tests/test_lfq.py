@@ -129,6 +129,7 @@ def test_frac_per_sample_entropy_runs_on_sampled_tokens_only(monkeypatch):
     assert seen == [50]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("inv_temperature", [100.0, 3.0])
 @pytest.mark.parametrize("chunked", [False, True])
 def test_big_codebook_chunks_match_reference(monkeypatch, inv_temperature, chunked):

@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from videos import make_video
 
 from lfqtok.model import TokenizerConfig, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each runs the whole script in a subprocess
 
 
 def test_gpu_session_script_trains_exports_and_benchmarks(tmp_path):

@@ -1,0 +1,378 @@
+"""The shard worker: `ShardEncoder`, the one ShardJob function every engine runs, and its stages.
+
+Three stages overlap so the encoder never waits: decode worker processes (`pool.py`, or Ray decode tasks), the
+encoder in its own thread (GPU work releases the GIL), and a writer thread that assembles each video's clips into
+one sample and writes the shards in input order (so reruns, resumes and every engine give the same bytes).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .batch import Batch, BatcherAborted, ClipBatcher
+from .codec import to_storage, token_dtype
+from .errors import LfqtokError
+from .pool import ClipEvent, DecodePool, DoneEvent, FailEvent
+from .shards import ShardWriter
+from .sources import ShardJob, VideoItem
+from .video import ClipSpec
+
+ProgressFn = Callable[["Counters"], None]
+PoolFactory = Callable[..., Any]  # (spec, workers, timeout=, decoder=) -> context manager with .run(items) -> events
+MAX_DEFAULT_WORKERS = 16  # decode processes by default: all cores but one, at most this many
+
+
+def decode_workers(workers: int | None) -> int:
+    """Decode processes for `--workers`: as given, or (None) all cores but one, at most MAX_DEFAULT_WORKERS."""
+    return workers if workers is not None else max(1, min(MAX_DEFAULT_WORKERS, (os.cpu_count() or 2) - 1))
+
+
+# results
+
+COUNTS = ("videos_done", "videos_failed", "clips", "frames", "tokens")  # what engines sum over shards and processes
+
+
+@dataclass
+class Counters:
+    """Live progress of a run; the encoder and writer threads update it, the progress display reads it."""
+
+    videos_total: int = 0
+    videos_done: int = 0
+    videos_failed: int = 0
+    clips: int = 0
+    frames: int = 0
+    tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def of(cls, results: Sequence["ShardResult"]) -> "Counters":
+        """The counts of finished shards (what an engine reports for work that is done)."""
+        return cls(
+            videos_done=sum(r.samples for r in results),
+            videos_failed=sum(len(r.failures) for r in results),
+            clips=sum(r.clips for r in results),
+            frames=sum(r.frames for r in results),
+            tokens=sum(r.tokens for r in results),
+        )
+
+    def set_sum(self, parts: Iterable["Counters"]) -> "Counters":
+        """Every count := its sum over `parts` (processes, actors, finished shards); `videos_total` and the
+        clock stay. Returns self, what the engines hand to `on_progress`."""
+        parts = list(parts)
+        for name in COUNTS:
+            setattr(self, name, sum(getattr(p, name) for p in parts))
+        return self
+
+
+@dataclass
+class ShardResult:
+    """What one finished shard holds; the same numbers are in its `_stats.json`."""
+
+    shard: int
+    samples: int
+    clips: int
+    tokens: int
+    frames: int
+    seconds: float
+    failures: list[dict[str, str]]
+
+
+# the shard job function
+
+
+@dataclass
+class ShardEncoder:
+    """Encodes the videos of shard jobs and writes their shards: the ShardJob function every engine runs.
+
+    A picklable callable holding only settings (the model is loaded on first use), so the local engine's
+    per-GPU processes and Ray actors run this same code; an engine adapts it with `dataclasses.replace`
+    (its device, its share of decode workers, Ray decode tasks as the pool).
+    """
+
+    out: str | Path  # the token directory (its manifest is written already)
+    spec: ClipSpec  # how clips are cut from each video
+    model: str = "default"  # "default" (embedded) or a .safetensors path
+    device: str = "auto"  # one device: auto | cpu | cuda | cuda:N (engines spread work over several)
+    batch_size: int = 16  # clips per encoder batch
+    workers: int | None = None  # decode processes; None: all cores but one, at most 16
+    video_timeout: float = 60.0  # seconds one video may decode without progress before its try is killed
+    decoder: str = "auto"  # each video's first decoder; `decoder_attempts` says what a retry uses
+    pool_factory: PoolFactory = DecodePool  # (spec, workers, timeout=, decoder=) -> pool; Ray: RayDecodePool
+    _tokenizer: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tokenizer": None}
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .model import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.model, device=self.device)
+        return self._tokenizer
+
+    def __call__(self, jobs: Sequence[ShardJob], on_progress: ProgressFn | None = None) -> list[ShardResult]:
+        """Encode every video of `jobs` with one decode pool, so the encoder does not drain between shards."""
+        counters = Counters(videos_total=sum(len(j.items) for j in jobs))
+        if not jobs:
+            return []
+        tok = self.tokenizer
+        spec = self.spec
+        storage = token_dtype(tok.codebook_size)
+        assembler = _ShardAssembler(Path(self.out), jobs, storage, counters)
+        items = [item for job in jobs for item in job.items]
+        abort = threading.Event()
+        on_cuda = next(tok.parameters()).device.type == "cuda"
+        batcher = ClipBatcher(self.batch_size, (spec.clip_frames, spec.size, spec.size, 3), pin_memory=on_cuda, abort=abort)
+        gpu_q: queue.Queue[Batch | None] = queue.Queue()
+        write_q: queue.Queue[Any] = queue.Queue()
+        errors: list[BaseException] = []
+        stages = [
+            _Stage("encoder", _encoder_loop, gpu_q, write_q, tok, batcher, counters, abort, errors),
+            _Stage("writer", _writer_loop, write_q, assembler, abort, errors),
+        ]
+        try:
+            pool = self.pool_factory(spec, decode_workers(self.workers), timeout=self.video_timeout, decoder=self.decoder)
+            with pool:
+                for event in pool.run(items):
+                    if abort.is_set():
+                        break
+                    if isinstance(event, ClipEvent):
+                        clip = event.clip  # the frames go into the batch; only where they came from travels on
+                        ref = (event.item, event.clip_index, _ClipOrigin(clip.frame_indices, clip.padded))
+                        batch = batcher.add(clip.frames, ref)
+                        if batch is not None:
+                            gpu_q.put(batch)
+                    else:
+                        write_q.put(event)
+                    if on_progress is not None:
+                        on_progress(counters)
+                if not abort.is_set():
+                    last = batcher.flush()
+                    if last is not None:
+                        gpu_q.put(last)
+        except BatcherAborted:
+            pass
+        except BaseException:
+            abort.set()
+            raise
+        finally:
+            gpu_q.put(None)
+            stages[0].join()
+            write_q.put(None)
+            stages[1].join()
+            if errors or abort.is_set():
+                assembler.abandon()
+        if errors:
+            raise errors[0]
+        if on_progress is not None:
+            on_progress(counters)
+        return assembler.results
+
+
+class _Stage(threading.Thread):
+    """A daemon thread running `fn(*args)`; an exception is kept for the main thread and aborts the run."""
+
+    def __init__(self, name: str, fn: Callable[..., None], *args: Any):
+        super().__init__(name=f"lfqtok-{name}", daemon=True)
+        self.fn, self.args = fn, args
+        self.start()
+
+    def run(self) -> None:
+        abort, errors = self.args[-2], self.args[-1]
+        try:
+            self.fn(*self.args[:-2])
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            errors.append(exc)
+            abort.set()
+
+
+CPU_CHUNK = 4  # clips per encoder call on the CPU: ~3x the speed of one clip at a time, and a fixed shape
+
+
+def encode_batch(tok, frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (n, T, H, W, 3) -> int64 ids on the model's device, as the encode pipeline computes them.
+
+    On the CPU, in zero-padded chunks of CPU_CHUNK clips: its kernels pick algorithms by batch shape, so a
+    fixed shape keeps tokens independent of --batch-size (and of which clips share a chunk)."""
+    device = next(tok.parameters()).device
+    video = frames.to(device, non_blocking=True)
+    if device.type != "cpu":
+        return tok.encode_to_device(video)
+    chunks = []
+    for chunk in video.split(CPU_CHUNK):
+        padded = torch.cat([chunk, chunk.new_zeros((CPU_CHUNK - len(chunk), *chunk.shape[1:]))])
+        chunks.append(tok.encode_to_device(padded)[: len(chunk)])
+    return torch.cat(chunks)
+
+
+def _encoder_loop(gpu_q: queue.Queue, write_q: queue.Queue, tok, batcher: ClipBatcher, counters: Counters) -> None:
+    """Encoder stage: uint8 batches -> token arrays in the storage dtype (narrowed on the device by the codec)."""
+    while (batch := gpu_q.get()) is not None:
+        try:
+            tokens = to_storage(encode_batch(tok, batch.frames), tok.codebook_size)  # (n, t, h, w) [+ (c)]
+        except torch.cuda.OutOfMemoryError:
+            raise LfqtokError(
+                f"CUDA out of memory encoding a batch of {len(batch.refs)} clips of {tuple(batch.frames.shape[1:4])}: "
+                "lower --batch-size (shards already finished are kept; rerun to resume)"
+            ) from None
+        finally:
+            batcher.release(batch)
+        counters.clips += len(batch.refs)
+        counters.frames += len(batch.refs) * batch.frames.shape[1]
+        counters.tokens += tokens.size
+        write_q.put((batch.refs, tokens))
+
+
+def _writer_loop(write_q: queue.Queue, assembler: "_ShardAssembler") -> None:
+    """Writer stage: token arrays and per-video verdicts -> samples, written in input order."""
+    while (msg := write_q.get()) is not None:
+        if isinstance(msg, DoneEvent):
+            assembler.done(msg)
+        elif isinstance(msg, FailEvent):
+            assembler.fail(msg.item, msg.error)
+        else:
+            refs, tokens = msg
+            for (item, clip_index, clip), clip_tokens in zip(refs, tokens):
+                assembler.clip(item, clip_index, clip, clip_tokens)
+
+
+# assembling samples and shards
+
+
+@dataclass
+class _ClipOrigin:
+    """Where a clip's frames came from: all the writer keeps of a clip besides its tokens."""
+
+    frame_indices: list[int]
+    padded: int
+
+
+@dataclass
+class _Pending:
+    """One video between its first clip and its write."""
+
+    clips: dict[int, tuple[Any, np.ndarray]] = field(default_factory=dict)
+    done: DoneEvent | None = None
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.error is not None or (self.done is not None and len(self.clips) >= self.done.num_clips)
+
+
+class _ShardAssembler:
+    """Collects each video's clip tokens and writes samples shard by shard, in the jobs' item order."""
+
+    def __init__(self, out: Path, jobs: Sequence[ShardJob], storage: np.dtype, counters: Counters):
+        self.out, self.jobs, self.storage, self.counters = out, list(jobs), storage, counters
+        self.owner: list[tuple[int, int]] = [(j, i) for j, job in enumerate(self.jobs) for i in range(len(job.items))]
+        self.pending: dict[int, _Pending] = {}
+        self.next_item = [0] * len(self.jobs)  # per job: local index of the next sample to write
+        self.first_item = np.cumsum([0] + [len(job.items) for job in self.jobs]).tolist()
+        self.writers: dict[int, ShardWriter] = {}
+        self.stats: dict[int, dict[str, Any]] = {}
+        self.results: list[ShardResult] = []
+        self.finished: set[int] = set()
+
+    def clip(self, item: int, clip_index: int, clip: Any, tokens: np.ndarray) -> None:
+        j, local = self.owner[item]
+        if local < self.next_item[j]:
+            return  # a late clip of a video that already failed and was recorded
+        self._get(item).clips[clip_index] = (clip, tokens)
+        self._advance(item)
+
+    def done(self, event: DoneEvent) -> None:
+        pending = self._get(event.item)
+        pending.done = event
+        if event.num_clips == 0:
+            pending.error = "no clips could be cut from the video"
+        self._advance(event.item)
+
+    def fail(self, item: int, error: str) -> None:
+        self._get(item).error = error
+        self._advance(item)
+
+    def abandon(self) -> None:
+        """On an aborted run: drop every unfinished shard's temp file; finished shards stay as they are."""
+        for writer in self.writers.values():
+            writer.abort()
+        self.writers.clear()
+
+    # helpers
+
+    def _get(self, item: int) -> _Pending:
+        return self.pending.setdefault(item, _Pending())
+
+    def _advance(self, item: int) -> None:
+        j = self.owner[item][0]
+        job = self.jobs[j]
+        while self.next_item[j] < len(job.items):
+            position = self.first_item[j] + self.next_item[j]
+            pending = self.pending.get(position)
+            if pending is None or not pending.complete:
+                return
+            self._emit(j, job.items[self.next_item[j]], pending)
+            del self.pending[position]
+            self.next_item[j] += 1
+        self._finish(j)
+
+    def _emit(self, j: int, item: VideoItem, pending: _Pending) -> None:
+        stats = self._stats(j)
+        if pending.error is not None:
+            stats["failures"].append({"source": item.source, "error": pending.error})
+            self.counters.videos_failed += 1
+            return
+        done = pending.done
+        clips = [pending.clips[i] for i in range(done.num_clips)]
+        tokens = np.stack([t for _, t in clips]).astype(self.storage, copy=False)  # (clips, t, h, w) [+ (c)]
+        indices = [list(map(int, c.frame_indices)) for c, _ in clips]
+        meta = {
+            "source": item.source,
+            "frame_indices": indices,
+            "clips": [[ix[0], ix[-1] + 1] for ix in indices],
+            "padded_frames": int(sum(c.padded for c, _ in clips)),
+            "fps": done.meta.fps,
+            "num_frames": done.meta.num_frames,
+            "orig_size": list(done.meta.orig_size),
+            "decoder": done.meta.decoder,
+            "tokens_shape": list(tokens.shape),
+        }
+        self._writer(j).write(item.key, tokens, meta, done.extras)
+        stats["samples"] += 1
+        stats["clips"] += tokens.shape[0]
+        stats["tokens"] += int(tokens.size)
+        stats["frames"] += sum(len(ix) for ix in indices)
+        self.counters.videos_done += 1
+
+    def _stats(self, j: int) -> dict[str, Any]:
+        if j not in self.stats:
+            self.stats[j] = {"shard": self.jobs[j].index, "samples": 0, "clips": 0, "tokens": 0, "frames": 0,
+                             "started": time.perf_counter(), "failures": []}
+        return self.stats[j]
+
+    def _writer(self, j: int) -> ShardWriter:
+        if j not in self.writers:
+            self.writers[j] = ShardWriter(self.out, self.jobs[j].index, self.storage)
+        return self.writers[j]
+
+    def _finish(self, j: int) -> None:
+        if j in self.finished:
+            return
+        self.finished.add(j)
+        stats = self._stats(j)
+        started = stats.pop("started")
+        stats["seconds"] = round(time.perf_counter() - started, 3)
+        writer = self._writer(j)  # an all-failed shard still gets its (empty) tar and stats
+        writer.finish(stats)
+        del self.writers[j]
+        self.results.append(ShardResult(**stats))
