@@ -332,7 +332,7 @@ class TokenDataset(IterableDataset):
             shards.append(_Shard(str(path), manifests[path.parent]))
         if not shards:
             raise InputError(f"no token shards in {inputs}")
-        self.shards = shards
+        self._shards = shards
         self.codebook_size = self._codebook_size([m for m in manifests.values() if m], codebook_size)
         if flat and not exists(self.codebook_size):
             raise UsageError("flat sequences put special ids past the codebook: pass codebook_size (no lfqtok.json found)")
@@ -387,10 +387,10 @@ class TokenDataset(IterableDataset):
     # helpers
 
     def _plan(self, slots: int, slot: int) -> list[tuple[_Shard, int, int]]:
-        order = list(range(len(self.shards)))
+        order = list(range(len(self._shards)))
         if self.shuffle:
             random.Random(f"lfqtok-shards:{self.seed}:{self.epoch}").shuffle(order)  # the same on every rank
-        return [(self.shards[order[p]], k, j) for p, k, j in shard_plan(len(order), slots, slot)]
+        return [(self._shards[order[p]], k, j) for p, k, j in shard_plan(len(order), slots, slot)]
 
     def _items(self, records: Iterator[_Clip], rng: random.Random) -> Iterator[tuple[dict | None, list[_Clip]]]:
         """(item, or None when built from a placeholder; the records it finished) in this worker's order."""
@@ -521,7 +521,7 @@ class TokenDataset(IterableDataset):
         """Unsplittable sequences longer than seq_len are refused before any work, when the manifests tell."""
         if not exists(self.seq_len) or self.split_sequences:
             return
-        for shard in {id(s.manifest): s for s in self.shards}.values():
+        for shard in {id(s.manifest): s for s in self._shards}.values():
             shape = shard.clip_shape()
             length = flat_length(shape, self.bos, self.eos, self.frame_sep) if shape else 0
             if length > self.seq_len:
