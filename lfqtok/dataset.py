@@ -348,14 +348,13 @@ class TokenDataset(IterableDataset):
     @property
     def special_ids(self) -> dict[str, int]:
         """The ids of flat sequences past the codebook: bos, eos, frame_sep, pad."""
-        if not exists(self.codebook_size):
-            raise UsageError("special ids need the codebook size (no lfqtok.json found): pass codebook_size")
-        return {name: self.codebook_size + k for name, k in (("bos", BOS), ("eos", EOS), ("frame_sep", SEP), ("pad", PAD))}
+        size = self._known_codebook_size()
+        return {name: size + k for name, k in (("bos", BOS), ("eos", EOS), ("frame_sep", SEP), ("pad", PAD))}
 
     @property
     def vocab_size(self) -> int:
         """Ids an embedding table needs: codes, plus the special ids when items are flat."""
-        return self.codebook_size + (NUM_SPECIAL if self.flat else 0)
+        return self._known_codebook_size() + (NUM_SPECIAL if self.flat else 0)
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """The epoch (reshuffles) and the items of it this rank already consumed; call before iterating (a
@@ -385,6 +384,11 @@ class TokenDataset(IterableDataset):
                 yield item
 
     # helpers
+
+    def _known_codebook_size(self) -> int:
+        if not exists(self.codebook_size):
+            raise UsageError("the codebook size is unknown (no lfqtok.json next to the shards): pass codebook_size")
+        return self.codebook_size
 
     def _plan(self, slots: int, slot: int) -> list[tuple[_Shard, int, int]]:
         order = list(range(len(self._shards)))

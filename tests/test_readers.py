@@ -46,6 +46,8 @@ def test_hugging_face_datasets_reads_the_same_tokens(tmp_path, token_dirs, monke
 
 
 def test_ray_data_reads_the_same_tokens(token_dirs):
+    # this file runs after test_ray_engine.py (file order): a cluster torn down seconds earlier in the same process
+    # is still found by ray.init(address="auto"), which that module's first test expects to fail
     ray = pytest.importorskip("ray")
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)  # never a cluster already here
     try:
