@@ -14,6 +14,7 @@ import torch
 import lfqtok.decode as decode_module
 from lfqtok.decode import (
     CLIP_GAP_GREY,
+    MISSING_GREY,
     PSNR_CAP,
     SSIM_C1,
     ContactSheetWriter,
@@ -127,7 +128,7 @@ def test_the_contact_sheet_wraps_long_clips_into_rows_and_marks_clip_boundaries(
     writer = ContactSheetWriter(tmp_path / "sheet.png", layout)
     for clip in range(2):
         src, rec = (np.broadcast_to(colours[clip, side][:, None, None, None], (17, 8, 6, 3)).astype(np.uint8) for side in (0, 1))
-        writer.write(rec, src)
+        writer.write(rec, src if clip == 0 else None)  # the source stopped before clip 1: grey in its place
     writer.close()
     sheet = read_png(tmp_path / "sheet.png")
     assert sheet.shape == (2 * (2 * (2 * 8 + 2) + 2) + 8, 9 * 6 + 8 * 2, 3) == (*layout.size[::-1], 3)
@@ -135,7 +136,8 @@ def test_the_contact_sheet_wraps_long_clips_into_rows_and_marks_clip_boundaries(
         for frame in range(17):
             for side in range(2):  # 0: the source row, above 1: the reconstruction row
                 y, x = layout.origin(clip, frame, side)
-                assert (sheet[y : y + 8, x : x + 6] == colours[clip, side, frame]).all(), (clip, frame, side)
+                want = MISSING_GREY if (clip, side) == (1, 0) else colours[clip, side, frame]
+                assert (sheet[y : y + 8, x : x + 6] == want).all(), (clip, frame, side)
     assert layout.origin(0, 9, 0) == (2 * 8 + 2 + 2, 0)  # the 10th frame starts the second row pair
     boundary = layout.block_height
     assert (sheet[boundary : boundary + 8] == CLIP_GAP_GREY).all()
