@@ -21,6 +21,7 @@ _EXPORTS = {
     "decode_samples": "lfqtok.decode",
     "token_stats": "lfqtok.stats",
     "read_tokens": "lfqtok.shards",
+    "TokenDataset": "lfqtok.dataset",
     "LfqtokError": "lfqtok.errors",
     "UsageError": "lfqtok.errors",
     "InputError": "lfqtok.errors",

@@ -159,17 +159,17 @@ def _encode_table(summary) -> None:
 @app.command()
 @_one_line_errors
 def decode(
-    tokens: Annotated[list[str], typer.Argument(help="Token dirs (an encode OUT) or token tar files.")],
+    tokens: Annotated[list[str], typer.Argument(help="Token dirs (an encode OUT), token tar files, or .npy arrays of generated ids.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the previews.")],
     keys: Annotated[Optional[str], typer.Option(help="Comma-separated sample keys to decode.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Decode at most N samples.")] = 4,
     fmt: Annotated[str, typer.Option("--format", help="mp4 | gif | png (a contact sheet).")] = "mp4",
     compare: Annotated[bool, typer.Option(help="Put the source frames beside the reconstruction.")] = False,
-    model: Annotated[Optional[str], typer.Option(help="Override the tokenizer named in the manifest.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Override the tokenizer named in the manifest (.npy ids need it).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per sample on stdout.")] = False,
 ) -> None:
-    """Decode token samples back to video previews, with PSNR/SSIM against the source when it is readable."""
+    """Decode token samples (or generated ids in .npy files) back to video previews, with PSNR/SSIM against the source when it is readable."""
     from .decode import decode_samples
 
     rows = decode_samples(tokens, out, keys=_split_keys(keys), limit=limit, fmt=fmt, compare=compare, model=model, device=device)

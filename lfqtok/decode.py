@@ -1,14 +1,17 @@
 """`decode_samples`: token samples back to previews (mp4 / gif / png contact sheet) with PSNR and SSIM (DESIGN §6).
 
-Clips of all picked samples are decoded in batches (on the GPU when there is one) and each clip's frames are
-written to its sample's file as they come, so memory does not grow with the video's length. The source frames,
-re-read with the encode settings from the manifest, give PSNR/SSIM and (`compare`) a side-by-side preview.
+Inputs are token shards (encode outputs, tars) or `.npy` arrays of generated ids (with an explicit model). Clips of
+all picked samples are decoded in batches (on the GPU when there is one) and each clip's frames are written to its
+sample's file as they come, so memory does not grow with the video's length. The source frames, re-read with the
+encode settings from the manifest (input tars indexed once per run), give PSNR/SSIM and (`compare`) the source
+beside the reconstruction: left of it in videos, above it in the PNG contact sheet's grid.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import struct
-import tarfile
 import zlib
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
@@ -21,11 +24,17 @@ from .codec import from_storage
 from .errors import InputError, ModelError, OutputError, UsageError, VideoError
 from .metrics import QualityMeter
 from .shards import expand_paths, read_manifest, read_tokens
+from .sources import Member, read_member, tar_members
 
 # constants
 
 FORMATS = ("mp4", "gif", "png")
 DEFAULT_FPS = 8.0  # playback rate when neither the manifest nor the sample knows the source rate
+SHEET_COLUMNS = 9  # frames per row of a contact sheet at most: a 17-frame clip is 2 rows (9 + 8)
+SHEET_GAP = 2  # px between frames, and between the rows of a clip
+SHEET_CLIP_GAP = 8  # px of a light band between clips
+GAP_GREY, CLIP_GAP_GREY, MISSING_GREY = 0, 200, 64  # gaps, clip boundaries, source frames that could not be read
+KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")  # what a sample key may not hold (dots: webdataset splits there)
 
 # helpers
 
@@ -40,12 +49,13 @@ def exists(v: Any) -> bool:
 
 
 class VideoWriter:
-    """mp4 (libx264, yuv420p) or gif (PyAV's gif encoder) of uint8 RGB frames (T, H, W, 3) appended as they come."""
+    """mp4 (libx264, yuv420p) or gif (PyAV's gif encoder) of uint8 RGB frames appended clip by clip; with a
+    source (`sides` 2) its frames are left of the reconstruction."""
 
-    def __init__(self, path: Path, fmt: str, fps: float, width: int, height: int):
+    def __init__(self, path: Path, fmt: str, fps: float, width: int, height: int, sides: int):
         import av
 
-        self.av = av
+        self.av, self.sides = av, sides
         self.container = av.open(str(path), "w")
         rate = Fraction(fps).limit_denominator(1001)
         if fmt == "mp4":
@@ -54,11 +64,14 @@ class VideoWriter:
         else:
             self.stream = self.container.add_stream("gif", rate=rate)
             self.stream.pix_fmt = "rgb8"
-        self.stream.width, self.stream.height = width, height
+        self.stream.width, self.stream.height = width * sides, height
         self.pts = 0
 
-    def write(self, frames: np.ndarray) -> None:
-        for frame in frames:
+    def write(self, rec: np.ndarray, src: np.ndarray | None) -> None:
+        """One clip (T, H, W, 3) and its source frames (or None: grey in their place when `sides` is 2)."""
+        if self.sides == 2:
+            rec = np.concatenate([src if exists(src) else np.full_like(rec, MISSING_GREY), rec], axis=2)
+        for frame in rec:
             video_frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             video_frame.pts = self.pts
             self.container.mux(self.stream.encode(video_frame))
@@ -69,21 +82,74 @@ class VideoWriter:
         self.container.close()
 
 
-class ContactSheetWriter:
-    """PNG contact sheet, one row of frames per clip, streamed: each clip's band is compressed into IDAT at once."""
+@dataclass(frozen=True)
+class SheetLayout:
+    """Where a contact sheet puts frames: each clip is a block of rows of at most SHEET_COLUMNS frames; with a
+    source (`sides` 2) each row of source frames sits directly above the same frames reconstructed."""
 
-    def __init__(self, path: Path, width: int, height: int, rows: int):
+    frames: int  # T per clip
+    height: int
+    width: int
+    clips: int
+    sides: int  # 1: reconstruction only, 2: source row above reconstruction row
+
+    @property
+    def columns(self) -> int:
+        return math.ceil(self.frames / math.ceil(self.frames / SHEET_COLUMNS))  # balanced rows: 17 -> 9 + 8
+
+    @property
+    def rows(self) -> int:
+        return math.ceil(self.frames / self.columns)
+
+    @property
+    def row_height(self) -> int:
+        """One row of frames: its source strip (sides 2), a gap, its reconstruction strip."""
+        return self.sides * self.height + (self.sides - 1) * SHEET_GAP
+
+    @property
+    def block_height(self) -> int:
+        return self.rows * self.row_height + (self.rows - 1) * SHEET_GAP
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the whole sheet in pixels."""
+        width = self.columns * self.width + (self.columns - 1) * SHEET_GAP
+        return width, self.clips * self.block_height + (self.clips - 1) * SHEET_CLIP_GAP
+
+    def origin(self, clip: int, frame: int, side: int) -> tuple[int, int]:
+        """(y, x) of frame `frame` of clip `clip`; side 0 is the source when sides is 2, else the reconstruction."""
+        row, column = divmod(frame, self.columns)
+        y = clip * (self.block_height + SHEET_CLIP_GAP) + row * (self.row_height + SHEET_GAP) + side * (self.height + SHEET_GAP)
+        return y, column * (self.width + SHEET_GAP)
+
+
+class ContactSheetWriter:
+    """PNG contact sheet laid out by SheetLayout, streamed: each clip's block is compressed into IDAT at once."""
+
+    def __init__(self, path: Path, layout: SheetLayout):
+        self.layout, self.clips = layout, 0
         self.file = open(path, "wb")
         self.zip = zlib.compressobj(6)
         self.file.write(b"\x89PNG\r\n\x1a\n")
-        self._chunk(b"IHDR", struct.pack(">IIBBBBB", width, height * rows, 8, 2, 0, 0, 0))  # 8-bit RGB
+        self._chunk(b"IHDR", struct.pack(">IIBBBBB", *layout.size, 8, 2, 0, 0, 0))  # 8-bit RGB
 
-    def write(self, frames: np.ndarray) -> None:
-        """One clip (T, H, W, 3) -> one band of H scanlines, T frames wide."""
-        t, h, w, _ = frames.shape
-        band = frames.transpose(1, 0, 2, 3).reshape(h, t * w * 3)  # (H, T*W*3)
-        rows = np.concatenate([np.zeros((h, 1), np.uint8), band], axis=1)  # filter byte 0 per scanline
+    def write(self, rec: np.ndarray, src: np.ndarray | None) -> None:
+        """One clip (T, H, W, 3) and its source frames (or None: grey in their place when the sheet has them)."""
+        lay = self.layout
+        width = lay.size[0]
+        block = np.full((lay.block_height + (SHEET_CLIP_GAP if self.clips else 0), width, 3), GAP_GREY, np.uint8)
+        top = 0
+        if self.clips:
+            block[:SHEET_CLIP_GAP] = CLIP_GAP_GREY
+            top = SHEET_CLIP_GAP
+        sides = [src if exists(src) else np.full_like(rec, MISSING_GREY), rec] if lay.sides == 2 else [rec]
+        for side, frames in enumerate(sides):
+            for i, frame in enumerate(frames):
+                y, x = lay.origin(0, i, side)
+                block[top + y : top + y + lay.height, x : x + lay.width] = frame
+        rows = np.concatenate([np.zeros((len(block), 1), np.uint8), block.reshape(len(block), -1)], axis=1)  # filter 0
         self._chunk(b"IDAT", self.zip.compress(rows.tobytes()))
+        self.clips += 1
 
     def close(self) -> None:
         self._chunk(b"IDAT", self.zip.flush())
@@ -105,6 +171,7 @@ class Sample:
     tokens: np.ndarray  # (clips, t, h, w) [+ (c)] storage dtype
     meta: dict[str, Any]
     manifest: dict[str, Any] | None
+    generated: str | None = None  # the .npy of generated ids it came from (no source video, no manifest)
 
 
 @dataclass
@@ -127,11 +194,10 @@ class Preview:
         src = self._source_clip(rec)
         if exists(src):
             self.quality.add(rec, src)
-        shown = np.concatenate([src, rec], axis=2) if self.compare and exists(src) else rec
         if not exists(self.writer):
-            self.writer = self._open(shown.shape)
+            self.writer = self._open(rec.shape, sides=2 if self.compare and exists(src) else 1)
         try:
-            self.writer.write(shown)
+            self.writer.write(rec, src)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self.frames += rec.shape[0]
@@ -178,13 +244,13 @@ class Preview:
         self.notes.append(note + ": no psnr")
         self.source = None
 
-    def _open(self, shape: tuple[int, ...]):
+    def _open(self, shape: tuple[int, ...], sides: int):
         t, h, w, _ = shape
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.fmt == "png":
-                return ContactSheetWriter(self.path, t * w, h, rows=len(self.sample.tokens))
-            return VideoWriter(self.path, self.fmt, playback_fps(self.sample), w, h)
+                return ContactSheetWriter(self.path, SheetLayout(t, h, w, len(self.sample.tokens), sides))
+            return VideoWriter(self.path, self.fmt, playback_fps(self.sample), w, h, sides)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
@@ -197,36 +263,83 @@ def playback_fps(sample: Sample) -> float:
 # picking samples, loading the tokenizer, re-reading sources
 
 
-def pick_samples(paths: Sequence[str | Path] | str | Path, keys: Sequence[str] | None, limit: int | None) -> list[Sample]:
-    """The samples named by `keys` (all must exist), else the first `limit` (None: all), in shard order."""
+def pick_samples(paths: Sequence[str | Path] | str | Path, keys: Sequence[str] | None, limit: int | None,
+                 tokenizer: Any = None) -> list[Sample]:
+    """The samples named by `keys` (all must exist), else the first `limit` (None: all), in input order: those of
+    token shards, and those of `.npy` arrays of generated ids (which need the `tokenizer` they are decoded with)."""
     wanted = set(keys) if keys else None
     picked: list[Sample] = []
     manifests: dict[Path, dict | None] = {}
-    for tar in expand_paths(paths):
-        if tar.parent not in manifests:
-            manifests[tar.parent] = read_manifest(tar)
-        for key, tokens, meta in read_tokens(tar):
-            if wanted is None or key in wanted:
-                picked.append(Sample(key, tokens, meta, manifests[tar.parent]))
+    for item in [paths] if isinstance(paths, (str, Path)) else paths:
+        found = generated_samples(Path(item), tokenizer) if is_npy(item) else _shard_samples(item, manifests)
+        for sample in found:
+            if wanted is None or sample.key in wanted:
+                picked.append(sample)
             if (wanted is None and exists(limit) and len(picked) >= limit) or (wanted and wanted <= {s.key for s in picked}):
                 return picked
     missing = sorted(wanted - {s.key for s in picked}) if wanted else []
     if missing:
-        raise InputError(f"sample keys not found in the token shards: {', '.join(missing[:10])}")
+        raise InputError(f"sample keys not found in the inputs: {', '.join(missing[:10])}")
     return picked
 
 
-def load_for(samples: Sequence[Sample], model: str | None, device: str) -> tuple[Any, str | None]:
-    """The tokenizer the manifest names, checked by sha256; an explicit `model` may differ (noted)."""
+def _shard_samples(item: str | Path, manifests: dict[Path, dict | None]) -> Iterator[Sample]:
+    for tar in expand_paths(item):
+        if tar.parent not in manifests:
+            manifests[tar.parent] = read_manifest(tar)
+        for key, tokens, meta in read_tokens(tar):
+            yield Sample(key, tokens, meta, manifests[tar.parent])
+
+
+def is_npy(item: str | Path) -> bool:
+    return str(item).lower().endswith(".npy")
+
+
+def generated_samples(path: Path, tokenizer: Any) -> list[Sample]:
+    """A .npy of generated ids (any integer dtype) -> samples, keyed by the file name: (t, h, w) is one clip,
+    (clips, t, h, w) one sample of clips (a batch of clips shows as one preview), (batch, clips, t, h, w) one
+    sample per batch entry; a trailing (c) axis with several codebooks. Every id is checked against the codebook."""
+    if tokenizer is None:
+        raise ModelError(f"{path}: generated token ids need --model, the tokenizer that made them (e.g. --model default)")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy array ({exc})") from None
+    axes = 3 + (tokenizer.num_codebooks > 1)  # (t, h, w) [+ (c)]
+    if arr.dtype.kind not in "iu" or not axes <= arr.ndim <= axes + 2 or arr.size == 0:
+        dims = "t, h, w" + (f", c={tokenizer.num_codebooks}" if axes == 4 else "")
+        raise InputError(f"{path}: need integer ids of shape ({dims}), (clips, {dims}) or (batch, clips, {dims}); "
+                         f"got {arr.dtype} {arr.shape}")
+    if axes == 4 and arr.shape[-1] != tokenizer.num_codebooks:
+        raise InputError(f"{path}: last axis has {arr.shape[-1]} codebooks, the tokenizer has {tokenizer.num_codebooks}")
+    check_ids(arr, tokenizer.codebook_size, str(path))
+    arr = arr.reshape((1,) * (axes + 2 - arr.ndim) + arr.shape)  # (batch, clips, t, h, w) [+ (c)]
+    stem = KEY_CHARS.sub("_", path.name[: -len(".npy")]) or "tokens"
+    width = len(str(len(arr) - 1))
+    keys = [stem] if len(arr) == 1 else [f"{stem}_{i:0{width}d}" for i in range(len(arr))]
+    return [Sample(key, tokens, {"source": None}, None, generated=str(path)) for key, tokens in zip(keys, arr)]
+
+
+def check_ids(arr: np.ndarray, codebook_size: int, where: str) -> None:
+    """Every id in [0, codebook_size), else InputError naming the first one outside (index and value)."""
+    if int(arr.min()) >= 0 and int(arr.max()) < codebook_size:
+        return
+    first = np.unravel_index(int(np.argmax((arr < 0) | (arr >= codebook_size))), arr.shape)
+    raise InputError(f"{where}: token id {int(arr[first])} at index {tuple(map(int, first))} is outside the codebook "
+                     f"[0, {codebook_size}) of the tokenizer")
+
+
+def load_for(samples: Sequence[Sample], model: str | None, device: str, loaded: Any = None) -> tuple[Any, str | None]:
+    """The tokenizer the manifest names, checked by sha256; an explicit `model` (`loaded` already) may differ (noted)."""
     from .model import load_tokenizer
 
     manifest = next((s.manifest for s in samples if s.manifest), None)
     recorded = (manifest or {}).get("tokenizer") or {}
     if exists(model):
-        tok = load_tokenizer(model, device=device)
-        if not manifest:
+        tok = loaded if exists(loaded) else load_tokenizer(model, device=device)
+        if any(s.manifest is None and s.generated is None for s in samples):
             return tok, "no lfqtok.json next to the shards: tokenizer not checked"
-        if tok.sha256 != recorded.get("sha256"):
+        if manifest and tok.sha256 != recorded.get("sha256"):
             return tok, f"--model {model} differs from the tokenizer the tokens were made with (sha256 {str(recorded.get('sha256'))[:12]})"
         return tok, None
     if not manifest:
@@ -245,10 +358,31 @@ def load_for(samples: Sequence[Sample], model: str | None, device: str) -> tuple
     return tok, None
 
 
-def source_video(source: Any, cwd: str | None = None) -> str | bytes | None:
+class TarSources:
+    """Input tars indexed once per decode run (one pass over their headers), so a source "shard.tar:member" costs
+    a seek and a read however many samples come from the same tar."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, dict[str, Member] | None] = {}  # None: not a readable tar
+
+    def read(self, tar: str, member: str) -> bytes | None:
+        if tar not in self.index:
+            try:
+                self.index[tar] = tar_members(tar)
+            except InputError:
+                self.index[tar] = None
+        found = (self.index[tar] or {}).get(member)
+        try:
+            return read_member(tar, found) if exists(found) else None
+        except InputError:
+            return None
+
+
+def source_video(source: Any, cwd: str | None = None, tars: TarSources | None = None) -> str | bytes | None:
     """A sample's source: a video file path, or the bytes of "shard.tar:member" (a tar input's video); None if gone.
 
-    A relative source not found from here is looked up under `cwd`, the directory the encode ran in.
+    A relative source not found from here is looked up under `cwd`, the directory the encode ran in; `tars` keeps
+    the tar indexes of a run (a fresh one when not given).
     """
     if not isinstance(source, str) or not source:
         return None
@@ -259,11 +393,7 @@ def source_video(source: Any, cwd: str | None = None) -> str | bytes | None:
     tar = _existing_file(tar, cwd) if tar else None
     if not tar:
         return None
-    try:
-        with tarfile.open(tar) as archive:
-            return archive.extractfile(member).read()
-    except (tarfile.TarError, OSError, KeyError, AttributeError):  # AttributeError: the member is not a file
-        return None
+    return (tars or TarSources()).read(tar, member)
 
 
 def _existing_file(path: str, cwd: str | None) -> str | None:
@@ -274,9 +404,11 @@ def _existing_file(path: str, cwd: str | None) -> str | None:
     return None
 
 
-def open_source(sample: Sample, size: int, clip_frames: int) -> tuple[Iterator[Any] | None, str | None]:
+def open_source(sample: Sample, size: int, clip_frames: int, tars: TarSources | None = None) -> tuple[Iterator[Any] | None, str | None]:
     """The source video's clips cut like at encode time (manifest clip settings), or None and why not."""
-    source = source_video(sample.meta.get("source"), (sample.manifest or {}).get("cwd"))
+    if exists(sample.generated):
+        return None, None
+    source = source_video(sample.meta.get("source"), (sample.manifest or {}).get("cwd"), tars)
     if source is None:
         return None, f"source {sample.meta.get('source')!r} is not readable: no psnr"
     from .video import ClipSpec, iter_clips
@@ -323,8 +455,10 @@ def decode_samples(
 ) -> list[dict]:
     """Decode token samples to `{out}/{key}.{fmt}` previews; one row per sample (DESIGN §6 keys + ssim, frames, note).
 
-    PSNR/SSIM are against the source frames re-cut with the manifest's clip settings, when the source is readable;
-    `compare` puts those frames left of the reconstruction. Scores are `lfqtok.metrics` (PSNR of identical frames: 100 dB).
+    `paths`: token dirs, tars, brace patterns, and `.npy` arrays of generated ids (they need `model`; see
+    `generated_samples`). PSNR/SSIM are against the source frames re-cut with the manifest's clip settings, when
+    the source is readable; `compare` shows those frames beside the reconstruction. Scores are `lfqtok.metrics`
+    (PSNR of identical frames: 100 dB).
     """
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -332,16 +466,23 @@ def decode_samples(
         raise UsageError(f"--limit and batch size must be >= 1, got {limit} and {batch_size}")
     import torch
 
-    samples = pick_samples(paths, keys, limit)
+    from .model import load_tokenizer
+
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if any(map(is_npy, items)) and not exists(model):
+        raise ModelError("generated token ids (.npy) need --model, the tokenizer that made them (e.g. --model default)")
+    explicit = load_tokenizer(model, device=device) if exists(model) else None
+    samples = pick_samples(items, keys, limit, explicit)
     if not samples:
         raise InputError(f"no token samples in {paths}")
-    tok, model_note = load_for(samples, model, device)
+    tok, model_note = load_for(samples, model, device, explicit)
     out = Path(out)
+    tars = TarSources()
     previews = []
     for sample in samples:
         t, h, w = sample.tokens.shape[1:4]
         c = tok.config
-        source, note = open_source(sample, h * c.spatial_compression, 1 + (t - 1) * c.temporal_compression)
+        source, note = open_source(sample, h * c.spatial_compression, 1 + (t - 1) * c.temporal_compression, tars)
         notes = [n for n in (model_note, note) if n]
         previews.append(Preview(sample, out / f"{sample.key}.{fmt}", fmt, compare, source, notes))
     rows: dict[int, dict] = {}

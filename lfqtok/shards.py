@@ -376,8 +376,10 @@ def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
     return np.dtype(d["descr"]), tuple(d["shape"]), bool(d["fortran_order"])
 
 
-def load_npy(data: bytes, where: str) -> np.ndarray:
-    """.npy bytes -> a writable array, as np.load would (pickled object arrays refused), with the header parse cached."""
+def load_npy(data: bytes, where: str, copy: bool = True) -> np.ndarray:
+    """.npy bytes -> a writable array, as np.load would (pickled object arrays refused), with the header parse cached.
+
+    `copy=False`: a read-only view of `data`, for callers that convert the array anyway."""
     try:
         if data[:6] != b"\x93NUMPY" or data[6] not in (1, 2, 3):
             raise ValueError("no .npy magic")
@@ -386,7 +388,8 @@ def load_npy(data: bytes, where: str) -> np.ndarray:
         if dtype.hasobject:
             raise ValueError("object arrays are not token arrays")
         flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=start + size)
-        return flat.reshape(shape, order="F" if fortran else "C").copy()
+        arr = flat.reshape(shape, order="F" if fortran else "C")
+        return arr.copy() if copy else arr
     except (ValueError, SyntaxError, KeyError, TypeError, struct.error) as exc:
         raise InputError(f"{where}: not a readable .npy array ({exc})") from None
 

@@ -264,7 +264,13 @@ def plan_shards(items: Sequence[VideoItem], samples_per_shard: int, num_shards: 
 # reading
 
 
-def _read_member(path: str, member: Member) -> bytes:
+def tar_members(path: str) -> dict[str, Member]:
+    """The sample members of an uncompressed tar by name, from one pass over its headers (data is never read)."""
+    return {member.name: member for _, group in _tar_samples(path) for _, member in group}
+
+
+def read_member(path: str, member: Member) -> bytes:
+    """One member's bytes: a seek and a read."""
     try:
         with open(path, "rb") as f:
             f.seek(member.offset)
@@ -278,9 +284,9 @@ def _read_member(path: str, member: Member) -> bytes:
 
 def read_video_bytes(item: VideoItem) -> str | bytes:
     """What the decoder opens: the path of a video file, or the bytes of a tar member."""
-    return item.path if item.member is None else _read_member(item.path, item.member)
+    return item.path if item.member is None else read_member(item.path, item.member)
 
 
 def read_extras(item: VideoItem) -> dict[str, bytes]:
     """The sample's other tar members by extension ({"txt": b"...", "json": b"..."}); {} for plain files."""
-    return {_split_key(m.name)[1]: _read_member(item.path, m) for m in item.extras}
+    return {_split_key(m.name)[1]: read_member(item.path, m) for m in item.extras}

@@ -99,3 +99,21 @@ def test_info_describes_the_default_tokenizer():
     data = json.loads(result.stdout)
     assert data["token_shape_17x128x128"] == [5, 16, 16]
     assert data["codebook_size"] == 2**18 and len(data["sha256"]) == 64
+
+
+def test_decode_takes_generated_ids_and_names_a_bad_one(tmp_path, model):
+    import numpy as np
+
+    ids = np.random.default_rng(0).integers(0, 256, (2, 2, 2, 2)).astype(np.uint16)  # (clips, t, h, w)
+    np.save(tmp_path / "gen.npy", ids)
+    result = run("decode", str(tmp_path / "gen.npy"), "--model", model, "-o", str(tmp_path / "prev"), "--format", "png",
+                 "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert row["key"] == "gen" and row["clips"] == 2 and row["psnr"] is None and Path(row["output"]).is_file()
+    ids[1, 1, 0, 1] = 300
+    np.save(tmp_path / "gen.npy", ids)
+    result = run("decode", str(tmp_path / "gen.npy"), "--model", model, "-o", str(tmp_path / "prev"), "--device", "cpu")
+    assert_one_line_error(result, 1)
+    assert "token id 300 at index (1, 1, 0, 1)" in result.stderr
+    assert_one_line_error(run("decode", str(tmp_path / "gen.npy"), "-o", str(tmp_path / "prev"), "--device", "cpu"), 1)

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from lfqtok.decode import decode_samples
+import lfqtok.decode as decode_module
+from lfqtok.decode import CLIP_GAP_GREY, MISSING_GREY, ContactSheetWriter, SheetLayout, decode_samples
 from lfqtok.metrics import PSNR_CAP
 from lfqtok.errors import InputError, ModelError, UsageError
 from lfqtok.model import load_tokenizer
@@ -58,6 +59,12 @@ def tokens(tmp_path_factory, model) -> Path:
     return encode_dir(root / "tok", model, make_video(root / "v.mp4", frames=20))
 
 
+def read_png(path: Path) -> np.ndarray:
+    """The image (H, W, 3) uint8, decoded by PyAV."""
+    with av.open(str(path)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
 def frame_count(path: Path) -> tuple[int, int, int]:
     """(frames, width, height) decoded by PyAV."""
     with av.open(str(path)) as container:
@@ -76,8 +83,8 @@ def test_previews_have_every_decoded_frame(tmp_path, tokens, fmt, compare):
     assert clip["key"] == "clip" and clip["clips"] == 2 and clip["frames"] == 2 * FRAMES  # 20 frames -> 2 clips
     n, width, height = frame_count(Path(clip["output"]))
     side = 2 if compare else 1  # source | reconstruction
-    if fmt == "png":  # contact sheet: a row of FRAMES frames per clip
-        assert (n, width, height) == (1, FRAMES * SIZE * side, 2 * SIZE)
+    if fmt == "png":  # contact sheet: per clip a row of 9 frames (2 px apart), source row 2 px above; clips 8 px apart
+        assert (n, width, height) == (1, 9 * SIZE + 8 * 2, 2 * (side * SIZE + (side - 1) * 2) + 8)
     else:
         assert (n, width, height) == (2 * FRAMES, SIZE * side, SIZE)
     assert Path(gone["output"]).exists() and gone["frames"] == FRAMES
@@ -103,6 +110,61 @@ def test_a_source_inside_an_input_tar_is_read_from_the_tar(tmp_path, model):
         writer.finish({"samples": 1})
     from_tar = decode_samples(out, tmp_path / "b", fmt="png", device="cpu")[0]
     assert from_tar["psnr"] == pytest.approx(plain["psnr"]) and from_tar["note"] is None
+
+
+def test_the_contact_sheet_wraps_long_clips_into_rows_and_marks_clip_boundaries(tmp_path):
+    layout = SheetLayout(frames=17, height=8, width=6, clips=2, sides=2)
+    assert (layout.columns, layout.rows) == (9, 2)  # 17 frames: rows of 9 and 8
+    colours = np.arange(2 * 2 * 17).reshape(2, 2, 17) * 3 + 20  # (clip, side, frame) -> a grey level of its own
+    writer = ContactSheetWriter(tmp_path / "sheet.png", layout)
+    for clip in range(2):
+        src, rec = (np.broadcast_to(colours[clip, side][:, None, None, None], (17, 8, 6, 3)).astype(np.uint8) for side in (0, 1))
+        writer.write(rec, src if clip == 0 else None)  # the source stopped before clip 1: grey in its place
+    writer.close()
+    sheet = read_png(tmp_path / "sheet.png")
+    assert sheet.shape == (2 * (2 * (2 * 8 + 2) + 2) + 8, 9 * 6 + 8 * 2, 3) == (*layout.size[::-1], 3)
+    for clip in range(2):
+        for frame in range(17):
+            for side in range(2):  # 0: the source row, above 1: the reconstruction row
+                y, x = layout.origin(clip, frame, side)
+                want = MISSING_GREY if (clip, side) == (1, 0) else colours[clip, side, frame]
+                assert (sheet[y : y + 8, x : x + 6] == want).all(), (clip, frame, side)
+    assert layout.origin(0, 9, 0) == (2 * 8 + 2 + 2, 0)  # the 10th frame starts the second row pair
+    boundary = layout.block_height
+    assert (sheet[boundary : boundary + 8] == CLIP_GAP_GREY).all()
+
+
+def test_compare_puts_each_source_row_above_its_reconstruction(tmp_path, tokens, model):
+    [row] = decode_samples(tokens, tmp_path / "prev", keys=["clip"], fmt="png", compare=True, device="cpu")
+    sheet = read_png(Path(row["output"]))
+    [(_, ids, meta)] = [s for s in read_tokens(tokens) if s[0] == "clip"]
+    _, clips = iter_clips(meta["source"], SPEC)
+    rec = load_tokenizer(model).decode(torch.from_numpy(ids.astype(np.int64))).numpy()  # (2, FRAMES, SIZE, SIZE, 3)
+    layout = SheetLayout(FRAMES, SIZE, SIZE, clips=2, sides=2)
+    for c, clip in enumerate(clips):
+        for i in range(FRAMES):
+            (ys, xs), (yr, xr) = layout.origin(c, i, 0), layout.origin(c, i, 1)
+            assert np.array_equal(sheet[ys : ys + SIZE, xs : xs + SIZE], clip.frames[i])
+            assert np.abs(sheet[yr : yr + SIZE, xr : xr + SIZE].astype(int) - rec[c, i]).max() <= 1
+
+
+def test_an_input_tar_is_indexed_once_per_run(tmp_path, model, monkeypatch):
+    video = make_video(tmp_path / "v.mp4", frames=9)
+    out = encode_dir(tmp_path / "tok", model, video)
+    [(key, ids, meta)] = [s for s in read_tokens(out) if s[0] == "clip"]
+    with tarfile.open(tmp_path / "in.tar", "w") as tar:
+        for i in range(3):
+            tar.add(video, arcname=f"clip{i}.mp4")
+    with ShardWriter(out, 0, np.uint16) as writer:  # three samples whose sources are members of one input tar
+        for i in range(3):
+            writer.write(f"clip{i}", ids, {**meta, "source": f"{tmp_path / 'in.tar'}:clip{i}.mp4"})
+        writer.finish({"samples": 3})
+    indexed = []
+    real = decode_module.tar_members
+    monkeypatch.setattr(decode_module, "tar_members", lambda path: indexed.append(path) or real(path))
+    rows = decode_samples(out, tmp_path / "prev", fmt="png", compare=True, device="cpu")
+    assert [r["note"] for r in rows] == [None] * 3 and all(r["psnr"] > 5 for r in rows)
+    assert indexed == [str(tmp_path / "in.tar")]
 
 
 def test_keys_and_limit_pick_samples(tmp_path, tokens):
@@ -156,3 +218,35 @@ def test_a_relative_source_is_found_from_another_directory(tmp_path, model, monk
     monkeypatch.chdir(elsewhere)
     [row] = decode_samples(tmp_path / "tok", tmp_path / "prev", fmt="png", compare=True, device="cpu")
     assert row["source"] == str(Path("data") / "v.mp4") and row["note"] is None and row["psnr"] is not None
+
+
+# generated ids (.npy)
+
+
+@pytest.mark.parametrize("shape, dtype, rows, clips", [
+    ((2, 4, 4), np.uint8, 1, 1),  # (t, h, w): one clip
+    ((3, 2, 4, 4), np.int32, 1, 3),  # (clips, t, h, w): one preview of 3 clips
+    ((2, 1, 2, 4, 4), np.int64, 2, 1),  # (batch, clips, t, h, w): one preview each
+])
+def test_generated_ids_decode_to_previews(tmp_path, model, shape, dtype, rows, clips):
+    ids = np.random.default_rng(0).integers(0, 256, shape).astype(dtype)  # the tiny model has 2^8 codes
+    np.save(tmp_path / "gen.out.npy", ids)
+    got = decode_samples([tmp_path / "gen.out.npy"], tmp_path / "prev", model=model, fmt="gif", limit=None, device="cpu")
+    assert [r["key"] for r in got] == (["gen_out"] if rows == 1 else ["gen_out_0", "gen_out_1"])
+    for row in got:
+        assert row["clips"] == clips and row["psnr"] is None and row["source"] is None and row["note"] is None
+        assert frame_count(Path(row["output"])) == (clips * (1 + 4 * (shape[-3] - 1)), 4 * 8, 4 * 8)
+
+
+def test_a_generated_id_outside_the_codebook_is_named_with_its_index(tmp_path, model):
+    ids = np.zeros((2, 2, 4, 4), np.int64)
+    ids[1, 0, 2, 3] = 256
+    ids[1, 1, 0, 0] = -1
+    np.save(tmp_path / "gen.npy", ids)
+    with pytest.raises(InputError, match=r"gen.npy: token id 256 at index \(1, 0, 2, 3\) is outside the codebook \[0, 256\)"):
+        decode_samples([tmp_path / "gen.npy"], tmp_path / "prev", model=model, device="cpu")
+    np.save(tmp_path / "float.npy", ids.astype(np.float32))
+    with pytest.raises(InputError, match="integer ids"):
+        decode_samples([tmp_path / "float.npy"], tmp_path / "prev", model=model, device="cpu")
+    with pytest.raises(ModelError, match="--model"):
+        decode_samples([tmp_path / "gen.npy"], tmp_path / "prev", device="cpu")

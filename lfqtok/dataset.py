@@ -1,0 +1,533 @@
+"""`TokenDataset`: token shards -> training items for torch, each clip once per epoch over ranks and workers.
+
+Built from webdataset's pieces: `tar_file_expander` streams a shard's members, `group_by_keys` makes samples of
+them, `shuffle` is the shuffle buffer. What lfqtok adds is the split of an epoch over (rank, worker) slots that
+loses and repeats nothing, items as clips, flat sequences or packed blocks, and an exact resume.
+
+Splitting (S shards in the epoch's order, N = world_size * num_workers slots, slot = rank * num_workers + worker):
+the first S - S % N shards go whole, shard p to slot p % N; each of the last S % N shards (all of them when
+S < N) is read by the slots n with n % (S % N) equal to its place among them, which keep its samples in turn
+(sample i to the (i mod k)-th of its k readers). So every sample is in exactly one slot, whatever the shard
+sizes; ranks may still get different numbers of items when shards differ in size.
+
+Token ids in flat sequences: 0 .. codebook_size - 1 are codes; the special ids sit past the codebook at
+codebook_size + k: k = 0 BOS, 1 EOS, 2 frame separator (between latent frames), 3 padding (packed blocks only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import tarfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .errors import InputError, UsageError
+from .shards import META_MEMBER, TOKENS_MEMBER, expand_paths, load_npy, read_manifest, split_member
+
+# constants
+
+BOS, EOS, SEP, PAD = 0, 1, 2, 3  # special ids are codebook_size + these
+NUM_SPECIAL = 4
+HANDLERS = ("raise", "warn")
+
+Handler = str | Callable[[InputError], Any]
+
+# helpers
+
+
+def exists(v: Any) -> bool:
+    return v is not None
+
+
+def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): explicit arguments win, else torch.distributed when initialized, else RANK and
+    WORLD_SIZE from the environment (as torchrun sets them), else (0, 1)."""
+    if not exists(rank) or not exists(world_size):
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            found = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        else:
+            try:
+                found = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+            except ValueError:
+                raise UsageError(f"RANK={os.environ.get('RANK')!r} and WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} must be integers") from None
+        rank = found[0] if rank is None else rank
+        world_size = found[1] if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise UsageError(f"rank must be in [0, world_size), got rank {rank} of world_size {world_size}")
+    return int(rank), int(world_size)
+
+
+def shard_plan(num_shards: int, slots: int, slot: int) -> list[tuple[int, int, int]]:
+    """(shard position, k, j) per shard slot `slot` of `slots` reads: it keeps the samples i with i % k == j.
+
+    Whole shards in turn while every slot can have one; the remaining S % N shards are shared (module docstring).
+    """
+    whole = num_shards - num_shards % slots
+    plan = [(p, 1, 0) for p in range(slot, whole, slots)]
+    rest = num_shards - whole
+    if rest:
+        q = slot % rest
+        plan.append((whole + q, len(range(q, slots, rest)), slot // rest))
+    return plan
+
+
+def worker_resume(skip: int, workers: int, worker: int, batch_size: int) -> tuple[int, int]:
+    """(role, items to skip) of DataLoader worker `worker` resuming after its rank consumed `skip` items.
+
+    A DataLoader takes one batch of `batch_size` items from each of its `workers` in turn, starting at worker 0,
+    so the worker whose turn came next takes role 0's place: worker w plays the worker (w + batches) % workers
+    of the interrupted run, and the batches after the resume come in the order they would have come."""
+    full, partial = divmod(skip, batch_size)
+    role = (worker + full) % workers
+    return role, len(range(role, full, workers)) * batch_size + (partial if full % workers == role else 0)
+
+
+def flat_length(shape: Sequence[int], bos: bool, eos: bool, sep: bool) -> int:
+    """Length of the flat sequence of one clip of token shape (t, h, w) [+ (c)]."""
+    return math.prod(shape) + int(bos) + int(eos) + (shape[0] - 1 if sep else 0)
+
+
+def flatten(tokens: torch.Tensor, codebook_size: int, bos: bool, eos: bool, sep: bool) -> torch.Tensor:
+    """Clip (t, h, w) [+ (c)] -> (n,) in raster order: t, then h, then w (then c), with the asked special ids."""
+    t = tokens.shape[0]
+    body = tokens.reshape(t, -1)  # (t, h*w[*c])
+    if sep:
+        body = torch.cat([body, body.new_full((t, 1), codebook_size + SEP)], dim=1).reshape(-1)[:-1]
+    else:
+        body = body.reshape(-1)
+    head = [body.new_full((1,), codebook_size + BOS)] if bos else []
+    tail = [body.new_full((1,), codebook_size + EOS)] if eos else []
+    return torch.cat(head + [body] + tail) if head or tail else body
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch of items -> dict: tensors stacked, everything else as lists (packed blocks' `documents` too)."""
+    return {k: torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items] for k in items[0]}
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message, without the stream webdataset appends (' @ <stream>')."""
+    text = str(exc.args[0]) if exc.args else type(exc).__name__
+    return text.split(" @ ")[0]
+
+
+# records: one clip, with tokens or (consumed before a resume point, or a dry run) without
+
+
+@dataclass(slots=True)
+class _Clip:
+    part: int  # place of its shard in this slot's plan
+    ordinal: int  # clips of this slot's share of the shard before this one (-1: not counted)
+    shape: tuple[int, ...]  # (t, h, w) [+ (c)]
+    tokens: torch.Tensor | None = None  # int64 (t, h, w) [+ (c)]; None: a placeholder
+    key: str = ""
+    clip: int = 0
+    source: str = ""
+    shard: str = ""
+
+
+@dataclass(slots=True)
+class _Meta:
+    """A sample's parsed json, with where the sample sits in the shard and in this slot's share."""
+
+    meta: dict[str, Any]
+    mine: bool  # in this slot's share of the shard
+    first: int  # ordinal of its first clip (-1: not counted)
+
+
+class _Watch:
+    """Sees every member name (`select`) and every json (`files`) as a shard streams, in tar order, so that
+    tokens nobody here needs (other slots' samples, samples consumed before a resume point, dry runs) are never
+    extracted: a sample's json precedes its tokens (webdataset's TarWriter writes members sorted by name)."""
+
+    def __init__(self, k: int, j: int, done: set[int] | None, dry: bool, counted: bool):
+        self.k, self.j, self.done, self.dry, self.counted = k, j, done or set(), dry, counted
+        self.index = -1  # samples (json members) seen
+        self.members = 0
+        self.ordinal = 0
+        self.key: str | None = None
+        self.want = True
+
+    def select(self, name: str) -> bool:
+        self.members += 1
+        key, ext = split_member(name)  # webdataset's rule: the first dot of the base name
+        if ext == META_MEMBER:
+            return True
+        return ext == TOKENS_MEMBER and (key != self.key or self.want)
+
+    def files(self, files: Iterator[dict[str, Any]], where: str) -> Iterator[dict[str, Any]]:
+        for f in files:
+            key, ext = split_member(f["fname"]) if "fname" in f else (None, None)
+            if ext == META_MEMBER:
+                self.index += 1
+                self.key = key
+                f = {**f, "data": self._meta(key, f["data"], where)}
+            yield f
+
+    def _meta(self, key: str, data: bytes, where: str) -> _Meta:
+        mine = self.index % self.k == self.j
+        if not mine:
+            self.want = False
+            return _Meta({}, False, -1)
+        try:
+            meta = json.loads(data)
+        except ValueError as exc:
+            raise InputError(f"{where}: {key}.json is not JSON ({exc})") from None
+        first = -1
+        if self.counted:
+            shape = meta.get("tokens_shape") if isinstance(meta, dict) else None
+            if not isinstance(shape, list) or not shape:
+                raise InputError(f"{where}: {key}.json has no tokens_shape, which a resume or packing needs")
+            first, self.ordinal = self.ordinal, self.ordinal + int(shape[0])
+            self.want = not self.dry and not set(range(first, self.ordinal)) <= self.done
+        else:
+            self.want = not self.dry
+        return _Meta(meta if isinstance(meta, dict) else {}, True, first)
+
+
+# items: clips, flat sequences, packed blocks (None stands for an item built from a placeholder)
+
+
+def _clip_item(rec: _Clip, flat: Callable[[torch.Tensor], torch.Tensor] | None) -> dict[str, Any]:
+    tokens = rec.tokens if flat is None else flat(rec.tokens)
+    return {"tokens": tokens, "key": rec.key, "clip": rec.clip, "source": rec.source, "shard": rec.shard}
+
+
+class _Packer:
+    """Flat sequences -> blocks of exactly `seq_len` tokens. A sequence that does not fit goes on in the next
+    block (`split`; its `documents` entry then has start > 0 there) or starts the next block (the rest padded)."""
+
+    def __init__(self, seq_len: int, pad_id: int, split: bool, drop_last: bool):
+        self.seq_len, self.pad_id, self.split, self.drop_last = seq_len, pad_id, split, drop_last
+        self.pieces: list[tuple[_Clip, torch.Tensor | None, int, int, int]] = []  # (rec, seq, start, stop, length)
+        self.fill = 0
+
+    def add(self, rec: _Clip, seq: torch.Tensor | None, length: int) -> Iterator[tuple[dict | None, list[_Clip]]]:
+        if length > self.seq_len and not self.split:
+            raise UsageError(f"{rec.shard}:{rec.key} clip {rec.clip}: a sequence of {length} tokens does not fit in "
+                             f"seq_len {self.seq_len}; raise seq_len or let sequences split")
+        if not self.split and self.fill + length > self.seq_len:
+            yield self._emit()
+        start = 0
+        while start < length:
+            stop = min(length, start + self.seq_len - self.fill)
+            self.pieces.append((rec, seq, start, stop, length))
+            self.fill += stop - start
+            start = stop
+            if self.fill == self.seq_len:
+                yield self._emit()
+
+    def flush(self) -> Iterator[tuple[dict | None, list[_Clip]]]:
+        if self.pieces and not self.drop_last:
+            yield self._emit()
+        self.pieces, self.fill = [], 0
+
+    def _emit(self) -> tuple[dict | None, list[_Clip]]:
+        pieces, self.pieces, pad = self.pieces, [], self.seq_len - self.fill
+        self.fill = 0
+        finished = [rec for rec, _, _, stop, length in pieces if stop == length]
+        if any(seq is None for _, seq, *_ in pieces):
+            return None, finished
+        sizes = [stop - start for _, _, start, stop, _ in pieces]
+        tokens = torch.cat([seq[start:stop] for _, seq, start, stop, _ in pieces] + [torch.full((pad,), self.pad_id)])
+        segments = torch.repeat_interleave(torch.arange(len(pieces)), torch.tensor(sizes))
+        positions = torch.cat([torch.arange(start, stop) for _, _, start, stop, _ in pieces] + [torch.zeros(pad, dtype=torch.long)])
+        documents = [{"key": r.key, "clip": r.clip, "source": r.source, "shard": r.shard, "start": start, "stop": stop,
+                      "length": length} for r, _, start, stop, length in pieces]
+        item = {"tokens": tokens, "segment_ids": torch.cat([segments, torch.full((pad,), -1)]), "positions": positions,
+                "documents": documents}
+        return item, finished
+
+
+# the dataset
+
+
+@dataclass(frozen=True, slots=True)
+class _Shard:
+    path: str
+    manifest: dict | None
+
+    def stats(self) -> dict | None:
+        """Its `{stem}_stats.json` (sample and clip counts), when there is one."""
+        path = Path(self.path)
+        path = path.with_name(path.name[: -len(".tar")] + "_stats.json") if path.name.endswith(".tar") else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {path}: {exc}") from None
+
+    def clip_shape(self) -> tuple[int, ...] | None:
+        m = self.manifest
+        if not m or not m.get("token_shape"):
+            return None
+        return tuple(m["token_shape"]) + ((m["num_codebooks"],) if m.get("num_codebooks", 1) > 1 else ())
+
+
+class TokenDataset(IterableDataset):
+    """Token shards as a torch IterableDataset: every clip exactly once per epoch over ranks and DataLoader workers.
+
+    inputs: token dirs (an encode OUT: its finished shards), token tar files, brace patterns. Items:
+    - default: one clip, {"tokens": int64 (t, h, w) [+ (c)], "key", "clip" (index in its sample), "source"
+      (the video it came from, "" when unknown), "shard" (the tar path)};
+    - `flat`: the same with "tokens" (n,) in raster order (t, then h, then w), with `bos` / `eos` / `frame_sep`
+      ids past the codebook (codebook_size + 0 / 1 / 2);
+    - `seq_len`: flat sequences packed into blocks {"tokens" (seq_len,), "segment_ids" (seq_len,) (-1: padding),
+      "positions" (seq_len,) (index in its sequence: > 0 at a block's start means the block goes on with a
+      sequence split before it), "documents": [{key, clip, source, shard, start, stop, length}] per segment};
+      batch them with `collate_fn=lfqtok.dataset.collate`.
+    The order is a function of (seed, epoch, world_size, num_workers): `shuffle` > 0 shuffles the shard order per
+    epoch and keeps a buffer of that many clips per worker. `skip`: items this rank already consumed in the epoch
+    (a resume), placed among workers as a DataLoader with `loader_batch_size` takes them; consumed items' tokens
+    are not read again (whole shards are passed over by their `_stats.json` counts). `handler`: "raise" on an
+    unreadable, truncated or foreign shard, "warn" to warn naming it and go on, or a callable taking the
+    InputError (return to go on, raise to stop).
+    """
+
+    def __init__(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        *,
+        flat: bool = False,  # items are flat sequences (raster order), not (t, h, w) clips
+        bos: bool = False,  # flat: begin with codebook_size + 0
+        eos: bool = False,  # flat: end with codebook_size + 1
+        frame_sep: bool = False,  # flat: codebook_size + 2 between latent frames
+        seq_len: int | None = None,  # pack flat sequences into blocks of this many tokens (implies flat)
+        split_sequences: bool = True,  # packing: a sequence may go on in the next block (else: padding)
+        drop_last: bool = False,  # packing: drop each worker's last, padded block
+        shuffle: int = 0,  # clips in the shuffle buffer (0: shard order, no shuffling)
+        seed: int = 0,
+        epoch: int = 0,
+        skip: int = 0,  # items of this rank already consumed in `epoch`
+        loader_batch_size: int = 1,  # the DataLoader's batch_size, to place `skip` among its workers
+        rank: int | None = None,
+        world_size: int | None = None,
+        codebook_size: int | None = None,  # for shards without a manifest (flat items need it)
+        handler: Handler = "raise",
+    ):
+        super().__init__()
+        flat = flat or exists(seq_len)
+        if not flat and (bos or eos or frame_sep):
+            raise UsageError("bos, eos and frame_sep are for flat sequences: pass flat=True or seq_len")
+        if (exists(seq_len) and seq_len < 1) or shuffle < 0 or skip < 0 or loader_batch_size < 1:
+            raise UsageError(f"seq_len and loader_batch_size must be >= 1, shuffle and skip >= 0; got {seq_len}, "
+                             f"{loader_batch_size}, {shuffle}, {skip}")
+        if not callable(handler) and handler not in HANDLERS:
+            raise UsageError(f"handler must be one of {', '.join(HANDLERS)} or a callable, got {handler!r}")
+        manifests: dict[Path, dict | None] = {}
+        shards = []
+        for path in expand_paths(inputs):
+            if path.parent not in manifests:
+                manifests[path.parent] = read_manifest(path)
+            shards.append(_Shard(str(path), manifests[path.parent]))
+        if not shards:
+            raise InputError(f"no token shards in {inputs}")
+        self._shards = shards
+        self.codebook_size = self._codebook_size([m for m in manifests.values() if m], codebook_size)
+        if flat and not exists(self.codebook_size):
+            raise UsageError("flat sequences put special ids past the codebook: pass codebook_size (no lfqtok.json found)")
+        self.flat, self.bos, self.eos, self.frame_sep = flat, bos, eos, frame_sep
+        self.seq_len, self.split_sequences, self.drop_last = seq_len, split_sequences, drop_last
+        self.shuffle, self.seed, self.epoch, self.skip = shuffle, seed, epoch, skip
+        self.loader_batch_size, self.handler = loader_batch_size, handler
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self._check_fits()
+
+    # public
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """The ids of flat sequences past the codebook: bos, eos, frame_sep, pad."""
+        size = self._known_codebook_size()
+        return {name: size + k for name, k in (("bos", BOS), ("eos", EOS), ("frame_sep", SEP), ("pad", PAD))}
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids an embedding table needs: codes, plus the special ids when items are flat."""
+        return self._known_codebook_size() + (NUM_SPECIAL if self.flat else 0)
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """The epoch (reshuffles) and the items of it this rank already consumed; call before iterating (a
+        DataLoader with persistent_workers keeps the workers' copies, so it would not see this)."""
+        if skip < 0:
+            raise UsageError(f"skip must be >= 0, got {skip}")
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        role, skip = worker_resume(self.skip, workers, worker, self.loader_batch_size)
+        slots, slot = self.world_size * workers, self.rank * workers + role
+        plan = self._plan(slots, slot)
+        seed = f"lfqtok:{self.seed}:{self.epoch}:{slot}:{slots}"
+        if not skip:
+            for item, _ in self._items(self._records(plan), random.Random(seed)):
+                yield item
+            return
+        done, totals = self._consumed(plan, skip, seed)
+        stream = self._items(self._records(plan, done, totals), random.Random(seed))
+        for n, (item, _) in enumerate(stream):
+            if n >= skip and item is None:  # (a skipped block may be real: it holds the head of a split sequence)
+                raise InputError(f"resume: the shards changed since the epoch started (item {n} of this worker), "
+                                 "or a _stats.json disagrees with its shard")
+            if n >= skip:
+                yield item
+
+    # helpers
+
+    def _known_codebook_size(self) -> int:
+        if not exists(self.codebook_size):
+            raise UsageError("the codebook size is unknown (no lfqtok.json next to the shards): pass codebook_size")
+        return self.codebook_size
+
+    def _plan(self, slots: int, slot: int) -> list[tuple[_Shard, int, int]]:
+        order = list(range(len(self._shards)))
+        if self.shuffle:
+            random.Random(f"lfqtok-shards:{self.seed}:{self.epoch}").shuffle(order)  # the same on every rank
+        return [(self._shards[order[p]], k, j) for p, k, j in shard_plan(len(order), slots, slot)]
+
+    def _items(self, records: Iterator[_Clip], rng: random.Random) -> Iterator[tuple[dict | None, list[_Clip]]]:
+        """(item, or None when built from a placeholder; the records it finished) in this worker's order."""
+        if self.shuffle:
+            from webdataset.filters import shuffle
+
+            records = shuffle(self.shuffle, self.shuffle, rng=rng)(records)
+        flat = self._flat if self.flat else None
+        if not exists(self.seq_len):
+            for rec in records:
+                yield (None if rec.tokens is None else _clip_item(rec, flat)), [rec]
+            return
+        packer = _Packer(self.seq_len, self.codebook_size + PAD, self.split_sequences, self.drop_last)
+        for rec in records:
+            seq = None if rec.tokens is None else flat(rec.tokens)
+            yield from packer.add(rec, seq, flat_length(rec.shape, self.bos, self.eos, self.frame_sep))
+        yield from packer.flush()
+
+    def _flat(self, tokens: torch.Tensor) -> torch.Tensor:
+        return flatten(tokens, self.codebook_size, self.bos, self.eos, self.frame_sep)
+
+    def _consumed(self, plan: list[tuple[_Shard, int, int]], skip: int, seed: str) -> tuple[dict[int, set[int]], dict[int, int]]:
+        """A dry run without tokens: which clips (part -> ordinals) the first `skip` items of this worker used,
+        and the clip count of each part it saw whole. The shuffle buffer and the packer depend only on clip
+        counts and shapes, so the real run, fed placeholders for those clips, repeats the same order."""
+        done: dict[int, set[int]] = {}
+        totals: dict[int, int] = {}
+        for n, (_, finished) in enumerate(self._items(self._records(plan, totals=totals, dry=True), random.Random(seed))):
+            for rec in finished:
+                done.setdefault(rec.part, set()).add(rec.ordinal)
+            if n + 1 == skip:
+                break
+        return done, totals
+
+    def _records(self, plan: list[tuple[_Shard, int, int]], done: dict[int, set[int]] | None = None,
+                 totals: dict[int, int] | None = None, dry: bool = False) -> Iterator[_Clip]:
+        """This worker's clips in plan order; placeholders for dry runs and for clips consumed before `skip`."""
+        counted = dry or exists(done)
+        for part, (shard, k, j) in enumerate(plan):
+            used = (done or {}).get(part, set())
+            count = self._known_clips(shard, k) if counted else None
+            if dry and exists(count):  # whole shard, counts in its _stats.json: not opened
+                totals[part] = count
+                yield from (_Clip(part, i, shard.clip_shape() or ()) for i in range(count))
+                continue
+            if not dry and exists(totals) and part in totals and len(used) == totals[part]:
+                yield from (_Clip(part, i, shard.clip_shape() or ()) for i in range(totals[part]))
+                continue
+            n = 0
+            for rec in self._stream(part, shard, k, j, used, dry, counted):
+                n += 1
+                yield rec
+            if dry:
+                totals[part] = n
+
+    def _known_clips(self, shard: _Shard, k: int) -> int | None:
+        """A whole shard's clip count from its _stats.json, when the shapes it needs are known without opening it."""
+        if k != 1 or (exists(self.seq_len) and shard.clip_shape() is None):
+            return None
+        stats = shard.stats()
+        return int(stats["clips"]) if stats and isinstance(stats.get("clips"), int) else None
+
+    def _stream(self, part: int, shard: _Shard, k: int, j: int, used: set[int], dry: bool, counted: bool) -> Iterator[_Clip]:
+        """One shard's clips for this slot, through webdataset's tar expansion and grouping; errors -> handler."""
+        from webdataset.handlers import reraise_exception
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        watch = _Watch(k, j, used, dry, counted)
+        try:
+            with open(shard.path, "rb") as stream:
+                files = tar_file_expander([{"url": shard.path, "stream": stream}], handler=reraise_exception,
+                                          select_files=watch.select)
+                for sample in group_by_keys(watch.files(files, shard.path), handler=reraise_exception):
+                    yield from self._sample_clips(part, shard, sample, used, dry)
+            if watch.members and watch.index < 0:
+                raise InputError(f"{shard.path}: no lfqtok samples (.json + .tokens.npy members): not a token shard")
+            stats = shard.stats()
+            if stats and isinstance(stats.get("samples"), int) and stats["samples"] != watch.index + 1:
+                raise InputError(f"{shard.path}: {watch.index + 1} samples, its _stats.json says {stats['samples']} (truncated?)")
+        except InputError as exc:
+            self._handle(exc)
+        except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # via webdataset: truncated, not a tar
+            self._handle(InputError(f"{shard.path}: not a readable token shard ({_reason(exc)})"))
+
+    def _sample_clips(self, part: int, shard: _Shard, sample: dict[str, Any], used: set[int], dry: bool) -> Iterator[_Clip]:
+        key = sample["__key__"]
+        meta = sample.get(META_MEMBER)
+        if not isinstance(meta, _Meta):
+            raise InputError(f"{shard.path}: sample {key} has no .json member: not a token shard")
+        if not meta.mine:
+            return
+        data = sample.get(TOKENS_MEMBER)
+        if data is None:
+            shape = meta.meta.get("tokens_shape")
+            if meta.first < 0 or not (dry or set(range(meta.first, meta.first + shape[0])) <= used):
+                raise InputError(f"{shard.path}: sample {key} has no .tokens.npy member: not a token shard")
+            yield from (_Clip(part, meta.first + c, tuple(shape[1:])) for c in range(shape[0]))
+            return
+        arr = load_npy(data, f"{shard.path}:{key}", copy=False)
+        if arr.ndim < 4 or arr.dtype.kind not in "iu":
+            raise InputError(f"{shard.path}:{key}: tokens must be integers (clips, t, h, w) [+ (c)], got {arr.dtype} {arr.shape}")
+        source, shape = str(meta.meta.get("source") or ""), tuple(arr.shape[1:])
+        for c, clip in enumerate(torch.from_numpy(arr.astype(np.int64)).unbind(0)):
+            ordinal = meta.first + c if meta.first >= 0 else -1
+            yield _Clip(part, ordinal, shape, None if ordinal in used else clip, key, c, source, shard.path)
+
+    def _handle(self, exc: InputError) -> None:
+        if self.handler == "raise":
+            raise exc
+        if self.handler == "warn":
+            warnings.warn(f"lfqtok: skipping the rest of a token shard: {exc}", stacklevel=3)
+            return
+        self.handler(exc)
+
+    @staticmethod
+    def _codebook_size(manifests: list[dict], explicit: int | None) -> int | None:
+        kinds = {(m["codebook_size"], m.get("num_codebooks", 1), m.get("bit_order", "msb_first")) for m in manifests}
+        if len(kinds) > 1:
+            raise InputError(f"token shards of different codebooks or bit orders cannot be mixed: {sorted(kinds)}")
+        found = next(iter(kinds))[0] if kinds else None
+        if exists(explicit) and exists(found) and explicit != found:
+            raise UsageError(f"codebook_size {explicit} differs from the manifest's {found}")
+        if exists(explicit) and explicit < 1:
+            raise UsageError(f"codebook_size must be >= 1, got {explicit}")
+        return found if exists(found) else explicit
+
+    def _check_fits(self) -> None:
+        """Unsplittable sequences longer than seq_len are refused before any work, when the manifests tell."""
+        if not exists(self.seq_len) or self.split_sequences:
+            return
+        for shard in {id(s.manifest): s for s in self._shards}.values():
+            shape = shard.clip_shape()
+            length = flat_length(shape, self.bos, self.eos, self.frame_sep) if shape else 0
+            if length > self.seq_len:
+                raise UsageError(f"a clip's flat sequence has {length} tokens, more than seq_len {self.seq_len}: "
+                                 "raise seq_len or let sequences split")
