@@ -19,14 +19,12 @@ import numpy as np
 
 from .codec import from_storage, reverse_bits
 from .errors import InputError, ModelError, OutputError, UsageError, VideoError
+from .metrics import QualityMeter
 from .shards import BIT_ORDERS, expand_paths, read_manifest, read_tokens
 
 # constants
 
 FORMATS = ("mp4", "gif", "png")
-PSNR_CAP = 100.0  # dB reported for identical frames (MSE 0): finite, so --json stays valid JSON
-SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # Wang et al. 2004: 11x11 gaussian window, sigma 1.5
-SSIM_C1, SSIM_C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 DEFAULT_FPS = 8.0  # playback rate when neither the manifest nor the sample knows the source rate
 
 # helpers
@@ -34,33 +32,6 @@ DEFAULT_FPS = 8.0  # playback rate when neither the manifest nor the sample know
 
 def exists(v: Any) -> bool:
     return v is not None
-
-
-def psnr(sse: float, count: int) -> float:
-    """PSNR in dB of uint8 images (peak 255) from a sum of squared errors over `count` values; capped at PSNR_CAP."""
-    mse = sse / count
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, float(10 * np.log10(255.0**2 / mse)))
-
-
-def ssim_frames(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Mean SSIM per frame of uint8 RGB frames (T, H, W, 3), on luma (BT.601), 11x11 gaussian window, no padding."""
-    import torch
-    import torch.nn.functional as F
-
-    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
-    x, y = (torch.from_numpy(np.ascontiguousarray(v)).double() @ luma for v in (a, b))  # (T, H, W)
-    x, y = x[:, None], y[:, None]  # (T, 1, H, W)
-    g = torch.arange(SSIM_WINDOW, dtype=torch.float64) - SSIM_WINDOW // 2
-    g = torch.exp(-(g**2) / (2 * SSIM_SIGMA**2))
-    g = g / g.sum()
-
-    def blur(v):
-        return F.conv2d(F.conv2d(v, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
-
-    mx, my = blur(x), blur(y)
-    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    s = ((2 * mx * my + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mx**2 + my**2 + SSIM_C1) * (vx + vy + SSIM_C2))
-    return s.mean(dim=(1, 2, 3)).numpy()
 
 
 def resolve_device(device: str) -> str:
@@ -153,9 +124,7 @@ class Preview:
     compare: bool
     source: Iterator[Any] | None  # the source's clips, re-cut with the encode settings, or None
     notes: list[str] = field(default_factory=list)
-    sse: float = 0.0
-    values: int = 0
-    ssim_sum: float = 0.0
+    quality: QualityMeter = field(default_factory=QualityMeter)
     frames: int = 0
     clips: int = 0
     writer: Any = None
@@ -164,10 +133,7 @@ class Preview:
         """One decoded clip (T, H, W, 3) uint8."""
         src = self._source_clip(rec)
         if exists(src):
-            diff = rec.astype(np.float64) - src
-            self.sse += float((diff * diff).sum())
-            self.values += diff.size
-            self.ssim_sum += float(ssim_frames(rec, src).sum()) if min(rec.shape[1:3]) >= SSIM_WINDOW else float("nan")
+            self.quality.add(rec, src)
         shown = np.concatenate([src, rec], axis=2) if self.compare and exists(src) else rec
         if not exists(self.writer):
             self.writer = self._open(shown.shape)
@@ -183,14 +149,17 @@ class Preview:
             self.writer.close()
         else:
             self.notes.append("the sample has no clips: nothing written")
-        scored = exists(self.source) and self.values > 0
-        ssim = self.ssim_sum / self.frames if scored and not np.isnan(self.ssim_sum) else None
+        scored = exists(self.source) and self.quality.frames > 0
+        quality = self.quality.result() if scored else {}
         return {
             "key": self.sample.key,
             "source": self.sample.meta.get("source"),
             "output": str(self.path),
-            "psnr": psnr(self.sse, self.values) if scored else None,
-            "ssim": ssim,
+            "psnr": quality.get("psnr"),
+            "ssim": quality.get("ssim"),
+            "psnr_luma": quality.get("psnr_luma"),
+            "psnr_chroma": quality.get("psnr_chroma"),
+            "colour_shift": quality.get("colour_shift"),
             "clips": self.clips,
             "frames": self.frames,
             "note": "; ".join(self.notes) or None,
@@ -375,7 +344,7 @@ def decode_samples(
     """Decode token samples to `{out}/{key}.{fmt}` previews; one row per sample (DESIGN §6 keys + ssim, frames, note).
 
     PSNR/SSIM are against the source frames re-cut with the manifest's clip settings, when the source is readable;
-    `compare` puts those frames left of the reconstruction. PSNR of identical frames is PSNR_CAP (100 dB).
+    `compare` puts those frames left of the reconstruction. Scores are `lfqtok.metrics` (PSNR of identical frames: 100 dB).
     """
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")

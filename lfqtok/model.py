@@ -33,6 +33,7 @@ from .lfq import LFQ, LossBreakdown, pack_sign_bits
 if TYPE_CHECKING:
     from .open_magvit2 import OpenMagvit2Tokenizer
 
+CHROMA_FROM_RGB = ((-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))  # BT.601 Cb, Cr of RGB in [-1, 1]
 FORMAT = "lfqtok-tokenizer"  # safetensors metadata `format` of every tokenizer checkpoint
 DEFAULT_WEIGHTS = "weights/default.safetensors"  # inside the package
 
@@ -93,7 +94,11 @@ class TokenizerConfig:
 
     channels: int = 32  # width of the first level; level i has channels * channel_mults[i]
     channel_mults: tuple[int, ...] = (1, 2, 4)  # one level per entry, a 2x down/upsampling stage between levels
-    num_res_blocks: int = 1  # residual blocks per level, in the encoder and again in the decoder
+    num_res_blocks: int = 1  # residual blocks per level in the encoder (and the decoder unless decoder_res_blocks)
+    decoder_res_blocks: int | None = None  # residual blocks per decoder level; None = num_res_blocks
+    decoder_expansion: int = 1  # inner width of a decoder residual block = level width * this (decoder-only cost)
+    decoder_base: bool = False  # decoder adds a bilinearly upsampled 1/patch-size RGB base: smooth colour and level
+    chroma_bits: int = 0  # the last bits come from a small head that sees only Cb, Cr: colour always gets bits
     patch_size: int = 4  # spatial space-to-depth at the input (cheap: full-resolution convs dominate the cost)
     temporal_compression: int = 4  # T = 1 + 4k frames -> t = 1 + k latent frames
     spatial_compression: int = 8  # H x W -> H/8 x W/8 tokens
@@ -106,9 +111,13 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
-        for name in ("channels", "num_res_blocks", "codebook_bits", "num_codebooks"):
+        for name in ("channels", "num_res_blocks", "codebook_bits", "num_codebooks", "decoder_expansion"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise UsageError(f"tokenizer config: {name} must be a positive integer, got {getattr(self, name)!r}")
+        if not isinstance(self.chroma_bits, int) or not 0 <= self.chroma_bits < self.latent_dim:
+            raise UsageError(f"tokenizer config: chroma_bits must be in [0, {self.latent_dim}), got {self.chroma_bits!r}")
+        if self.decoder_res_blocks is not None and (not isinstance(self.decoder_res_blocks, int) or self.decoder_res_blocks < 1):
+            raise UsageError(f"tokenizer config: decoder_res_blocks must be a positive integer, got {self.decoder_res_blocks!r}")
         if not self.channel_mults or any(not isinstance(m, int) or m < 1 for m in self.channel_mults):
             raise UsageError(f"tokenizer config: channel_mults must be positive integers, got {self.channel_mults!r}")
         if self.codebook_bits > 31:
@@ -131,6 +140,10 @@ class TokenizerConfig:
     @property
     def codebook_size(self) -> int:
         return 2**self.codebook_bits
+
+    @property
+    def decoder_blocks(self) -> int:
+        return self.num_res_blocks if self.decoder_res_blocks is None else self.decoder_res_blocks
 
     @property
     def latent_dim(self) -> int:
@@ -185,12 +198,15 @@ class CausalConv3d(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """norm -> SiLU -> causal conv, twice, plus the input; the last conv starts at zero (block = identity)."""
+    """norm -> SiLU -> causal conv, twice, plus the input; the last conv starts at zero (block = identity).
 
-    def __init__(self, dim: int):
+    `inner`: width between the two convs (default `dim`); a wider inside adds capacity at the same stream width."""
+
+    def __init__(self, dim: int, inner: int | None = None):
         super().__init__()
+        inner = inner or dim
         self.block = nn.Sequential(
-            ChannelRMSNorm(dim), nn.SiLU(), CausalConv3d(dim, dim), ChannelRMSNorm(dim), nn.SiLU(), CausalConv3d(dim, dim)
+            ChannelRMSNorm(dim), nn.SiLU(), CausalConv3d(dim, inner), ChannelRMSNorm(inner), nn.SiLU(), CausalConv3d(inner, dim)
         )
         nn.init.zeros_(self.block[-1].conv.weight)
         nn.init.zeros_(self.block[-1].conv.bias)
@@ -240,12 +256,35 @@ class Encoder(nn.Module):
             layers.append(Downsample(dims[i], dims[i + 1], space, time))
         layers += [ResBlock(dims[-1]) for _ in range(c.num_res_blocks)]
         self.layers = nn.Sequential(*layers)
-        self.out = nn.Sequential(ChannelRMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], c.latent_dim))
+        self.out = nn.Sequential(ChannelRMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], c.latent_dim - c.chroma_bits))
+        self.chroma = ChromaHead(c) if c.chroma_bits else None
         self.norm_latent = ChannelRMSNorm(c.latent_dim, affine=False)  # latents on the scale of the +-1 codes
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv_in(space_time_to_depth(x, self.patch, 1))
-        return self.norm_latent(self.out(self.layers(x)))
+        z = self.out(self.layers(self.conv_in(space_time_to_depth(x, self.patch, 1))))
+        if exists(self.chroma):
+            z = torch.cat([z, self.chroma(x)], dim=1)
+        return self.norm_latent(z)
+
+
+class ChromaHead(nn.Module):
+    """Cb, Cr of the input (B, 3, T, H, W) -> `chroma_bits` latent channels (B, k, t, h, w) at token resolution.
+
+    Colour is a small share of the pixel error, so a single encoder spends its bits on luma and guesses colour;
+    this head sees nothing but colour (4x4 means, then the token's space-time block and its neighbours)."""
+
+    def __init__(self, c: TokenizerConfig):
+        super().__init__()
+        self.pool, self.time = c.spatial_compression // 2, c.temporal_compression
+        self.register_buffer("to_chroma", torch.tensor(CHROMA_FROM_RGB), persistent=False)
+        self.net = nn.Sequential(
+            CausalConv3d(2 * 4 * self.time, 64), nn.SiLU(), CausalConv3d(64, 64), nn.SiLU(), CausalConv3d(64, c.chroma_bits)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        chroma = torch.einsum("ij,bjthw->bithw", self.to_chroma.to(x.dtype), x)  # (B, 2, T, H, W)
+        chroma = F.avg_pool3d(chroma, (1, self.pool, self.pool))
+        return self.net(space_time_to_depth(chroma, 2, self.time))
 
 
 class Decoder(nn.Module):
@@ -255,16 +294,27 @@ class Decoder(nn.Module):
         super().__init__()
         dims = [c.channels * m for m in c.channel_mults]
         self.patch = c.patch_size
+        blocks = lambda dim: [ResBlock(dim, dim * c.decoder_expansion) for _ in range(c.decoder_blocks)]  # noqa: E731
         self.conv_in = CausalConv3d(c.latent_dim, dims[-1])
-        layers: list[nn.Module] = [ResBlock(dims[-1]) for _ in range(c.num_res_blocks)]
+        layers: list[nn.Module] = blocks(dims[-1])
         for i, (space, time) in reversed(list(enumerate(c.stage_factors()))):
             layers.append(Upsample(dims[i + 1], dims[i], space, time))
-            layers += [ResBlock(dims[i]) for _ in range(c.num_res_blocks)]
+            layers += blocks(dims[i])
         self.layers = nn.Sequential(*layers)
         self.out = nn.Sequential(ChannelRMSNorm(dims[0]), nn.SiLU(), CausalConv3d(dims[0], 3 * c.patch_size**2))
+        # smooth base: one RGB value per patch, bilinearly upsampled; the patch output above adds the detail
+        self.base = CausalConv3d(dims[0], 3) if c.decoder_base else None
+        if exists(self.base):
+            nn.init.zeros_(self.base.conv.weight)
+            nn.init.zeros_(self.base.conv.bias)
 
     def forward(self, z: Tensor) -> Tensor:
-        return depth_to_space_time(self.out(self.layers(self.conv_in(z))), self.patch, 1)
+        h = self.layers(self.conv_in(z))
+        x = depth_to_space_time(self.out(h), self.patch, 1)  # (B, 3, T, H, W)
+        if exists(self.base):
+            base = self.base(h)  # (B, 3, T, H/patch, W/patch)
+            x = x + F.interpolate(base.flatten(1, 2), scale_factor=self.patch, mode="bilinear").unflatten(1, base.shape[1:3])
+        return x
 
 
 # tokenizer

@@ -226,10 +226,10 @@ def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[_Fram
             raise VideoError(f"decode failed after frame {index}: {_reason(exc)}") from None
 
 
-def _pyav_to_rgb(frame: av.VideoFrame, size: int | None, rotation: int) -> np.ndarray:
+def _pyav_to_rgb(frame: av.VideoFrame, size: int | None, rotation: int, crop: bool = True) -> np.ndarray:
     """One PyAV frame -> (S, S, 3) uint8: scaled at conversion (AREA), rotated for display, alpha over black.
 
-    `size` None: the frame at its native size, rotated, uncropped."""
+    `size` None: the frame at its native size, rotated, uncropped; `crop` False: short side S, uncropped."""
     display = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
     w, h = _scaled_size(*display, size) if size else display
     if rotation in (90, 270):
@@ -239,16 +239,17 @@ def _pyav_to_rgb(frame: av.VideoFrame, size: int | None, rotation: int) -> np.nd
     if alpha:
         rgb = (rgb[..., :3].astype(np.uint16) * rgb[..., 3:] + 127) // 255
     rgb = np.rot90(rgb, k=rotation // 90) if rotation else rgb
-    return np.ascontiguousarray(_center_crop(rgb, size) if size else rgb, dtype=np.uint8)
+    return np.ascontiguousarray(_center_crop(rgb, size) if size and crop else rgb, dtype=np.uint8)
 
 
 class _Decoder:
     """A frame stream that starts on decord when it can and continues on PyAV if decord fails.
 
-    Frames come out scaled to short side `size` and center-cropped, or at native size when `size` is None."""
+    Frames come out scaled to short side `size` and center-cropped (uncropped when `crop` is False), or at
+    native size when `size` is None."""
 
-    def __init__(self, video: str | bytes, probe: _Probe, size: int | None, threads: int, prefer: str):
-        self.video, self.probe, self.size, self.threads = video, probe, size, threads
+    def __init__(self, video: str | bytes, probe: _Probe, size: int | None, threads: int, prefer: str, crop: bool = True):
+        self.video, self.probe, self.size, self.threads, self.crop = video, probe, size, threads, crop
         short = probe.approx_frames is not None and probe.approx_frames <= DECORD_MAX_FRAMES  # memory: see constant
         readable = decord is not None and probe.codec in DECORD_CODECS and probe.rotation == 0 and short
         self.use_decord = (prefer == "decord" and decord is not None) or (prefer == "auto" and readable)
@@ -262,7 +263,7 @@ class _Decoder:
             try:
                 for frame in _decord_frames(self.video, w, h, 0, max(self.threads, 0)):
                     next_index = frame.index + 1
-                    yield frame._replace(data=_center_crop(frame.data, self.size) if self.size else frame.data)
+                    yield frame._replace(data=_center_crop(frame.data, self.size) if self.size and self.crop else frame.data)
                 return
             except (decord.DECORDError, VideoError, RuntimeError, ValueError):
                 self.name = "pyav"  # decord failed (open, a bad size, the end of a short stream): PyAV goes on
@@ -271,7 +272,7 @@ class _Decoder:
     def to_rgb(self, frame: _Frame) -> np.ndarray:
         if isinstance(frame.data, np.ndarray):
             return np.ascontiguousarray(frame.data)
-        return _pyav_to_rgb(frame.data, self.size, self.probe.rotation)
+        return _pyav_to_rgb(frame.data, self.size, self.probe.rotation, self.crop)
 
 
 # sampling and windows
@@ -329,14 +330,18 @@ def _decoder_choice(decoder: str | None) -> str:
     return decoder
 
 
-def iter_frames(video: str | bytes, *, threads: int = 0, decoder: str | None = None) -> Iterator[np.ndarray]:
-    """Every frame of a video (a path or its bytes) at native size, uint8 RGB (H, W, 3), rotated for display.
+def iter_frames(
+    video: str | bytes, *, size: int | None = None, threads: int = 0, decoder: str | None = None
+) -> Iterator[np.ndarray]:
+    """Every frame of a video (a path or its bytes), uint8 RGB (H, W, 3), rotated for display.
 
-    The same decoder choice and mid-stream PyAV fallback as `iter_clips`; training reads whole videos with it.
+    `size`: short side scaled to it by the same decoder and scaler as `iter_clips` (so a center crop of these
+    frames is exactly what `lfqtok encode --size` tokenizes), not cropped; None keeps the native size.
+    Training reads whole videos (and still images, which FFmpeg opens as one-frame videos) with it.
     Raises VideoError with a one-line reason for a video that cannot be read.
     """
     probe = _probe(video)
-    frames = _Decoder(video, probe, None, threads, _decoder_choice(decoder))
+    frames = _Decoder(video, probe, size, threads, _decoder_choice(decoder), crop=False)
     for frame in frames.frames():
         yield frames.to_rgb(frame)
 

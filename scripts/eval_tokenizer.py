@@ -1,21 +1,22 @@
-"""Reconstruction quality of a tokenizer: PSNR, SSIM and code utilization on held-out videos, vs a naive baseline.
+"""Reconstruction quality of a tokenizer on held-out videos, vs a naive baseline, at one or more sizes.
 
-`python scripts/eval_tokenizer.py [--model default|PATH] [--data /work/shared/data/videos/eval] [--json]`
+`python scripts/eval_tokenizer.py [--model default|PATH] [--data ../shared/data/videos/eval] [--size 128 --size 256] [--json]`
 
-Clips: short side scaled to --size (antialiased), center crop, the first --max-clips non-overlapping runs of
---clip-frames consecutive frames. The loader is this script's own (decord), independent of `lfqtok.video`, so
-the numbers do not move when the encode pipeline changes. Naive baseline on the same clips: keep every 4th
-frame at 1/8 size (area), upsample bilinearly in space and linearly in time: the same 4x8x8 reduction, no model.
+Clips are cut exactly as `lfqtok encode` cuts them (`lfqtok.video.iter_clips`: the same decoder and frame
+scaler, short side scaled to --size, center crop, the first --max-clips non-overlapping clips of
+--clip-frames frames), and every score is `lfqtok.metrics`, the functions `lfqtok decode --json` reports:
+a video's row pools its clips as `decode` pools a sample's; `mean` averages the per-clip scores.
+Naive baseline on the same clips: keep every 4th frame at 1/8 size (area), upsample bilinearly in space and
+linearly in time: the same 4x8x8 reduction with no model (24 bits per block against the tokenizer's 18).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import numpy as np
 import torch
@@ -24,61 +25,37 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from lfqtok.errors import LfqtokError  # noqa: E402
+from lfqtok.errors import LfqtokError, VideoError  # noqa: E402
+from lfqtok.metrics import QualityMeter, clip_quality  # noqa: E402
 from lfqtok.model import load_tokenizer  # noqa: E402
+from lfqtok.video import ClipSpec, iter_clips  # noqa: E402
 
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".gif"}
+SCORES = ("psnr", "ssim", "psnr_luma", "psnr_chroma", "colour_shift")
 app = typer.Typer(add_completion=False)
 
-# clips
+
+def default_data() -> Path:
+    """The shared eval videos beside the repository (`../shared`), or $LFQTOK_SHARED/data/videos/eval."""
+    import os
+
+    shared = Path(os.environ.get("LFQTOK_SHARED", ROOT.parent / "shared"))
+    return shared / "data" / "videos" / "eval"
 
 
-def load_clips(path: Path, size: int, clip_frames: int, max_clips: int) -> torch.Tensor:
-    """uint8 (N, T, size, size, 3): the first `max_clips` non-overlapping clips, short side -> size, center crop."""
-    import decord
-
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-    count = min(len(reader) // clip_frames, max_clips) * clip_frames
-    if count == 0:
-        return torch.empty(0, clip_frames, size, size, 3, dtype=torch.uint8)
-    frames = torch.from_numpy(reader.get_batch(list(range(count))).asnumpy())  # (n, H, W, 3)
-    x = frames.permute(0, 3, 1, 2).float()
-    h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    x = F.interpolate(x, size=(max(size, round(h * scale)), max(size, round(w * scale))), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    x = x[..., top : top + size, left : left + size].round().clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).reshape(-1, clip_frames, size, size, 3)
+def load_clips(path: Path, size: int, clip_frames: int, max_clips: int) -> np.ndarray:
+    """uint8 (N, T, size, size, 3): the clips `lfqtok encode --size S --clip-frames T --max-clips N` would encode."""
+    _, clips = iter_clips(str(path), ClipSpec(size=size, clip_frames=clip_frames, max_clips=max_clips, pad_short=False))
+    frames = [c.frames for c in clips]
+    return np.stack(frames) if frames else np.empty((0, clip_frames, size, size, 3), np.uint8)
 
 
-# metrics
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """dB over a whole uint8 clip (T, H, W, 3)."""
-    mse = (a.double() - b.double()).square().mean().item()
-    return 10 * math.log10(255**2 / mse) if mse > 0 else float("inf")
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean SSIM (Wang et al. 2004: 11x11 Gaussian, sigma 1.5, per RGB channel, valid window) of uint8 (T, H, W, 3)."""
-    g = torch.exp(-((torch.arange(11, dtype=torch.float32) - 5) ** 2) / (2 * 1.5**2))
-    g = g / g.sum()
-    win = (g[:, None] * g[None, :]).expand(3, 1, 11, 11)
-    x, y = (v.permute(0, 3, 1, 2).float() for v in (a, b))  # (T, 3, H, W)
-    blur = lambda v: F.conv2d(v, win, groups=3)  # noqa: E731
-    mx, my = blur(x), blur(y)
-    sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
-    return s.mean().item()
-
-
-def naive_baseline(clip: torch.Tensor, time_factor: int = 4, space_factor: int = 8) -> torch.Tensor:
+def naive_baseline(clip: np.ndarray, time_factor: int = 4, space_factor: int = 8) -> np.ndarray:
     """uint8 (T, H, W, 3) -> every `time_factor`-th frame at 1/space_factor size, upsampled back to (T, H, W, 3)."""
-    x = clip.permute(0, 3, 1, 2).float()
+    x = torch.from_numpy(clip).permute(0, 3, 1, 2).float()
     t, _, h, w = x.shape
     kept = torch.arange(0, t, time_factor)
     small = F.avg_pool2d(x[kept], space_factor)
@@ -88,17 +65,75 @@ def naive_baseline(clip: torch.Tensor, time_factor: int = 4, space_factor: int =
     hi = (lo + 1).clamp(max=len(kept) - 1)
     frac = (pos - lo).view(-1, 1, 1, 1)
     out = big[lo] * (1 - frac) + big[hi] * frac
-    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-# main
+def evaluate(tok: Any, videos: list[Path], size: int, clip_frames: int, max_clips: int, batch_size: int) -> dict[str, Any]:
+    """Scores of `tok` and of the naive baseline at one size: per clip, per video (pooled) and the clip mean."""
+    clips_rows: list[dict[str, Any]] = []
+    per_video: dict[str, dict[str, Any]] = {}
+    ids_all = []
+    tc, sc = tok.config.temporal_compression, tok.config.spatial_compression
+    for path in videos:
+        try:
+            clips = load_clips(path, size, clip_frames, max_clips)
+        except VideoError as exc:
+            per_video[path.name] = {"error": str(exc)}
+            continue
+        model_meter, base_meter = QualityMeter(), QualityMeter()
+        for i in range(0, len(clips), batch_size):
+            batch = clips[i : i + batch_size]
+            ids = tok.encode(torch.from_numpy(batch))
+            rec = tok.decode(ids).numpy()
+            ids_all.append(ids.flatten())
+            for j, (src, r) in enumerate(zip(batch, rec)):
+                base = naive_baseline(src, tc, sc)
+                model_meter.add(r, src)
+                base_meter.add(base, src)
+                row = {"video": path.name, "clip": i + j, **clip_quality(r, src)}
+                row.update({f"naive_{k}": v for k, v in clip_quality(base, src).items() if k in SCORES})
+                clips_rows.append(row)
+        if len(clips):
+            per_video[path.name] = {"clips": len(clips), **model_meter.result(), **{f"naive_{k}": v for k, v in base_meter.result().items() if k in SCORES}}
+    ids = torch.cat(ids_all) if ids_all else torch.empty(0, dtype=torch.int64)
+    counts = torch.bincount(ids, minlength=tok.codebook_size).double()
+    p = counts[counts > 0] / max(1, len(ids))
+    entropy = float(-(p * p.log2()).sum())
+    keys = [*SCORES, *(f"naive_{k}" for k in SCORES)]
+    mean = {k: float(np.mean([r[k] for r in clips_rows])) if clips_rows else None for k in keys}
+    scored = [v for v in per_video.values() if "psnr" in v]
+    return {
+        "size": size, "clip_frames": clip_frames, "videos": len(videos), "clips": len(clips_rows), "tokens": len(ids),
+        "mean": mean,
+        "video_mean": {k: float(np.mean([v[k] for v in scored])) if scored else None for k in keys},
+        "wins": sum(v["psnr"] >= v["naive_psnr"] for v in scored),
+        "used_codes": int((counts > 0).sum()), "entropy_bits": entropy, "perplexity": 2**entropy,
+        "per_video": per_video, "per_clip": clips_rows,
+    }
+
+
+def print_report(console: Console, name: str, data: Path, r: dict[str, Any]) -> None:
+    table = Table(title=f"{name} on {data} ({r['clips']} clips of {r['clip_frames']}x{r['size']}x{r['size']})")
+    for col in ("video", "clips", "PSNR", "naive", "SSIM", "naive", "Y PSNR", "naive", "CbCr PSNR", "naive", "shift", "naive"):
+        table.add_column(col, justify="right")
+
+    def cells(v: dict[str, Any]) -> list[str]:
+        return [f"{v[p + k]:.{3 if k == 'ssim' else 2}f}" for k in SCORES for p in ("", "naive_")]
+
+    for video, v in r["per_video"].items():
+        table.add_row(video, *([str(v["clips"]), *cells(v)] if "psnr" in v else ["0", v["error"]]))
+    table.add_row("[bold]mean of clips", str(r["clips"]), *cells(r["mean"]))
+    table.add_row("[bold]mean of videos", str(len(r["per_video"])), *cells(r["video_mean"]))
+    console.print(table)
+    console.print(f"model >= naive PSNR on {r['wins']} of {len(r['per_video'])} videos; codes used {r['used_codes']:,}, "
+                  f"entropy {r['entropy_bits']:.2f} bits, perplexity {r['perplexity']:,.0f}; colour shift in 1/255")
 
 
 @app.command()
 def main(
     model: Annotated[str, typer.Option(help="'default' or a tokenizer .safetensors")] = "default",
-    data: Annotated[Path, typer.Option(help="directory of held-out videos")] = Path("/work/shared/data/videos/eval"),
-    size: Annotated[int, typer.Option(help="short side and crop")] = 128,
+    data: Annotated[Optional[Path], typer.Option(help="directory of held-out videos [default: ../shared/data/videos/eval]")] = None,
+    size: Annotated[Optional[list[int]], typer.Option(help="short side and crop; repeat for several sizes [default: 128 and 256]")] = None,
     clip_frames: Annotated[int, typer.Option(help="frames per clip, 1 + 4k")] = 17,
     max_clips: Annotated[int, typer.Option(help="clips per video at most")] = 8,
     batch_size: Annotated[int, typer.Option(help="clips per encode/decode call")] = 4,
@@ -107,57 +142,32 @@ def main(
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON on stdout")] = False,
     limit: Annotated[Optional[int], typer.Option(help="first N videos only (smoke runs)")] = None,
 ) -> None:
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=160)
     if threads is not None:
         torch.set_num_threads(threads)
+    data = data or default_data()
+    sizes = size or [128, 256]
     try:
         tok = load_tokenizer(model, device=device)
-        tok.check_video_shape(clip_frames, size, size)
+        for s in sizes:
+            tok.check_video_shape(clip_frames, s, s)
     except LfqtokError as exc:
         console.print(f"error: {exc}")
         raise typer.Exit(exc.exit_code) from None
     videos = sorted(p for p in data.rglob("*") if p.suffix.lower() in VIDEO_EXTS)[:limit]
-    rows, all_ids, start = [], [], time.monotonic()
-    for path in videos:
-        clips = load_clips(path, size, clip_frames, max_clips)
-        for i in range(0, len(clips), batch_size):
-            batch = clips[i : i + batch_size]
-            ids = tok.encode(batch)
-            rec = tok.decode(ids)
-            all_ids.append(ids.flatten())
-            for j, (orig, r) in enumerate(zip(batch, rec)):
-                base = naive_baseline(orig, tok.config.temporal_compression, tok.config.spatial_compression)
-                rows.append({"video": path.name, "clip": i + j, "psnr": psnr(orig, r), "ssim": ssim(orig, r),
-                             "baseline_psnr": psnr(orig, base), "baseline_ssim": ssim(orig, base)})
-    seconds = time.monotonic() - start
-    ids = torch.cat(all_ids) if all_ids else torch.empty(0, dtype=torch.int64)
-    counts = torch.bincount(ids, minlength=tok.codebook_size).double()
-    p = counts[counts > 0] / max(1, len(ids))
-    entropy = float(-(p * p.log2()).sum())
-    mean = lambda k: float(np.mean([r[k] for r in rows])) if rows else float("nan")  # noqa: E731
-    summary = {
-        "model": model, "name": tok.name, "sha256": tok.sha256, "data": str(data), "size": size, "clip_frames": clip_frames,
-        "videos": len(videos), "clips": len(rows), "tokens": len(ids),
-        "psnr": mean("psnr"), "ssim": mean("ssim"), "baseline_psnr": mean("baseline_psnr"), "baseline_ssim": mean("baseline_ssim"),
-        "used_codes": int((counts > 0).sum()), "codebook_size": tok.codebook_size,
-        "utilization": float((counts > 0).sum()) / tok.codebook_size, "unique_per_token": float((counts > 0).sum()) / max(1, len(ids)),
-        "entropy_bits": entropy, "perplexity": 2**entropy, "seconds": seconds,
-        "per_video": {v.name: {k: float(np.mean([r[k] for r in rows if r["video"] == v.name])) for k in ("psnr", "ssim", "baseline_psnr")}
-                      for v in videos if any(r["video"] == v.name for r in rows)},
-    }
+    if not videos:
+        console.print(f"error: no videos in {data}")
+        raise typer.Exit(2)
+    start = time.monotonic()
+    results = [evaluate(tok, videos, s, clip_frames, max_clips, batch_size) for s in sizes]
+    summary = {"model": model, "name": tok.name, "sha256": tok.sha256, "data": str(data), "seconds": time.monotonic() - start,
+               "sizes": results}
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    table = Table(title=f"{tok.name} on {data} ({len(rows)} clips of {clip_frames}x{size}x{size})")
-    for col in ("video", "clips", "PSNR", "SSIM", "naive PSNR"):
-        table.add_column(col)
-    for name, v in summary["per_video"].items():
-        table.add_row(name, str(sum(r["video"] == name for r in rows)), f"{v['psnr']:.2f}", f"{v['ssim']:.3f}", f"{v['baseline_psnr']:.2f}")
-    table.add_row("[bold]mean", str(len(rows)), f"{summary['psnr']:.2f}", f"{summary['ssim']:.3f}", f"{summary['baseline_psnr']:.2f}")
-    console.print(table)
-    console.print(f"naive baseline SSIM {summary['baseline_ssim']:.3f}; codes used {summary['used_codes']:,} of "
-                  f"{tok.codebook_size:,} ({summary['unique_per_token']:.1%} of {len(ids):,} tokens unique), "
-                  f"entropy {entropy:.2f} bits, perplexity {2**entropy:,.0f}; {seconds:.1f} s")
+    for r in results:
+        print_report(console, tok.name, data, r)
+    console.print(f"{summary['seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@
 #   run(command="bash scripts/gpu_session.sh", carry=[".gpudata", ".whl"], timeout_s=600)
 # and evaluate the weights it brings back here (the eval videos stay here): scripts/eval_tokenizer.py --model ...
 #
-# Knobs (environment): DATA (train videos, default .gpudata), MINUTES (training wall clock, default 6),
+# Knobs (environment): DATA (train videos, default .gpudata), MINUTES (training wall clock, default 6), RUN (the
+# training run's folder, default /tmp/lfqtok-gpu-run: a second call resumes it),
 # DEVICE (default cuda), WHEELS (default .whl), PYTHON (default python3), TINY=1 (the tiny test config: the CPU smoke test in tests/test_scripts.py).
 set -uo pipefail
 : "${OUT:?set OUT to the folder that receives the results}"
 DATA=${DATA:-.gpudata}
+RUN=${RUN:-/tmp/lfqtok-gpu-run}
 MINUTES=${MINUTES:-6}
 DEVICE=${DEVICE:-cuda}
 WHEELS=${WHEELS:-.whl}
@@ -36,7 +38,7 @@ else
 fi
 
 # 1. train: the LR schedule ends at MINUTES of wall clock whatever the step rate; the export is a plain checkpoint
-"$PY" scripts/train_tokenizer.py "$DATA" --out /tmp/lfqtok-gpu-run --device "$DEVICE" "${model_args[@]}" \
+"$PY" scripts/train_tokenizer.py "$DATA" --out "$RUN" --device "$DEVICE" "${model_args[@]}" \
     --steps 1000000 --max-minutes "$MINUTES" --checkpoint-every 1000 --log-every 200 --name lfqtok-default \
     --export "$OUT/default.safetensors" 2>&1 | tee "$OUT/train.log" || exit 1
 

@@ -37,10 +37,22 @@ def main(
     lr: Annotated[float, typer.Option(help="peak learning rate (AdamW)")] = 2e-3,
     l1_weight: Annotated[float, typer.Option(help="weight of the L1 reconstruction loss")] = 1.0,
     mse_weight: Annotated[float, typer.Option(help="weight of the MSE reconstruction loss (what PSNR measures)")] = 0.0,
+    chroma_weight: Annotated[Optional[float], typer.Option(help="losses on YCbCr, Cb/Cr errors weighted this much vs Y (unset: RGB)")] = None,
+    lowpass_weight: Annotated[float, typer.Option(help="weight of the MSE of 8x8 block means (colour and level)")] = 0.0,
+    photos: Annotated[Optional[list[Path]], typer.Option(help="still images or folders of them: clips of synthetic camera moves")] = None,
+    photo_fraction: Annotated[float, typer.Option(help="share of clips cut from --photos")] = 0.0,
+    ema_decay: Annotated[Optional[float], typer.Option(help="export an exponential moving average of the weights")] = None,
+    short_side: Annotated[int, typer.Option(help="videos are decoded once at this short side")] = 160,
+    zoom: Annotated[str, typer.Option(help="random zoom range of the stored frames before cropping, LO,HI")] = "0.6,1.0",
     init_from: Annotated[Optional[str], typer.Option(help="fine-tune: start from this tokenizer ('default' or a .safetensors)")] = None,
     channels: Annotated[int, typer.Option(help="base channels of the tokenizer")] = TokenizerConfig.channels,
     channel_mults: Annotated[str, typer.Option(help="comma-separated channel multipliers, one per level")] = "1,2,4",
     codebook_bits: Annotated[int, typer.Option(help="LFQ bits: 2^bits codes")] = TokenizerConfig.codebook_bits,
+    num_res_blocks: Annotated[int, typer.Option(help="residual blocks per encoder level")] = TokenizerConfig.num_res_blocks,
+    decoder_res_blocks: Annotated[Optional[int], typer.Option(help="residual blocks per decoder level (unset: as the encoder)")] = None,
+    decoder_expansion: Annotated[int, typer.Option(help="inner width multiplier of decoder residual blocks")] = 1,
+    decoder_base: Annotated[bool, typer.Option(help="decoder adds a bilinearly upsampled RGB base")] = False,
+    chroma_bits: Annotated[int, typer.Option(help="bits per token from a colour-only encoder head")] = 0,
     tiny: Annotated[bool, typer.Option(help="use TokenizerConfig.tiny() (tests, smoke runs)")] = False,
     max_frames_per_video: Annotated[Optional[int], typer.Option(help="decode at most this many frames per video")] = None,
     name: Annotated[str, typer.Option(help="name stored in the exported checkpoint")] = "lfqtok-default",
@@ -57,15 +69,21 @@ def main(
         torch.set_num_threads(threads)
     try:
         mults = tuple(int(m) for m in channel_mults.split(","))
+        zoom_range = tuple(float(z) for z in zoom.split(","))
     except ValueError:
-        console.print(f"error: --channel-mults must be comma-separated integers, got {channel_mults!r}")
+        console.print(f"error: --channel-mults and --zoom must be comma-separated numbers, got {channel_mults!r}, {zoom!r}")
         raise typer.Exit(2) from None
     try:
-        tok_cfg = TokenizerConfig.tiny() if tiny else TokenizerConfig(channels=channels, channel_mults=mults, codebook_bits=codebook_bits)
+        arch = dict(num_res_blocks=num_res_blocks, decoder_res_blocks=decoder_res_blocks, decoder_expansion=decoder_expansion, decoder_base=decoder_base,
+                    chroma_bits=chroma_bits)
+        tok_cfg = TokenizerConfig(**{**TokenizerConfig.tiny().to_dict(), **arch}) if tiny else TokenizerConfig(
+            channels=channels, channel_mults=mults, codebook_bits=codebook_bits, **arch)
         config = TrainConfig(
             inputs=tuple(inputs), out_dir=str(out), tokenizer=tok_cfg, name=name, steps=steps, max_minutes=max_minutes,
             batch_size=batch_size, clip_frames=clip_frames, crop=crop, lr=lr, seed=seed, device=device,
-            l1_weight=l1_weight, mse_weight=mse_weight, init_from=init_from,
+            l1_weight=l1_weight, mse_weight=mse_weight, init_from=init_from, chroma_weight=chroma_weight,
+            lowpass_weight=lowpass_weight, photos=tuple(map(str, photos or ())), photo_fraction=photo_fraction,
+            ema_decay=ema_decay, short_side=short_side, zoom=zoom_range,
             checkpoint_every=checkpoint_every, max_frames_per_video=max_frames_per_video,
         )
         columns = (TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())

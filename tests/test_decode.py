@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from lfqtok.decode import PSNR_CAP, SSIM_C1, decode_samples, psnr, ssim_frames
+from lfqtok.decode import decode_samples
+from lfqtok.metrics import PSNR_CAP
 from lfqtok.errors import InputError, ModelError, UsageError
 from lfqtok.model import load_tokenizer
 from lfqtok.shards import MANIFEST_NAME, ShardWriter, build_manifest, prepare_output, read_tokens
@@ -140,25 +141,6 @@ def test_no_manifest_needs_an_explicit_model(tmp_path, model, tokens):
     rows = decode_samples(shard, tmp_path / "prev", model=model, fmt="png", device="cpu")
     assert rows[0]["psnr"] is not None and "not checked" in rows[0]["note"]
     assert not (tmp_path / "alone" / MANIFEST_NAME).exists()
-
-
-# metrics
-
-
-def test_psnr_of_identical_frames_is_the_cap_and_of_known_noise_is_exact():
-    assert psnr(0.0, 100) == PSNR_CAP
-    noise = np.where(np.arange(64 * 3) % 2, 4.0, -4.0)  # every value off by 4: MSE 16
-    assert psnr(float((noise**2).sum()), noise.size) == pytest.approx(10 * np.log10(255**2 / 16))
-
-
-def test_ssim_of_identical_and_of_constant_frames():
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
-    assert np.allclose(ssim_frames(frames, frames), 1.0)
-    a, b = np.full((1, 16, 16, 3), 100, np.uint8), np.full((1, 16, 16, 3), 150, np.uint8)
-    expected = (2 * 100 * 150 + SSIM_C1) / (100**2 + 150**2 + SSIM_C1)  # luminance term only: no variance
-    assert ssim_frames(a, b)[0] == pytest.approx(expected)
-    assert ssim_frames(frames, 255 - frames).mean() < 0.1
 
 
 def test_a_relative_source_is_found_from_another_directory(tmp_path, model, monkeypatch):

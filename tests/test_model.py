@@ -18,9 +18,13 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # helpers
 
 
-def tiny(seed: int = 0) -> Tokenizer:
+# the v2 default's parts at tiny size: deeper encoder, asymmetric decoder with a bilinear base, a chroma head
+TINY_V2 = {"num_res_blocks": 2, "decoder_res_blocks": 2, "decoder_expansion": 2, "decoder_base": True, "chroma_bits": 2}
+
+
+def tiny(seed: int = 0, **arch) -> Tokenizer:
     torch.manual_seed(seed)
-    return Tokenizer(TokenizerConfig.tiny()).eval()
+    return Tokenizer(TokenizerConfig(**{**TokenizerConfig.tiny().to_dict(), **arch})).eval()
 
 
 def video(frames: int, size: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -28,9 +32,15 @@ def video(frames: int, size: int, batch: int = 1, seed: int = 0) -> torch.Tensor
     return torch.randint(0, 256, (batch, frames, size, size, 3), dtype=torch.uint8, generator=g)
 
 
-@pytest.fixture(scope="module")
-def tok() -> Tokenizer:
-    return tiny()
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def tok(request) -> Tokenizer:
+    model = tiny(**(TINY_V2 if request.param == "v2" else {}))
+    if request.param == "v2":  # zero-initialized parts (last convs, base) would hide what they add: give them weights
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+    return model
 
 
 # shapes
@@ -102,7 +112,7 @@ def test_first_frame_encoded_alone(tok):
 def test_encode_is_deterministic(tok):
     v = video(17, 64, batch=2, seed=4)
     assert torch.equal(tok.encode(v), tok.encode(v))
-    assert torch.equal(tok.encode(v), tiny().encode(v))  # same seed, same model
+    assert torch.equal(tok.encode(v), tok.encode(v.clone()))  # same input bytes, same ids
     assert torch.equal(tok.encode(v)[1:], tok.encode(v[1:]))  # independent of the batch
 
 
@@ -125,6 +135,22 @@ def test_config_round_trip_and_validation():
         TokenizerConfig(temporal_compression=3)
     with pytest.raises(ModelError, match="unknown keys"):
         TokenizerConfig.from_dict({**c.to_dict(), "future_option": 1})
+    with pytest.raises(UsageError, match="chroma_bits"):
+        TokenizerConfig(codebook_bits=4, chroma_bits=4)
+    with pytest.raises(UsageError, match="decoder_res_blocks"):
+        TokenizerConfig(decoder_res_blocks=0)
+    assert TokenizerConfig.from_dict({k: v for k, v in c.to_dict().items() if k not in TINY_V2}) == c  # older checkpoints
+
+
+def test_chroma_head_gets_the_colour_bits():
+    """With a chroma head, the last bits follow the colour of the input, not its brightness."""
+    model = tiny(chroma_bits=3)
+    grey = torch.full((1, 5, 32, 32, 3), 128, dtype=torch.uint8)
+    brighter, tinted = grey + 60, grey.clone()
+    tinted[..., 2] += 60  # bluer
+    bits = lambda v: model.encode(v) & 0b111  # noqa: E731
+    assert torch.equal(bits(grey), bits(brighter))
+    assert not torch.equal(bits(grey), bits(tinted))
 
 
 # checkpoints

@@ -6,6 +6,7 @@ import importlib.util
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -147,3 +148,87 @@ def test_mse_weight_sets_the_reconstruction_loss(clips_dir, tmp_path):
         assert s.loss == pytest.approx(2.0 * s.mse + s.aux, rel=1e-5, abs=1e-6)
     with pytest.raises(UsageError, match="l1_weight and mse_weight"):
         config(clips_dir, tmp_path, l1_weight=0.0, mse_weight=0.0)
+
+
+# levers of the v2 default: frames, losses, photos, growth, weight average
+
+
+def test_training_frames_are_the_frames_encode_tokenizes(clips_dir):
+    from lfqtok.train import decode_video
+    from lfqtok.video import ClipSpec, iter_clips
+
+    for video in (clips_dir / "a.mp4", clips_dir / "sub" / "b.mp4"):
+        frames = decode_video(str(video), 40, None).numpy()  # what training stores at short side 40
+        _, clips = iter_clips(str(video), ClipSpec(size=40, clip_frames=5, max_clips=2))
+        top, left = (frames.shape[1] - 40) // 2, (frames.shape[2] - 40) // 2
+        for i, clip in enumerate(clips):
+            np.testing.assert_array_equal(frames[5 * i : 5 * i + 5, top : top + 40, left : left + 40], clip.frames)
+
+
+def test_chroma_and_lowpass_weights_shape_the_loss():
+    from lfqtok.train import reconstruction_loss
+
+    x = torch.zeros(1, 3, 1, 16, 16)
+    grey = torch.full_like(x, 0.1)  # the same error on R, G and B: luma only
+    tint = x.clone()
+    tint[:, 2] = 0.1  # blue only: mostly chroma (Cb)
+    rgb = config(Path("."), Path("."))
+    ycc = config(Path("."), Path("."), chroma_weight=4.0)
+    def tint_vs_grey(cfg: TrainConfig) -> float:
+        return float(reconstruction_loss(tint, x, cfg, 8)[0] / reconstruction_loss(grey, x, cfg, 8)[0])
+
+    assert tint_vs_grey(ycc) > 3 * tint_vs_grey(rgb)  # a colour error now costs more than a brightness error
+    noise = torch.where(torch.arange(256).view(1, 1, 1, 16, 16) % 2 == 0, 0.1, -0.1).expand(1, 3, 1, 16, 16)
+    lowpass = config(Path("."), Path("."), lowpass_weight=10.0)
+    assert reconstruction_loss(noise, x, lowpass, 8)[0] == pytest.approx(reconstruction_loss(noise, x, rgb, 8)[0])  # zero-mean blocks
+    level_shift = reconstruction_loss(grey, x, lowpass, 8)[0] - reconstruction_loss(grey, x, rgb, 8)[0]
+    assert float(level_shift) == pytest.approx(10.0 * 0.1**2, rel=1e-5)  # the block means are all off by 0.1
+
+
+def test_photo_clips_are_camera_moves_over_the_still(clips_dir, tmp_path):
+    from PIL import Image
+
+    from lfqtok.train import ClipSampler, load_photos
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    cfg = config(clips_dir, tmp_path / "out", photos=(str(tmp_path),), photo_fraction=1.0, batch_size=8)
+    photos, skipped = load_photos(cfg)
+    assert [tuple(p.shape) for p in photos] == [(1, 40, 60, 3)] and skipped == []
+    batch = ClipSampler([torch.zeros(10, 40, 40, 3, dtype=torch.uint8)], cfg, photos).batch(0)
+    assert tuple(batch.shape) == (8, 3, 5, 32, 32) and batch.abs().max() <= 1
+    moving = [(clip[:, 0] - clip[:, -1]).abs().mean() > 0.05 for clip in batch]
+    assert any(moving)  # most clips move (pan, zoom, rotation), a quarter stand still
+    assert all(clip.std() > 0.2 for clip in batch)  # every frame shows the photo, never the empty border
+    with pytest.raises(UsageError, match="photo_fraction"):
+        config(clips_dir, tmp_path, photo_fraction=0.5)
+
+
+def test_a_grown_model_starts_as_the_checkpoint_it_grew_from(clips_dir, tmp_path):
+    base = train_tokenizer(config(clips_dir, tmp_path / "base", steps=4, checkpoint_every=4))
+    grown = TokenizerConfig(**{**TokenizerConfig.tiny().to_dict(), "num_res_blocks": 2, "decoder_res_blocks": 3, "decoder_base": True})
+    stats: dict[str, list[StepStats]] = {"base": [], "grown": []}
+    train_tokenizer(config(clips_dir, tmp_path / "a", steps=1, init_from=str(base.tokenizer_path)), on_step=stats["base"].append)
+    train_tokenizer(config(clips_dir, tmp_path / "b", steps=1, init_from=str(base.tokenizer_path), tokenizer=grown),
+                    on_step=stats["grown"].append)
+    assert stats["grown"][0].l1 == pytest.approx(stats["base"][0].l1, rel=1e-5)  # the same function on the same batch
+    shrunk = TokenizerConfig(**{**TokenizerConfig.tiny().to_dict(), "decoder_res_blocks": 1})
+    grown_run = train_tokenizer(config(clips_dir, tmp_path / "c", steps=1, tokenizer=grown))
+    with pytest.raises(UsageError, match="fewer residual blocks"):
+        train_tokenizer(config(clips_dir, tmp_path / "d", steps=1, tokenizer=shrunk, init_from=str(grown_run.tokenizer_path)))
+
+
+def test_ema_export_is_the_average_and_resumes(clips_dir, tmp_path):
+    plain = train_tokenizer(config(clips_dir, tmp_path / "plain"))
+    averaged = train_tokenizer(config(clips_dir, tmp_path / "ema", ema_decay=0.9))
+    a, b = load_tokenizer(plain.tokenizer_path).state_dict(), load_tokenizer(averaged.tokenizer_path).state_dict()
+    assert not torch.equal(a["decoder.conv_in.conv.weight"], b["decoder.conv_in.conv.weight"])
+
+    def interrupt(s: StepStats) -> None:
+        if s.step == 6:
+            raise StopAt
+
+    with pytest.raises(StopAt):
+        train_tokenizer(config(clips_dir, tmp_path / "ema2", ema_decay=0.9), on_step=interrupt)
+    resumed = train_tokenizer(config(clips_dir, tmp_path / "ema2", ema_decay=0.9))
+    assert resumed.tokenizer_path.read_bytes() == averaged.tokenizer_path.read_bytes()
