@@ -297,7 +297,7 @@ def test_decode_reorders_ids_whose_manifest_names_the_other_bit_order(omv2_file)
     assert to_bit_order(same, tok) is None and np.array_equal(same.tokens, msb)
 
 
-def test_cli_convert_info_and_encode_with_the_ckpt(tmp_path, golden):
+def test_cli_convert_info_encode_and_decode_with_the_ckpt(tmp_path, golden, omv2_tokens):
     from typer.testing import CliRunner
 
     from lfqtok.cli import app
@@ -313,6 +313,19 @@ def test_cli_convert_info_and_encode_with_the_ckpt(tmp_path, golden):
         info = json.loads(result.stdout)
         assert info["bit_order"] == "lsb_first" and info["window_frames"] == 17 and info["causal"] is False
         assert info["token_shape_17x128x128"] == [5, 16, 16] and info["parameters"] == 4_368_373
+    video = omv2_tokens[0]
+    tokens = tmp_path / "tokens"
+    result = runner.invoke(app, ["encode", str(video), "-o", str(tokens), "--model", str(golden["ckpt"]), "--size", "32",
+                                 "--workers", "0", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["clips"] == 2
+    result = runner.invoke(app, ["decode", str(tokens), "-o", str(tmp_path / "previews"), "--format", "gif", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert row["frames"] == 34 and row["note"] is None  # the manifest's .ckpt, checked by sha256
+    result = runner.invoke(app, ["encode", str(video), "-o", str(tmp_path / "t9"), "--model", str(out), "--size", "32",
+                                 "--clip-frames", "9", "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 2 and "--clip-frames must be 17" in result.stderr
     (tmp_path / "cut.ckpt").write_bytes(golden["ckpt"].read_bytes()[:1000])
     for bad in (tmp_path / "cut.ckpt", out):
         result = runner.invoke(app, ["convert", str(bad), "-o", str(tmp_path / "x.safetensors")])
