@@ -125,7 +125,9 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *rest: An
     return _tensor_ref(storage, storage.dtype, offset, size, stride)
 
 
-def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *rest: Any) -> TensorRef:
+def _rebuild_tensor_v3(
+    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *rest: Any
+) -> TensorRef:
     """torch._utils._rebuild_tensor_v3: the same with the dtype given apart (untyped byte storage)."""
     if not isinstance(storage, StorageRef) or not isinstance(dtype, torch.dtype):
         raise pickle.UnpicklingError("tensor v3 without a storage or a dtype")

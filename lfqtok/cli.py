@@ -236,11 +236,11 @@ def info(
 @app.command()
 @_one_line_errors
 def convert(
-    checkpoint: Annotated[Path, typer.Argument(help="An Open-MAGVIT2 video tokenizer checkpoint (upstream's .ckpt).")],
+    checkpoint: Annotated[Path, typer.Argument(help="An Open-MAGVIT2 video or image tokenizer checkpoint (upstream's .ckpt).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The lfqtok safetensors checkpoint to write.")],
     raw: Annotated[bool, typer.Option(help="Take the raw weights, not the EMA ones upstream evaluates with.")] = False,
     name: Annotated[Optional[str], typer.Option(help="Tokenizer name in the metadata [default: the checkpoint's stem].")] = None,
-    window_frames: Annotated[int, typer.Option(help="Clip length it was trained on (its independent encode windows).")] = 17,
+    window_frames: Annotated[int, typer.Option(help="Video models: the clip length it was trained on (its independent encode windows).")] = 17,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Convert a foreign checkpoint once to an lfqtok safetensors checkpoint (read without running its pickle)."""

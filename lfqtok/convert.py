@@ -1,8 +1,8 @@
 """Foreign tokenizer checkpoints: recognize them by their contents, load them, convert them once to safetensors.
 
-Supported: Open-MAGVIT2 video tokenizers (`open_magvit2.py`) as upstream's PyTorch/Lightning `.ckpt` (read with
-the restricted reader of `checkpoint.py`: nothing in the pickle is imported or run) and as the lfqtok
-safetensors file `convert_checkpoint` writes from one (metadata `family: open-magvit2-video`). Loading the
+Supported: Open-MAGVIT2 video and image tokenizers (`open_magvit2.py`) as upstream's PyTorch/Lightning `.ckpt`
+(read with the restricted reader of `checkpoint.py`: nothing in the pickle is imported or run) and as the lfqtok
+safetensors file `convert_checkpoint` writes from one (metadata `family: open-magvit2-video` / `-image`). Loading the
 `.ckpt` directly and loading its converted file give the same model and the same sha256 (the hash of the
 converted file's bytes), so token manifests made either way name the same tokenizer.
 """
@@ -23,7 +23,7 @@ from .errors import ModelError, UsageError
 
 # constants
 
-FAMILIES = (open_magvit2.FAMILY,)
+FAMILIES = open_magvit2.FAMILIES
 PICKLE_MAGIC = b"\x80"  # a bare pickle (torch.save before PyTorch 1.6, or with _use_new_zipfile_serialization=False)
 MAX_HEADER = 100_000_000
 
@@ -67,7 +67,7 @@ def load_foreign(name_or_path: str | Path, device: torch.device) -> Any | None:
     family = (meta or {}).get("family")
     if family is None:
         return None
-    if family == open_magvit2.FAMILY:
+    if family in open_magvit2.FAMILIES:
         return open_magvit2.load_file(path, meta, device)
     raise ModelError(f"{path} is a tokenizer of family {family!r}, which this lfqtok does not know (supported: {', '.join(FAMILIES)})")
 
@@ -77,19 +77,23 @@ def load_foreign(name_or_path: str | Path, device: torch.device) -> Any | None:
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", raw: bool = False, name: str | None = None,
                     window_frames: int = open_magvit2.TRAINED_WINDOW) -> open_magvit2.OpenMagvit2Tokenizer:
-    """An Open-MAGVIT2 video tokenizer from upstream's `.ckpt`: EMA weights when it has them (`raw`: the raw ones).
+    """An Open-MAGVIT2 tokenizer from upstream's `.ckpt`: EMA weights when it has them (`raw`: the raw ones).
 
-    Only the tensors the model needs are read. `name` defaults to the file's stem.
+    Only the tensors the model needs are read. `name` defaults to the file's stem; `window_frames` is the video
+    models' trained clip length (image models have none).
     """
     path = Path(path)
     with Checkpoint(path) as ckpt:
         return _from_checkpoint(ckpt, torch.device(device), raw, name or path.stem, window_frames)
 
 
-def _from_checkpoint(ckpt: Checkpoint, device: torch.device, raw: bool, name: str, window_frames: int) -> open_magvit2.OpenMagvit2Tokenizer:
+def _from_checkpoint(
+    ckpt: Checkpoint, device: torch.device, raw: bool, name: str, window_frames: int
+) -> open_magvit2.OpenMagvit2Tokenizer:
     refs = ckpt.state_dict()
     config, plan = open_magvit2.plan_weights({k: r.shape for k, r in refs.items()}, ckpt.label, raw=raw)
-    config = replace(config, window_frames=window_frames)
+    if not config.image:
+        config = replace(config, window_frames=window_frames)
     tensors = {}
     for ours, theirs in plan.items():
         if not refs[theirs].dtype.is_floating_point:
@@ -118,7 +122,7 @@ class ConvertSummary:
 
 def convert_checkpoint(source: str | Path, out: str | Path, *, raw: bool = False, name: str | None = None,
                        window_frames: int = open_magvit2.TRAINED_WINDOW) -> ConvertSummary:
-    """Convert upstream's Open-MAGVIT2 video `.ckpt` to an lfqtok safetensors checkpoint at `out` (written once, atomically).
+    """Convert upstream's Open-MAGVIT2 `.ckpt` (video or image) to an lfqtok safetensors checkpoint at `out`, atomically.
 
     The result loads with `load_tokenizer(out)` / `--model out` safely and fast; its sha256 is stable.
     """
@@ -138,7 +142,7 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, raw: bool = False
     sha = open_magvit2.save(tok, out)
     used = len(tok.state_dict())
     return ConvertSummary(
-        source=str(source), output=str(out), family=open_magvit2.FAMILY, name=tok.name, config=tok.config.to_dict(),
+        source=str(source), output=str(out), family=tok.config.family, name=tok.name, config=tok.config.to_dict(),
         parameters=sum(p.numel() for p in tok.parameters()), weights=tok.config.weights, tensors_used=used,
         tensors_ignored=total - used, ignored_pickle_classes=ignored_classes, sha256=sha,
     )

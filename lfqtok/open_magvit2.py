@@ -1,7 +1,9 @@
-"""Open-MAGVIT2's video tokenizer (TencentARC/SEED-Voken, Apache-2.0; arXiv:2409.04410) behind lfqtok's tokenizer API.
+"""Open-MAGVIT2's tokenizers (TencentARC/SEED-Voken, Apache-2.0; arXiv:2409.04410) behind lfqtok's tokenizer API.
 
 Written for lfqtok from the public facts of upstream's `improved_video_model.py` (Encoder/Decoder) and
 `lookup_free_quantize.py` (LFQ); parameter names are upstream's, so its checkpoints load without renaming.
+Its image tokenizers (`improved_model.py`) are the same network in 2D: here the 3D one with a time kernel of 1
+and no time resampling (`image=True`, upstream's names without `.conv_1`), run on every frame alone.
 
 encode: uint8 (B, T, H, W, 3) -> (x / 255 - 0.5) / 0.5 -> Encoder -> latents (B, D, t, h, w) -> ids (B, t, h, w)
 decode: ids -> +-1 codes (B, D, t, h, w) -> Decoder -> clamp to [-1, 1] -> uint8 (B, T, H, W, 3)
@@ -24,6 +26,8 @@ decode: ids -> +-1 codes (B, D, t, h, w) -> Decoder -> clamp to [-1, 1] -> uint8
   ch_mult[i - 1] != 1, the mirror of the encoder.
 - ResBlock: GroupNorm, swish, conv 3^3 (no bias), GroupNorm, swish, conv 3^3 (no bias), plus the input (through
   a 1^3 conv without bias when the width changes). swish(x) = x * sigmoid(x).
+- Image models: convs 3x3 (1x3x3 here), every level but the last halves space only, every upsampler doubles
+  space only; each frame of a clip is encoded and decoded on its own, so they are causal with no window.
 """
 
 from __future__ import annotations
@@ -45,11 +49,12 @@ from .errors import ModelError, OutputError, UsageError
 
 # constants
 
-FAMILY = "open-magvit2-video"  # `family` in the checkpoint metadata and the manifest's tokenizer config
+VIDEO_FAMILY = "open-magvit2-video"  # `family` in the checkpoint metadata and the manifest's tokenizer config
+IMAGE_FAMILY = "open-magvit2-image"
+FAMILIES = (VIDEO_FAMILY, IMAGE_FAMILY)
 FORMAT = "lfqtok-tokenizer"  # safetensors metadata `format` of every lfqtok tokenizer checkpoint
 GROUPS, NORM_EPS = 32, 1e-6  # upstream's GroupNorm everywhere
 EMA_PREFIX = "model_ema."  # upstream's EMA copies: "model_ema." + the parameter name with its dots removed
-EMA_BOOKKEEPING = ("decay", "num_updates")
 TRAINED_WINDOW = 17  # frames per clip the released video tokenizer was trained and is evaluated on
 READ_CHUNK = 1 << 24  # bytes hashed at a time
 
@@ -63,6 +68,11 @@ def swish(x: Tensor) -> Tensor:
 def dotless(name: str) -> str:
     """How upstream's EMA names a parameter: its name with the dots removed."""
     return name.replace(".", "")
+
+
+def upstream_name(name: str, image: bool) -> str:
+    """Upstream's name of one of our parameters: the same, except that its 2D image models have no `.conv_1`."""
+    return name.replace(".conv_1.", ".") if image else name
 
 
 def pixels_to_unit(video: Tensor) -> Tensor:
@@ -88,12 +98,15 @@ class OpenMagvit2Config:
     z_channels: int = 18  # latent channels = bits per token (2^18 codes)
     in_channels: int = 3  # RGB in
     out_ch: int = 3  # RGB out
-    window_frames: int = TRAINED_WINDOW  # the clip length it was trained on: clips are independent windows of it
+    window_frames: int | None = TRAINED_WINDOW  # video: the clip length it was trained on (independent windows); image: None
     weights: str = "ema"  # which weights of the source checkpoint these are: "ema" (what upstream evaluates) or "raw"
+    image: bool = False  # upstream's 2D image tokenizer: time kernel 1, no time resampling, every frame on its own
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
-        for name in ("ch", "num_res_blocks", "z_channels", "window_frames"):
+        if self.image != (self.window_frames is None):
+            raise ModelError(f"open-magvit2 config: window_frames must be None for an image model only, got {self.window_frames!r}")
+        for name in ("ch", "num_res_blocks", "z_channels") + (() if self.image else ("window_frames",)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ModelError(f"open-magvit2 config: {name} must be a positive integer, got {value!r}")
@@ -105,7 +118,7 @@ class OpenMagvit2Config:
             raise ModelError(f"open-magvit2 config: RGB in and out expected, got {self.in_channels} -> {self.out_ch} channels")
         if self.z_channels > 32:
             raise ModelError(f"open-magvit2 config: at most 32 latent channels (uint32 ids), got {self.z_channels}")
-        if (self.window_frames - 1) % self.temporal_compression:
+        if not self.image and (self.window_frames - 1) % self.temporal_compression:
             raise ModelError(f"open-magvit2 config: window_frames must be 1 + {self.temporal_compression}k, got {self.window_frames}")
         if self.weights not in ("ema", "raw"):
             raise ModelError(f"open-magvit2 config: weights must be 'ema' or 'raw', got {self.weights!r}")
@@ -126,10 +139,14 @@ class OpenMagvit2Config:
     def widths(self) -> list[int]:
         return [self.ch * m for m in self.ch_mult]
 
+    @property
+    def family(self) -> str:
+        return IMAGE_FAMILY if self.image else VIDEO_FAMILY
+
     def halves_time(self, level: int) -> bool:
         """Whether the downsampling after encoder level `level` (upsampling into decoder level `level`) also halves
-        (doubles) time: upstream's rule, space only where ch_mult[level] == 1."""
-        return self.ch_mult[level] != 1
+        (doubles) time: upstream's rule, space only where ch_mult[level] == 1 (and always for image models)."""
+        return not self.image and self.ch_mult[level] != 1
 
     @property
     def spatial_compression(self) -> int:
@@ -140,31 +157,38 @@ class OpenMagvit2Config:
         return 2 ** sum(self.halves_time(i) for i in range(len(self.ch_mult) - 1))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"family": FAMILY, **asdict(self), "ch_mult": list(self.ch_mult)}
+        return {"family": self.family, **asdict(self), "ch_mult": list(self.ch_mult)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OpenMagvit2Config":
         """Inverse of `to_dict`; another family or unknown keys are a ModelError."""
         d = dict(d)
-        if d.pop("family", None) != FAMILY:
-            raise ModelError(f"not an {FAMILY} config: {sorted(d)}")
+        family = d.pop("family", None)
+        if family not in FAMILIES:
+            raise ModelError(f"not an Open-MAGVIT2 config (family {family!r})")
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
-            raise ModelError(f"{FAMILY} config has unknown keys {unknown} (written by a newer lfqtok?)")
-        return cls(**d)
+            raise ModelError(f"{family} config has unknown keys {unknown} (written by a newer lfqtok?)")
+        config = cls(**d)
+        if config.family != family:
+            raise ModelError(f"{family} config describes an {config.family} model")
+        return config
 
 
 # layers
 
 
 class CausalConv3d(nn.Module):
-    """3D conv: (kernel - 1) zero frames in front (causal in time), kernel // 2 zeros around in space; `conv_1` as upstream."""
+    """3D conv: (kernel - 1) zero frames in front (causal in time), kernel // 2 zeros around in space; `conv_1` as upstream.
 
-    def __init__(self, dim_in: int, dim_out: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1), bias: bool = True):
+    `time=False`: a time kernel of 1 (a 2D conv on every frame, the image models)."""
+
+    def __init__(self, dim_in: int, dim_out: int, kernel: int = 3, stride: tuple[int, int, int] = (1, 1, 1), bias: bool = True,
+                 *, time: bool = True):
         super().__init__()
-        s = kernel // 2
-        self.pad = (s, s, s, s, kernel - 1, 0)  # (w, w, h, h, t front, t back)
-        self.conv_1 = nn.Conv3d(dim_in, dim_out, kernel, stride=stride, bias=bias)
+        s, kt = kernel // 2, kernel if time else 1
+        self.pad = (s, s, s, s, kt - 1, 0)  # (w, w, h, h, t front, t back)
+        self.conv_1 = nn.Conv3d(dim_in, dim_out, (kt, kernel, kernel), stride=stride, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv_1(F.pad(x, self.pad) if any(self.pad) else x)
@@ -177,12 +201,12 @@ def group_norm(dim: int, affine: bool = True) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     """norm1, swish, conv1, norm2, swish, conv2 (convs without bias), plus the input (1^3 `nin_shortcut` when widths differ)."""
 
-    def __init__(self, dim_in: int, dim_out: int):
+    def __init__(self, dim_in: int, dim_out: int, time: bool = True):
         super().__init__()
         self.norm1 = group_norm(dim_in)
-        self.conv1 = CausalConv3d(dim_in, dim_out, bias=False)
+        self.conv1 = CausalConv3d(dim_in, dim_out, bias=False, time=time)
         self.norm2 = group_norm(dim_out)
-        self.conv2 = CausalConv3d(dim_out, dim_out, bias=False)
+        self.conv2 = CausalConv3d(dim_out, dim_out, bias=False, time=time)
         self.nin_shortcut = CausalConv3d(dim_in, dim_out, kernel=1, bias=False) if dim_in != dim_out else None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -213,10 +237,10 @@ class AdaptiveGroupNorm(nn.Module):
 class Upsampler(nn.Module):
     """3^3 conv to (time * 2 * 2) x the width, then depth-to-space (channels ordered time, row, column, C)."""
 
-    def __init__(self, dim: int, time: int):
+    def __init__(self, dim: int, time: int, time_kernel: bool = True):
         super().__init__()
         self.time = time
-        self.conv1 = CausalConv3d(dim, dim * time * 4)
+        self.conv1 = CausalConv3d(dim, dim * time * 4, time=time_kernel)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv1(x)
@@ -247,19 +271,19 @@ class Encoder(nn.Module):
 
     def __init__(self, c: OpenMagvit2Config):
         super().__init__()
-        widths, n = c.widths, len(c.ch_mult)
-        self.conv_in = CausalConv3d(c.in_channels, c.ch, bias=False)
+        widths, n, time = c.widths, len(c.ch_mult), not c.image
+        self.conv_in = CausalConv3d(c.in_channels, c.ch, bias=False, time=time)
         levels = []
         dim = c.ch
         for i in range(n):
-            blocks = [ResBlock(dim if j == 0 else widths[i], widths[i]) for j in range(c.num_res_blocks)]
+            blocks = [ResBlock(dim if j == 0 else widths[i], widths[i], time) for j in range(c.num_res_blocks)]
             dim = widths[i]
             resample = {}
             if i < n - 1:
-                resample["downsample"] = CausalConv3d(dim, dim, stride=(2 if c.halves_time(i) else 1, 2, 2))
+                resample["downsample"] = CausalConv3d(dim, dim, stride=(2 if c.halves_time(i) else 1, 2, 2), time=time)
             levels.append(Level(blocks, **resample))
         self.down = nn.ModuleList(levels)
-        self.mid_block = nn.ModuleList([ResBlock(dim, dim) for _ in range(c.num_res_blocks)])
+        self.mid_block = nn.ModuleList([ResBlock(dim, dim, time) for _ in range(c.num_res_blocks)])
         self.norm_out = group_norm(dim)
         self.conv_out = CausalConv3d(dim, c.z_channels, kernel=1)
 
@@ -280,20 +304,20 @@ class Decoder(nn.Module):
 
     def __init__(self, c: OpenMagvit2Config):
         super().__init__()
-        widths, n = c.widths, len(c.ch_mult)
-        self.conv_in = CausalConv3d(c.z_channels, widths[-1])
-        self.mid_block = nn.ModuleList([ResBlock(widths[-1], widths[-1]) for _ in range(c.num_res_blocks)])
+        widths, n, time = c.widths, len(c.ch_mult), not c.image
+        self.conv_in = CausalConv3d(c.z_channels, widths[-1], time=time)
+        self.mid_block = nn.ModuleList([ResBlock(widths[-1], widths[-1], time) for _ in range(c.num_res_blocks)])
         levels, adaptive = [], []
         for i in range(n):  # level i is entered from level i + 1 (the middle for the last level)
             dim_in = widths[i + 1] if i < n - 1 else widths[-1]
             adaptive.append(AdaptiveGroupNorm(c.z_channels, dim_in))
-            blocks = [ResBlock(dim_in if j == 0 else widths[i], widths[i]) for j in range(c.num_res_blocks)]
-            resample = {"upsample": Upsampler(widths[i], 2 if c.halves_time(i - 1) else 1)} if i > 0 else {}
+            blocks = [ResBlock(dim_in if j == 0 else widths[i], widths[i], time) for j in range(c.num_res_blocks)]
+            resample = {"upsample": Upsampler(widths[i], 2 if c.halves_time(i - 1) else 1, time)} if i > 0 else {}
             levels.append(Level(blocks, **resample))
         self.up = nn.ModuleList(levels)
         self.adaptive = nn.ModuleList(adaptive)
         self.norm_out = group_norm(widths[0])
-        self.conv_out = CausalConv3d(widths[0], c.out_ch)
+        self.conv_out = CausalConv3d(widths[0], c.out_ch, time=time)
 
     def forward(self, codes: Tensor) -> Tensor:
         x = self.conv_in(codes)
@@ -314,11 +338,11 @@ class Decoder(nn.Module):
 class OpenMagvit2Tokenizer(nn.Module):
     """Video <-> token ids with Open-MAGVIT2 weights; the same API as `lfqtok.model.Tokenizer` (DESIGN.md §2).
 
-    fp32 everywhere, also on CUDA (upstream evaluates in fp32). Not causal: tokens of a clip depend on all of it.
+    fp32 everywhere, also on CUDA (upstream evaluates in fp32). A video model is not causal: the tokens of a clip
+    depend on all of it. An image model tokenizes every frame on its own (B, T, ...) -> (B * T, 1, ...).
     """
 
     bit_order = "lsb_first"  # index bit c = sign of latent channel c, channel 0 the least significant bit
-    causal = False  # GroupNorm statistics span the whole clip
 
     def __init__(self, config: OpenMagvit2Config | None = None, *, name: str = "open-magvit2"):
         super().__init__()
@@ -339,8 +363,13 @@ class OpenMagvit2Tokenizer(nn.Module):
         return 1
 
     @property
-    def window_frames(self) -> int:
-        """Clip length the model was trained on: the pipeline encodes videos as independent windows of it."""
+    def causal(self) -> bool:
+        """Video models: no (GroupNorm statistics span the whole clip); image models: yes (frames are independent)."""
+        return self.config.image
+
+    @property
+    def window_frames(self) -> int | None:
+        """Clip length a video model was trained on (the pipeline encodes independent windows of it); None for images."""
         return self.config.window_frames
 
     @property
@@ -363,8 +392,8 @@ class OpenMagvit2Tokenizer(nn.Module):
         """UsageError unless frames = 1 + k * temporal_compression and height, width are multiples of the stride."""
         tc, sc = self.config.temporal_compression, self.config.spatial_compression
         if frames < 1 or (frames - 1) % tc:
-            raise UsageError(f"clips of {frames} frames cannot be tokenized: the frame count must be 1 + {tc}k "
-                             f"({self.window_frames} is the length {self.name} was trained on)")
+            trained = f" ({self.window_frames} is the length {self.name} was trained on)" if self.window_frames else ""
+            raise UsageError(f"clips of {frames} frames cannot be tokenized: the frame count must be 1 + {tc}k{trained}")
         if height < 1 or width < 1 or height % sc or width % sc:
             raise UsageError(f"frames of {height}x{width} cannot be tokenized: height and width must be multiples of {sc}")
 
@@ -386,6 +415,14 @@ class OpenMagvit2Tokenizer(nn.Module):
         shifts = torch.arange(self.config.z_channels, device=ids.device).view(1, -1, 1, 1, 1)
         return ((ids[:, None] >> shifts) & 1).float().mul_(2).sub_(1)
 
+    def _frames_apart(self, x: Tensor) -> Tensor:
+        """Image models: (B, C, T, H, W) -> (B * T, C, 1, H, W), every frame its own sample; video models: x."""
+        return x.transpose(1, 2).flatten(0, 1).unsqueeze(2) if self.config.image else x
+
+    def _frames_together(self, x: Tensor, batch: int) -> Tensor:
+        """Inverse of `_frames_apart`: (B * T, C, 1, H, W) -> (B, C, T, H, W)."""
+        return x.squeeze(2).unflatten(0, (batch, -1)).transpose(1, 2) if self.config.image else x
+
     @torch.inference_mode()
     def encode_to_device(self, video: Tensor) -> Tensor:
         """uint8 (B, T, H, W, 3) on any device -> int64 ids (B, t, h, w) left on the model's device."""
@@ -393,8 +430,8 @@ class OpenMagvit2Tokenizer(nn.Module):
         if video.dtype != torch.uint8 or video.ndim != 5 or video.shape[-1] != 3:
             raise UsageError(f"encode takes uint8 video (B, T, H, W, 3), got {video.dtype} {tuple(video.shape)}")
         self.check_video_shape(*video.shape[1:4])
-        z = self.encoder(pixels_to_unit(video.to(self.device, non_blocking=True)))
-        return self.latents_to_indices(z)
+        z = self.encoder(self._frames_apart(pixels_to_unit(video.to(self.device, non_blocking=True))))
+        return self.latents_to_indices(self._frames_together(z, video.shape[0]))
 
     def encode(self, video: Tensor) -> Tensor:
         """uint8 (B, T, H, W, 3), T = 1 + 4k, H, W multiples of 8 -> int64 ids (B, t, h, w) on the CPU."""
@@ -412,25 +449,29 @@ class OpenMagvit2Tokenizer(nn.Module):
                 f"token ids span [{int(ids.min())}, {int(ids.max())}] but the tokenizer has {self.codebook_size} codes: "
                 "these tokens were made by another tokenizer"
             )
-        return unit_to_pixels(self.decoder(self.indices_to_codes(ids))).cpu()
+        x = self.decoder(self._frames_apart(self.indices_to_codes(ids)))
+        return unit_to_pixels(self._frames_together(x, ids.shape[0])).cpu()
 
 
 # checkpoint layout: which tensors of an upstream checkpoint make the model
 
 
 def infer_config(shapes: Mapping[str, tuple[int, ...]], label: str) -> OpenMagvit2Config:
-    """The architecture from tensor shapes keyed by dotless parameter names (e.g. 'encoderconv_inconv_1weight')."""
+    """The architecture from tensor shapes keyed by dotless upstream names ('encoderconv_inconv_1weight': video;
+    'encoderconv_inweight', 4-d: image)."""
+    image = len(shapes.get("encoderconv_inweight", ())) == 4
+    conv, ndim = ("weight", 4) if image else ("conv_1weight", 5)  # a conv's weight: dotless suffix and rank
 
-    def shape(name: str, ndim: int) -> tuple[int, ...]:
-        found = shapes.get(name)
+    def shape(name: str) -> tuple[int, ...]:
+        found = shapes.get(name + conv)
         if found is None or len(found) != ndim:
-            raise ModelError(f"{label}: no {ndim}-d tensor for {name}: not an Open-MAGVIT2 video tokenizer checkpoint")
+            raise ModelError(f"{label}: no {ndim}-d tensor for {name}{conv}: not an Open-MAGVIT2 tokenizer checkpoint")
         return tuple(found)
 
-    conv_in = shape("encoderconv_inconv_1weight", 5)  # (ch, 3, 3, 3, 3)
+    conv_in = shape("encoderconv_in")  # (ch, 3, [3,] 3, 3)
     blocks: dict[int, set[int]] = {}
     for name in shapes:
-        m = re.fullmatch(r"encoderdown(\d+)block(\d+)conv1conv_1weight", name)
+        m = re.fullmatch(rf"encoderdown(\d+)block(\d+)conv1{conv}", name)
         if m:
             blocks.setdefault(int(m[1]), set()).add(int(m[2]))
     levels = sorted(blocks)
@@ -439,7 +480,7 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], label: str) -> OpenMagvi
     ch = conv_in[0]
     mults = []
     for i in levels:
-        width = shape(f"encoderdown{i}block0conv1conv_1weight", 5)[0]
+        width = shape(f"encoderdown{i}block0conv1")[0]
         if width % ch:
             raise ModelError(f"{label}: level {i} is {width} wide, not a multiple of ch = {ch}")
         mults.append(width // ch)
@@ -447,9 +488,11 @@ def infer_config(shapes: Mapping[str, tuple[int, ...]], label: str) -> OpenMagvi
         ch=ch,
         ch_mult=tuple(mults),
         num_res_blocks=len(blocks[0]),
-        z_channels=shape("encoderconv_outconv_1weight", 5)[0],
+        z_channels=shape("encoderconv_out")[0],
         in_channels=conv_in[1],
-        out_ch=shape("decoderconv_outconv_1weight", 5)[0],
+        out_ch=shape("decoderconv_out")[0],
+        window_frames=None if image else TRAINED_WINDOW,
+        image=image,
     )
 
 
@@ -458,7 +501,7 @@ def plan_weights(shapes: Mapping[str, tuple[int, ...]], label: str, *, raw: bool
 
     EMA weights (`model_ema.<name without dots>`, what upstream evaluates) when the checkpoint has them, else
     (or with `raw`) the raw `encoder.*` / `decoder.*` ones. Everything else (discriminator, EMA bookkeeping,
-    optimizer state) is ignored.
+    optimizer state) is ignored. An image model's 4-d conv weights take our 5-d shape (time kernel 1) in `build`.
     """
     raw_names = {dotless(k): k for k in shapes if k.startswith(("encoder.", "decoder."))}
     ema_names = {
@@ -470,34 +513,42 @@ def plan_weights(shapes: Mapping[str, tuple[int, ...]], label: str, *, raw: bool
     source = ema_names if use_ema else raw_names
     if not source:
         what = "raw encoder.*/decoder.* weights" if raw and ema_names else "encoder/decoder weights"
-        raise ModelError(f"{label}: no {what}: not an Open-MAGVIT2 video tokenizer checkpoint")
+        raise ModelError(f"{label}: no {what}: not an Open-MAGVIT2 tokenizer checkpoint")
     config = infer_config({d: shapes[k] for d, k in source.items()}, label)
     config = replace(config, weights="ema" if use_ema else "raw")
     with torch.device("meta"):
         expected = OpenMagvit2Tokenizer(config).state_dict()
     plan, missing, wrong = {}, [], []
     for name, tensor in expected.items():
-        key = source.get(dotless(name))
+        key = source.get(dotless(upstream_name(name, config.image)))
+        want = upstream_shape(tuple(tensor.shape), config.image)
         if key is None:
             missing.append(name)
-        elif tuple(shapes[key]) != tuple(tensor.shape):
-            wrong.append(f"{name} {tuple(shapes[key])} != {tuple(tensor.shape)}")
+        elif tuple(shapes[key]) != want:
+            wrong.append(f"{name} {tuple(shapes[key])} != {want}")
         else:
             plan[name] = key
     if missing or wrong:
         raise ModelError(
-            f"{label}: tensors do not make an Open-MAGVIT2 video tokenizer of the inferred config "
+            f"{label}: tensors do not make an {config.family} tokenizer of the inferred config "
             f"(ch {config.ch}, ch_mult {list(config.ch_mult)}, {config.num_res_blocks} res blocks, z {config.z_channels}): "
             f"missing {missing[:3]}, wrong shape {wrong[:3]}"
         )
     return config, plan
 
 
+def upstream_shape(shape: tuple[int, ...], image: bool) -> tuple[int, ...]:
+    """Upstream's shape of one of our tensors: a 2D image conv has no time axis (ours is 1 long)."""
+    return shape[:2] + shape[3:] if image and len(shape) == 5 else shape
+
+
 def build(config: OpenMagvit2Config, tensors: Mapping[str, Tensor], name: str, device: torch.device) -> OpenMagvit2Tokenizer:
-    """The tokenizer holding `tensors` (model parameter name -> tensor, converted to float32) on `device`, in eval mode."""
+    """The tokenizer holding `tensors` (model parameter name -> tensor in our or upstream's shape) on `device`, as float32."""
     with torch.device("meta"):
         tok = OpenMagvit2Tokenizer(config, name=name)
-    tok.load_state_dict({k: v.to(device=device, dtype=torch.float32) for k, v in tensors.items()}, assign=True)
+    shapes = {k: v.shape for k, v in tok.state_dict().items()}
+    state = {k: v.reshape(shapes[k]).to(device=device, dtype=torch.float32) for k, v in tensors.items()}
+    tok.load_state_dict(state, assign=True)
     return tok.eval()
 
 
@@ -505,7 +556,8 @@ def build(config: OpenMagvit2Config, tensors: Mapping[str, Tensor], name: str, d
 
 
 def file_metadata(tok: OpenMagvit2Tokenizer) -> dict[str, str]:
-    return {"family": FAMILY, "format": FORMAT, "lfqtok_config": json.dumps(tok.config.to_dict(), sort_keys=True), "name": tok.name}
+    config = json.dumps(tok.config.to_dict(), sort_keys=True)
+    return {"family": tok.config.family, "format": FORMAT, "lfqtok_config": config, "name": tok.name}
 
 
 def iter_file_chunks(tok: OpenMagvit2Tokenizer) -> Iterator[bytes | memoryview]:
@@ -560,7 +612,7 @@ def load_file(path: Path, metadata: Mapping[str, str], device: torch.device) -> 
     found = {k: tuple(v.shape) for k, v in tensors.items()}
     if found != expected:
         bad = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
-        raise ModelError(f"{path}: tensors do not match its {FAMILY} config (first differences: {bad[:3]})")
+        raise ModelError(f"{path}: tensors do not match its {config.family} config (first differences: {bad[:3]})")
     tok = build(config, tensors, metadata.get("name") or path.stem, device)
     tok._sha256 = file_sha256(path)
     return tok

@@ -57,7 +57,7 @@ def test_tensors_of_torch_save_come_back_equal(tmp_path):
         "param": torch.nn.Parameter(torch.ones(2, 2)),
         "view": base[1:, ::2],  # offset and strides into a shared storage
         "same_storage": base,
-        "uint16": torch.tensor([0, 1, 65535], dtype=torch.int32).to(torch.uint16),  # saved through _rebuild_tensor_v3 + untyped storage
+        "uint16": torch.tensor([0, 1, 65535], dtype=torch.int32).to(torch.uint16),  # _rebuild_tensor_v3, untyped storage
     }
     torch.save({"state_dict": saved, "epoch": 3}, tmp_path / "model.ckpt")
     with Checkpoint(tmp_path / "model.ckpt") as ckpt:

@@ -208,7 +208,7 @@ def test_files_of_other_kinds_get_one_line(tmp_path, model):
     cases = [
         ("junk.ckpt", "not a safetensors file"),
         ("legacy.pt", "legacy"),
-        ("resnet.ckpt", "not an Open-MAGVIT2 video tokenizer"),
+        ("resnet.ckpt", "not an Open-MAGVIT2 tokenizer"),
     ]
     for name, message in cases:
         with pytest.raises(ModelError, match=message) as err:
@@ -319,7 +319,8 @@ def test_cli_convert_info_encode_and_decode_with_the_ckpt(tmp_path, golden, omv2
                                  "--workers", "0", "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["clips"] == 2
-    result = runner.invoke(app, ["decode", str(tokens), "-o", str(tmp_path / "previews"), "--format", "gif", "--device", "cpu", "--json"])
+    result = runner.invoke(app, ["decode", str(tokens), "-o", str(tmp_path / "previews"), "--format", "gif", "--device", "cpu",
+                                 "--json"])
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.stdout)
     assert row["frames"] == 34 and row["note"] is None  # the manifest's .ckpt, checked by sha256
@@ -330,3 +331,59 @@ def test_cli_convert_info_encode_and_decode_with_the_ckpt(tmp_path, golden, omv2
     for bad in (tmp_path / "cut.ckpt", out):
         result = runner.invoke(app, ["convert", str(bad), "-o", str(tmp_path / "x.safetensors")])
         assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1, result.output
+
+
+# image tokenizers (upstream's 2D models) as per-frame models
+
+IMAGE_256 = OpenMagvit2Config(ch_mult=(1, 1, 2, 2, 4), window_frames=None, image=True)  # imagenet_256_L / pretrain256_262144
+
+
+def upstream_image_checkpoint(config: OpenMagvit2Config) -> dict[str, tuple[int, ...]]:
+    """name -> shape of an upstream 2D image Lightning state dict: names without `.conv_1`, 4-d convs, raw + EMA."""
+    from lfqtok.open_magvit2 import upstream_name, upstream_shape
+
+    own = {upstream_name(k, True): upstream_shape(tuple(v.shape), True) for k, v in meta_model(config).state_dict().items()}
+    return {**own, **{f"model_ema.{dotless(k)}": s for k, s in own.items()}, "model_ema.decay": ()}
+
+
+def test_image_layout_is_inferred_and_matches_the_published_file_size():
+    shapes = upstream_image_checkpoint(IMAGE_256)
+    assert shapes["encoder.conv_in.weight"] == (128, 3, 3, 3) and "encoder.conv_in.conv_1.weight" not in shapes
+    config, plan = plan_weights(shapes, "synthetic")
+    assert config == IMAGE_256 and plan["decoder.up.1.upsample.conv1.conv_1.weight"] == "model_ema.decoderup1upsampleconv1weight"
+    tok = meta_model(config)
+    params = sum(p.numel() for p in tok.parameters())
+    assert params == 115_127_829 and round(params * 8 / 1e6) == 921  # raw + EMA fp32: the 921 MB of imagenet_256_L.ckpt
+    assert (config.spatial_compression, config.temporal_compression, tok.causal, tok.window_frames) == (16, 1, True, None)
+    assert tok.token_shape(17, 256, 256) == (17, 16, 16) and config.to_dict()["family"] == "open-magvit2-image"
+
+
+def test_an_image_model_tokenizes_every_frame_on_its_own(tmp_path):
+    from lfqtok.open_magvit2 import save
+
+    tok = random_model(OpenMagvit2Config(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=12, window_frames=None, image=True))
+    video = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    ids = tok.encode(video)
+    assert ids.shape == (2, 3, 4, 4)
+    alone = torch.stack([tok.encode(video[:, i : i + 1])[:, 0] for i in range(3)], dim=1)
+    assert torch.equal(ids, alone)
+    rec = tok.decode(ids)
+    assert rec.shape == video.shape and torch.equal(rec[:, 1:2], tok.decode(ids[:, 1:2]))
+    save(tok, tmp_path / "image.safetensors")
+    loaded = lfqtok.load_tokenizer(tmp_path / "image.safetensors")
+    assert loaded.config == tok.config and torch.equal(loaded.encode(video), ids) and loaded.sha256 == tok.sha256
+
+
+def test_encode_with_an_image_model_writes_causal_per_frame_tokens(tmp_path, omv2_tokens):
+    from lfqtok.open_magvit2 import save
+
+    video, _ = omv2_tokens
+    tok = random_model(OpenMagvit2Config(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, window_frames=None, image=True))
+    save(tok, tmp_path / "image.safetensors")
+    out = tmp_path / "tok"
+    lfqtok.encode_dataset([str(video)], out, model=str(tmp_path / "image.safetensors"), size=32, clip_frames=1, max_clips=5,
+                          workers=0, device="cpu")
+    manifest = json.loads((out / "lfqtok.json").read_text())
+    assert manifest["bit_order"] == "lsb_first" and "causal" not in manifest and manifest["token_shape"] == [1, 4, 4]
+    [(_, tokens, meta)] = list(lfqtok.read_tokens(out))
+    assert tokens.shape == (5, 1, 4, 4) and meta["clips"] == [[0, 1], [1, 2], [2, 3], [3, 4], [4, 5]]
