@@ -75,15 +75,22 @@ class Opaque:
         return f"<opaque {self.qualname}>"
 
 
+class Sealed:
+    """Base of the reader's own objects: a pickle's BUILD opcode cannot change them (it calls __setstate__)."""
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError(f"the pickle tries to set the state of a {type(self).__name__}")
+
+
 @dataclass(frozen=True)
-class StorageType:
+class StorageType(Sealed):
     """What a pickle's storage class name means: the element dtype (None: untyped bytes)."""
 
     dtype: torch.dtype | None
 
 
 @dataclass(frozen=True)
-class StorageRef:
+class StorageRef(Sealed):
     """A storage record of the zip: `data/{key}`, `numel` elements of `dtype` (None: bytes)."""
 
     key: str
@@ -92,7 +99,7 @@ class StorageRef:
 
 
 @dataclass(frozen=True)
-class TensorRef:
+class TensorRef(Sealed):
     """A tensor of the checkpoint, not read yet: a strided view of a storage record."""
 
     storage: StorageRef
@@ -246,7 +253,10 @@ class Checkpoint:
         last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride)) if ref.numel else ref.offset - 1
         if last >= flat.numel():
             raise ModelError(f"{self.label}: tensor reaches past the end of storage {ref.storage.key}")
-        view = flat.as_strided(ref.shape, ref.stride, ref.offset)
+        try:
+            view = flat.as_strided(ref.shape, ref.stride, ref.offset)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ModelError(f"{self.label}: malformed tensor in storage {ref.storage.key} ({_reason(exc)})") from None
         return view if view.numel() == flat.numel() and view.is_contiguous() else view.clone()
 
     def release(self) -> None:

@@ -65,8 +65,8 @@ def load_foreign(name_or_path: str | Path, device: torch.device) -> Any | None:
     if magic.startswith(PICKLE_MAGIC):
         raise ModelError(f"{path} is a legacy (non-zip) PyTorch pickle: not read; re-save it with torch.save (PyTorch >= 1.6)")
     family = (meta or {}).get("family")
-    if family is None:
-        return None
+    if family is None or meta.get("format") != open_magvit2.FORMAT:
+        return None  # lfqtok's own checkpoints, or a safetensors file load_tokenizer will refuse with its own message
     if family in open_magvit2.FAMILIES:
         return open_magvit2.load_file(path, meta, device)
     raise ModelError(f"{path} is a tokenizer of family {family!r}, which this lfqtok does not know (supported: {', '.join(FAMILIES)})")

@@ -163,3 +163,17 @@ def test_garbage_in_data_pkl_is_one_model_error(tmp_path):
     path = zip_checkpoint(tmp_path / "junk.ckpt", b"\x80\x02not a pickle at all")
     with pytest.raises(ModelError, match="not a readable PyTorch checkpoint"):
         Checkpoint(path)
+
+
+def test_a_pickle_cannot_set_attributes_on_the_readers_own_objects(tmp_path):
+    buf = io.BytesIO()
+    torch.save({"a": torch.ones(4)}, buf)
+    with zipfile.ZipFile(buf) as z:
+        records = {n.rsplit("/", 1)[-1]: z.read(n) for n in z.namelist() if "/data/" in n}
+        pickled = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    assert pickled.endswith(b"s.")  # ... REDUCE (the tensor), SETITEM, STOP
+    # before its SETITEM, BUILD the tensor with the state {"offset": -3}
+    hostile = pickled[:-2] + b"}X\x06\x00\x00\x00offsetJ\xfd\xff\xff\xffsbs."
+    path = zip_checkpoint(tmp_path / "build.pt", hostile, records)
+    with pytest.raises(ModelError, match="not a readable PyTorch checkpoint"):
+        Checkpoint(path)
