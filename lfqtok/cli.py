@@ -191,7 +191,8 @@ def stats(
     table.add_row("utilization", f"{result['utilization']:.4%}")
     table.add_row("entropy", f"{result['entropy_bits']:.3f} bits (max {result['codebook_size'].bit_length() - 1})")
     table.add_row("perplexity", f"{result['perplexity']:,.1f}")
-    table.add_row("bit balance", " ".join(f"{b:.2f}" for b in result["bit_balance"]))
+    first = "MSB" if result["bit_order"] == "msb_first" else "LSB"
+    table.add_row(f"bit balance (channel 0 = {first})", " ".join(f"{b:.2f}" for b in result["bit_balance"]))
     table.add_row("top codes", ", ".join(f"{c}x{n}" for c, n in result["top"]))
     err.print(table)
 
