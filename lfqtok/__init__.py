@@ -16,6 +16,7 @@ _EXPORTS = {
     "TokenizerConfig": "lfqtok.model",
     "load_tokenizer": "lfqtok.model",
     "save_tokenizer": "lfqtok.model",
+    "convert_checkpoint": "lfqtok.convert",
     "encode_dataset": "lfqtok.encode",
     "EncodeConfig": "lfqtok.encode",
     "decode_samples": "lfqtok.decode",

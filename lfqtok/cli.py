@@ -96,7 +96,7 @@ def _split_keys(keys: Optional[str]) -> Optional[list[str]]:
 def encode(
     inputs: Annotated[list[str], typer.Argument(help="Video dirs, files, @list.txt, or tar shards (brace patterns ok).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the token shards.")],
-    model: Annotated[str, typer.Option(help="'default' (embedded) or a .safetensors checkpoint.")] = "default",
+    model: Annotated[str, typer.Option(help="'default' (embedded), a .safetensors checkpoint, or an Open-MAGVIT2 video .ckpt.")] = "default",
     size: Annotated[int, typer.Option(help="Short side scaled to SIZE, then center crop SIZE x SIZE.")] = 128,
     clip_frames: Annotated[int, typer.Option(help="Frames per clip (1 + 4k).")] = 17,
     clip_stride: Annotated[Optional[int], typer.Option(help="Sampled frames between clip starts [default: clip frames].")] = None,
@@ -165,7 +165,7 @@ def decode(
     limit: Annotated[Optional[int], typer.Option(help="Decode at most N samples.")] = 4,
     fmt: Annotated[str, typer.Option("--format", help="mp4 | gif | png (a contact sheet).")] = "mp4",
     compare: Annotated[bool, typer.Option(help="Put the source frames beside the reconstruction.")] = False,
-    model: Annotated[Optional[str], typer.Option(help="Override the tokenizer named in the manifest (.npy ids need it).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Override the tokenizer named in the manifest (.safetensors or Open-MAGVIT2 .ckpt; .npy ids need it).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per sample on stdout.")] = False,
 ) -> None:
@@ -214,7 +214,8 @@ def stats(
     table.add_row("utilization", f"{result['utilization']:.4%}")
     table.add_row("entropy", f"{result['entropy_bits']:.3f} bits (max {result['codebook_size'].bit_length() - 1})")
     table.add_row("perplexity", f"{result['perplexity']:,.1f}")
-    table.add_row("bit balance", " ".join(f"{b:.2f}" for b in result["bit_balance"]))
+    first = "MSB" if result["bit_order"] == "msb_first" else "LSB"
+    table.add_row(f"bit balance (channel 0 = {first})", " ".join(f"{b:.2f}" for b in result["bit_balance"]))
     table.add_row("top codes", ", ".join(f"{c}x{n}" for c, n in result["top"]))
     err.print(table)
 
@@ -225,10 +226,10 @@ def stats(
 @app.command()
 @_one_line_errors
 def info(
-    model: Annotated[str, typer.Argument(help="'default' or a .safetensors checkpoint.")] = "default",
+    model: Annotated[str, typer.Argument(help="'default', a .safetensors checkpoint, or an Open-MAGVIT2 video .ckpt.")] = "default",
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON on stdout.")] = False,
 ) -> None:
-    """Describe a tokenizer: its config, codebook, sha256 and the token shape of a default clip."""
+    """Describe a tokenizer: its config, codebook, bit order, sha256 and the token shape of a default clip."""
     from .model import load_tokenizer
 
     tok = load_tokenizer(model, device="cpu")
@@ -237,6 +238,9 @@ def info(
         "sha256": tok.sha256,
         "codebook_size": tok.codebook_size,
         "num_codebooks": tok.num_codebooks,
+        "bit_order": tok.bit_order,
+        "causal": tok.causal,
+        "window_frames": tok.window_frames,
         "parameters": sum(p.numel() for p in tok.parameters()),
         "token_shape_17x128x128": list(tok.token_shape(17, 128, 128)),
         "config": tok.config.to_dict(),
@@ -247,6 +251,32 @@ def info(
     table = Table(title=f"lfqtok tokenizer {tok.name}", show_header=False)
     for name, value in data.items():
         table.add_row(name, json.dumps(value) if isinstance(value, (dict, list)) else f"{value}")
+    err.print(table)
+
+
+# convert
+
+
+@app.command()
+@_one_line_errors
+def convert(
+    checkpoint: Annotated[Path, typer.Argument(help="An Open-MAGVIT2 video or image tokenizer checkpoint (upstream's .ckpt).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The lfqtok safetensors checkpoint to write.")],
+    raw: Annotated[bool, typer.Option(help="Take the raw weights, not the EMA ones upstream evaluates with.")] = False,
+    name: Annotated[Optional[str], typer.Option(help="Tokenizer name in the metadata [default: the checkpoint's stem].")] = None,
+    window_frames: Annotated[int, typer.Option(help="Video models: the clip length it was trained on (its independent encode windows).")] = 17,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """Convert a foreign checkpoint once to an lfqtok safetensors checkpoint (read without running its pickle)."""
+    from .convert import convert_checkpoint
+
+    summary = convert_checkpoint(checkpoint, out, raw=raw, name=name, window_frames=window_frames)
+    if json_out:
+        _print_json(vars(summary))
+        return
+    table = Table(title=f"lfqtok convert -> {summary.output}", show_header=False)
+    for key, value in vars(summary).items():
+        table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else f"{value}")
     err.print(table)
 
 

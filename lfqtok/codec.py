@@ -83,6 +83,17 @@ def from_storage(arr: Any) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def reverse_bits(indices: Any, bits: int) -> np.ndarray:
+    """Indices with their `bits` low bits in reverse order: MSB-first ids <-> LSB-first ids of the same latent signs."""
+    check_bits(bits)
+    arr = as_numpy(indices)
+    check_range(arr, 1 << bits, "token indices")
+    src, out = arr.astype(np.int64), np.zeros(arr.shape, dtype=np.int64)
+    for i in range(bits):
+        out |= ((src >> i) & 1) << (bits - 1 - i)
+    return out.astype(arr.dtype)
+
+
 # tight packing
 
 

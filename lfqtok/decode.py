@@ -20,10 +20,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .codec import from_storage
+from .codec import from_storage, reverse_bits
 from .errors import InputError, ModelError, OutputError, UsageError, VideoError
 from .metrics import QualityMeter
-from .shards import expand_paths, read_manifest, read_tokens
+from .shards import BIT_ORDERS, expand_paths, read_manifest, read_tokens
 from .sources import Member, read_member, tar_members
 
 # constants
@@ -423,6 +423,19 @@ def open_source(sample: Sample, size: int, clip_frames: int, tars: TarSources | 
     return clips, None
 
 
+def to_bit_order(sample: Sample, tok: Any) -> str | None:
+    """Put a sample's ids in the tokenizer's bit order when its manifest names the other one (a note says so).
+
+    The bit order says which index bit latent channel 0 is; reversing the bits keeps every channel's sign."""
+    order = (sample.manifest or {}).get("bit_order", tok.bit_order)
+    if order not in BIT_ORDERS:
+        raise InputError(f"sample {sample.key}: the manifest's bit_order {order!r} is not one of {', '.join(BIT_ORDERS)}")
+    if order == tok.bit_order:
+        return None
+    sample.tokens = reverse_bits(sample.tokens, tok.codebook_size.bit_length() - 1)
+    return f"ids converted from the tokens' {order} to the tokenizer's {tok.bit_order}"
+
+
 def iter_batches(samples: Sequence[Sample], batch_size: int) -> Iterator[tuple[list[int], np.ndarray]]:
     """(sample index per clip, ids (B, t, h, w) [+ (c)]) over every clip of every sample, in order."""
     refs: list[int] = []
@@ -483,7 +496,7 @@ def decode_samples(
         t, h, w = sample.tokens.shape[1:4]
         c = tok.config
         source, note = open_source(sample, h * c.spatial_compression, 1 + (t - 1) * c.temporal_compression, tars)
-        notes = [n for n in (model_note, note) if n]
+        notes = [n for n in (model_note, to_bit_order(sample, tok), note) if n]
         previews.append(Preview(sample, out / f"{sample.key}.{fmt}", fmt, compare, source, notes))
     rows: dict[int, dict] = {}
     left = [len(s.tokens) for s in samples]

@@ -31,9 +31,9 @@ from .worker import ProgressFn, ShardEncoder, decode_workers
 class EncodeConfig:
     """Everything `lfqtok encode` takes; saved into the manifest so a rerun can check it resumes the same run."""
 
-    model: str = "default"  # "default" (embedded) or a .safetensors path
+    model: str = "default"  # "default" (embedded), a .safetensors path or an Open-MAGVIT2 .ckpt (lfqtok/convert.py)
     size: int = 128  # short side scaled to this, then center crop size x size
-    clip_frames: int = 17  # frames per clip, 1 + 4k (the tokenizer is causal with 4x temporal compression)
+    clip_frames: int = 17  # frames per clip, 1 + 4k; a non-causal tokenizer's window length exactly
     clip_stride: int | None = None  # sampled frames between clip starts; None: clip_frames (no overlap)
     fps: float | None = None  # resample to this frame rate first; None keeps the source rate
     max_clips: int | None = None  # at most this many clips per video
@@ -131,6 +131,15 @@ class EncodeSummary:
 # the entry point
 
 
+def check_window(tok, config: EncodeConfig) -> None:
+    """A non-causal tokenizer encodes clips as independent windows of the length it was trained on: only that one."""
+    if not tok.causal and config.clip_frames != tok.window_frames:
+        raise UsageError(
+            f"{tok.name} is not causal: it encodes videos as independent windows of {tok.window_frames} frames "
+            f"(its training length), so --clip-frames must be {tok.window_frames}, got {config.clip_frames}"
+        )
+
+
 def encode_dataset(
     inputs: Sequence[str | Path],
     out: str | Path,
@@ -155,6 +164,7 @@ def encode_dataset(
 
     started = time.perf_counter()
     tok = load_tokenizer(config.model, device="cpu")
+    check_window(tok, config)
     manifest = build_manifest(
         codebook_size=tok.codebook_size,
         num_codebooks=tok.num_codebooks,
@@ -164,6 +174,8 @@ def encode_dataset(
         clip_frames=config.clip_frames,
         size=config.size,
         token_shape=list(tok.token_shape(config.clip_frames, config.size, config.size)),
+        bit_order=tok.bit_order,
+        window_frames=None if tok.causal else tok.window_frames,
         extra={
             "lfqtok_version": __version__,
             "clip": {k: v for k, v in asdict(config.clip_spec()).items()},
@@ -172,6 +184,7 @@ def encode_dataset(
             "cwd": os.getcwd(),  # sources are stored as given: decode resolves relative ones against this
         },
     )
+    del tok  # the encode processes load their own copy: a large model is not held twice while they run
     finished = prepare_output(out, manifest, config.overwrite)
     jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
     todo = [job for job in jobs if job.index not in finished]

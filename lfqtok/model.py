@@ -19,7 +19,7 @@ import struct
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,9 @@ from torch import Tensor, nn
 from .device import resolve_device
 from .errors import ModelError, OutputError, UsageError
 from .lfq import LFQ, LossBreakdown, pack_sign_bits
+
+if TYPE_CHECKING:
+    from .open_magvit2 import OpenMagvit2Tokenizer
 
 CHROMA_FROM_RGB = ((-0.168736, -0.331264, 0.5), (0.5, -0.418688, -0.081312))  # BT.601 Cb, Cr of RGB in [-1, 1]
 FORMAT = "lfqtok-tokenizer"  # safetensors metadata `format` of every tokenizer checkpoint
@@ -328,6 +331,10 @@ class TrainOutput(NamedTuple):
 class Tokenizer(nn.Module):
     """Video <-> token ids. `encode`/`decode` are the stable API (DESIGN.md §2); `forward` is for training."""
 
+    bit_order = "msb_first"  # index bit i is the sign of latent channel i, channel 0 the most significant bit
+    causal = True  # tokens never depend on later frames
+    window_frames: int | None = None  # None: any clip length 1 + 4k (a windowed family names its trained length)
+
     def __init__(self, config: TokenizerConfig | None = None, *, name: str = "untitled"):
         super().__init__()
         self.config = config if exists(config) else TokenizerConfig()
@@ -508,9 +515,18 @@ def _read_checkpoint(name_or_path: str | Path) -> tuple[bytes, str]:
         raise ModelError(f"cannot read tokenizer checkpoint {path}: {exc.strerror or exc}") from None
 
 
-def load_tokenizer(name_or_path: str | Path = "default", device: str | torch.device = "cpu") -> Tokenizer:
-    """Load "default" (shipped in the package) or a .safetensors path onto `device`, in eval mode."""
+def load_tokenizer(name_or_path: str | Path = "default", device: str | torch.device = "cpu") -> Tokenizer | OpenMagvit2Tokenizer:
+    """Load "default" (shipped in the package), a .safetensors path or a foreign checkpoint onto `device`, in eval mode.
+
+    Foreign checkpoints (Open-MAGVIT2 video: upstream's .ckpt or its `lfqtok convert` output) are recognized by
+    their contents and load as a tokenizer with the same API (lfqtok/convert.py).
+    """
     dev = resolve_device(device)
+    from .convert import load_foreign
+
+    foreign = load_foreign(name_or_path, dev)
+    if foreign is not None:
+        return foreign
     data, label = _read_checkpoint(name_or_path)
     try:
         meta = _header(data).get("__metadata__") or {}

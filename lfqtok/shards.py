@@ -38,6 +38,7 @@ INFO_KEYS = {"lfqtok_version", "inputs", "cwd", "tokenizer.name"}  # manifest ke
 STALE_TMP_SECONDS = 600.0  # a .tmp file untouched this long belongs to no live writer (others may share OUT)
 SHARD_RE = re.compile(r"^\d{5}\.tar$")
 OURS_RE = re.compile(r"^(\d{5}(\.tar|_stats\.json)|lfqtok\.json\.(\d+\.)?tmp)")
+BIT_ORDERS = ("msb_first", "lsb_first")  # which index bit latent channel 0 is
 MEMBER_MTIME = 0  # fixed member mtime: equal inputs give byte-identical tars
 
 # helpers
@@ -121,19 +122,28 @@ def build_manifest(
     size: int,
     token_shape: Sequence[int],
     extra: dict,
+    bit_order: str = "msb_first",
+    window_frames: int | None = None,
 ) -> dict:
-    """The DESIGN §4 manifest (format_version 1); `extra` adds keys (clip settings, version, ...)."""
+    """The DESIGN §4 manifest (format_version 1); `extra` adds keys (clip settings, version, ...).
+
+    `bit_order` is the tokenizer's ("lsb_first" for Open-MAGVIT2). A non-causal tokenizer names the clip length
+    it encodes as independent windows: the manifest then says `"causal": false, "window_frames": N` (absent: causal).
+    """
+    if bit_order not in BIT_ORDERS:
+        raise UsageError(f"bit_order must be one of {', '.join(BIT_ORDERS)}, got {bit_order!r}")
     core = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "codebook_size": int(codebook_size),
         "num_codebooks": int(num_codebooks),
         "token_dtype": token_dtype(codebook_size).name,
-        "bit_order": "msb_first",
+        "bit_order": bit_order,
         "tokenizer": {"name": tokenizer_name, "sha256": tokenizer_sha256, "config": tokenizer_config},
         "clip_frames": int(clip_frames),
         "size": int(size),
         "token_shape": [int(n) for n in token_shape],
+        **({"causal": False, "window_frames": int(window_frames)} if window_frames is not None else {}),
     }
     clash = sorted(set(extra) & set(core))
     if clash:

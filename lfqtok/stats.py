@@ -4,6 +4,12 @@ One task per shard in worker processes; each counts codes per (codebook c, tempo
 `np.bincount` per ~1M tokens (dense, up to 2^24 bins) or `np.unique` + merge (sparse, above); the main process
 adds the partial counts. Every metric (entropy, per-bit balance, bit-pair mutual information) is computed
 exactly from the merged histogram, never per token. Numpy only: no torch import.
+
+Per-bit metrics (`bit_balance`, bit-pair mutual information, dead and redundant bits) are indexed by latent
+channel: entry i is the sign of channel i. With the manifest's `bit_order` "msb_first" (lfqtok's own models,
+and tokens without a manifest) channel i is index bit D-1-i, so i = 0 is the most significant bit (DESIGN §5);
+with "lsb_first" (Open-MAGVIT2) channel i is index bit i, so i = 0 is the least significant bit. The result
+names the order in `bit_order`.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .errors import InputError, OutputError, UsageError
-from .shards import META_MEMBER, TOKENS_MEMBER, expand_paths, iter_members, load_npy, read_manifest
+from .shards import BIT_ORDERS, META_MEMBER, TOKENS_MEMBER, expand_paths, iter_members, load_npy, read_manifest
 
 # constants
 
@@ -30,6 +36,7 @@ BIT_CHUNK = 1 << 20  # distinct codes expanded to bits at once (bounds the (code
 DEAD_BALANCE = 0.01  # a bit set in under 1% (or over 99%) of tokens carries almost no information
 REDUNDANT_MI = 0.1  # bits of mutual information that flag a pair of bits as redundant
 MAX_LISTED = 10  # redundant bit pairs listed
+MAX_BIT_TICKS = 24  # bit-balance plot: every bit labelled up to this many bits, every 2nd, 3rd, ... above
 SPARSE_SHIFT = 32  # sparse key: ((c << 16) | t) << 32 | code
 BY = (None, "shard", "source")
 
@@ -254,9 +261,11 @@ def _count_task(args: tuple[str, int | None, bool]) -> ShardCounts:
 # metrics
 
 
-def bit_counts(codes: np.ndarray, counts: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact per-bit ones (D,) and pairwise both-ones (D, D) token counts, bit 0 = MSB, chunked over codes."""
-    shifts = np.arange(bits - 1, -1, -1, dtype=np.int64)
+def bit_counts(codes: np.ndarray, counts: np.ndarray, bits: int, bit_order: str = "msb_first") -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-channel ones (D,) and pairwise both-ones (D, D) token counts, chunked over codes.
+
+    Entry i is latent channel i: the most significant index bit for "msb_first", the least for "lsb_first"."""
+    shifts = np.arange(bits - 1, -1, -1, dtype=np.int64) if bit_order == "msb_first" else np.arange(bits, dtype=np.int64)
     ones, both = np.zeros(bits), np.zeros((bits, bits))
     for start in range(0, codes.size, BIT_CHUNK):
         b = ((codes[start : start + BIT_CHUNK, None].astype(np.int64) >> shifts) & 1).astype(np.float64)  # (n, D)
@@ -280,11 +289,13 @@ def mutual_information(ones: np.ndarray, both: np.ndarray, n: int) -> np.ndarray
     return np.maximum(terms.sum(axis=0), 0.0)
 
 
-def code_metrics(codes: np.ndarray, counts: np.ndarray, codebook_size: int, top: int) -> dict[str, Any]:
-    """DESIGN §5 metrics of one code distribution, plus bit-pair mutual information and flagged bits."""
+def code_metrics(codes: np.ndarray, counts: np.ndarray, codebook_size: int, top: int, bit_order: str = "msb_first") -> dict[str, Any]:
+    """DESIGN §5 metrics of one code distribution, plus bit-pair mutual information and flagged bits.
+
+    Per-bit entries are indexed by latent channel (see `bit_counts`), whatever the ids' bit order."""
     n = int(counts.sum())
     bits = max(1, math.ceil(math.log2(codebook_size)))
-    ones, both = bit_counts(codes, counts, bits)
+    ones, both = bit_counts(codes, counts, bits, bit_order)
     mi = mutual_information(ones, both, n)
     balance = ones / n if n else np.zeros(bits)
     h = entropy_bits(counts)
@@ -336,6 +347,9 @@ def token_stats(
         raise InputError(f"no finished token shards in {', '.join(map(str, [paths] if isinstance(paths, (str, Path)) else paths))}")
     manifest = _common_manifest(tars)
     size = manifest["codebook_size"] if manifest else None
+    order = manifest.get("bit_order", "msb_first") if manifest else "msb_first"
+    if order not in BIT_ORDERS:
+        raise InputError(f"the manifest's bit_order {order!r} is not one of {', '.join(BIT_ORDERS)}")
     tasks = [(str(p), size, by == "source") for p in tars]
     total, samples, shard_rows, sources = CodeCounts(size), 0, {}, []
     for part in _run(tasks, workers or min(len(tasks), os.cpu_count() or 1)):
@@ -345,7 +359,7 @@ def token_stats(
         if by == "shard":
             shard_rows[part.path] = {"shard": part.path, "num_samples": part.num_samples, **usage_summary(*part.counts.select())}
     codebook_size = size or next_pow2(total.max_code + 1)
-    metrics = code_metrics(*total.select(), codebook_size, top)
+    metrics = code_metrics(*total.select(), codebook_size, top, order)
     result = {
         "num_samples": samples,
         "num_tokens": metrics.pop("num_tokens"),
@@ -353,9 +367,10 @@ def token_stats(
         "num_codebooks": manifest["num_codebooks"] if manifest else max(total.c, 1),
         **metrics,
         "codebook_size_inferred": manifest is None,
+        "bit_order": order,
     }
     if total.c > 1:
-        result["per_codebook"] = [code_metrics(*total.select(c=c), codebook_size, top) for c in range(total.c)]
+        result["per_codebook"] = [code_metrics(*total.select(c=c), codebook_size, top, order) for c in range(total.c)]
     result["usage_by_position"] = [{"t": t, **usage_summary(*total.select(t=t), codebook_size)} for t in range(total.t)]
     if by == "shard":
         result["per_shard"] = [{**shard_rows[str(p)], "utilization": shard_rows[str(p)]["used_codes"] / codebook_size} for p in tars]
@@ -368,11 +383,11 @@ def token_stats(
 
 
 def _common_manifest(tars: Sequence[Path]) -> dict | None:
-    """The manifest the shards share (from their directories); shards of different codebooks are refused."""
+    """The manifest the shards share (from their directories); shards of different codebooks or bit orders are refused."""
     manifests = [m for m in map(read_manifest, dict.fromkeys(p.parent for p in tars)) if m]
-    kinds = {(m["codebook_size"], m["num_codebooks"]) for m in manifests}
+    kinds = {(m["codebook_size"], m["num_codebooks"], m.get("bit_order", "msb_first")) for m in manifests}
     if len(kinds) > 1:
-        raise InputError(f"token shards of different codebooks cannot be counted together: {sorted(kinds)}")
+        raise InputError(f"token shards of different codebooks cannot be counted together (size, count, bit order): {sorted(kinds)}")
     return manifests[0] if manifests else None
 
 
@@ -399,11 +414,26 @@ def _run(tasks: list[tuple[str, int | None, bool]], workers: int) -> Iterator[Sh
 
 def plot_stats(counts: CodeCounts, result: dict, path: Path) -> None:
     """PNG: sorted code frequencies (log scale), per-bit balance, entropy by temporal token index."""
+    fig = stats_figure(counts, result)
+    import matplotlib.pyplot as plt
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+
+
+def stats_figure(counts: CodeCounts, result: dict) -> Any:
+    """The matplotlib figure `plot_stats` saves (UsageError without matplotlib)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise UsageError("--plot needs matplotlib: pip install 'lfqtok[plot]'") from None
     fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(15, 4))
@@ -417,15 +447,12 @@ def plot_stats(counts: CodeCounts, result: dict, path: Path) -> None:
     balance = result["bit_balance"]
     ax1.bar(range(len(balance)), balance)
     ax1.axhline(0.5, color="gray", linestyle="--")
-    ax1.set(title="bit balance (bit 0 = MSB)", xlabel="bit", ylabel="fraction of 1s", ylim=(0, 1))
+    significant = "MSB" if result.get("bit_order", "msb_first") == "msb_first" else "LSB"
+    ax1.set(title=f"bit balance (channel 0 = {significant})", xlabel="latent channel (bit)", ylabel="fraction of 1s", ylim=(0, 1))
+    ax1.set_xticks(range(0, len(balance), math.ceil(len(balance) / MAX_BIT_TICKS)))  # whole bits, every one up to 24
     usage = result["usage_by_position"]
     ax2.bar([u["t"] for u in usage], [u["entropy_bits"] for u in usage])
     ax2.set(title="entropy by temporal token index", xlabel="t", ylabel="bits")
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))  # token indices are whole numbers too
     fig.tight_layout()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=100)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+    return fig

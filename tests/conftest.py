@@ -17,6 +17,24 @@ SHARED = Path(os.environ.get("LFQTOK_SHARED") or REPO.parent / "shared")  # the 
 DATA = SHARED / "data" / "videos"
 
 
+def shared_dir() -> Path | None:
+    """The project's shared folder: $LFQTOK_SHARED, else the first `shared` beside the repo or one of its parents."""
+    if os.environ.get("LFQTOK_SHARED"):
+        return Path(os.environ["LFQTOK_SHARED"])
+    repo = Path(__file__).resolve().parents[1]
+    return next((p / "shared" for p in repo.parents if (p / "shared").is_dir()), None)
+
+
+@pytest.fixture(scope="session")
+def omv2_golden() -> Path:
+    """Golden vectors of an Open-MAGVIT2 video tokenizer (shared/golden/open_magvit2_video); skipped where absent."""
+    shared = shared_dir()
+    path = shared / "golden" / "open_magvit2_video" if shared else None
+    if path is None or not (path / "video_small.ckpt").is_file():
+        pytest.skip(f"Open-MAGVIT2 golden vectors not found ({path or 'no shared folder beside the repo'}; set LFQTOK_SHARED)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def video_dir(tmp_path_factory) -> Path:
     """A small directory of synthetic videos: landscape, portrait, VP9 WebM, one shorter than a clip, a non-video."""

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lfqtok import codec
-from lfqtok.codec import from_storage, pack_bits, to_storage, token_dtype, unpack_bits
+from lfqtok.codec import from_storage, pack_bits, reverse_bits, to_storage, token_dtype, unpack_bits
 from lfqtok.errors import InputError, UsageError
 
 
@@ -87,3 +87,14 @@ def test_tight_packing_across_chunks(monkeypatch):
 def test_packing_errors(call, error):
     with pytest.raises(error):
         call()
+
+
+@pytest.mark.parametrize("bits, dtype", [(4, np.uint16), (18, np.uint32), (32, np.uint32)])
+def test_reverse_bits_swaps_msb_and_lsb_first_ids(bits, dtype):
+    ids = np.array([0, 1, 1 << (bits - 1), (1 << bits) - 1, 0b0110], dtype=dtype)
+    flipped = reverse_bits(ids, bits)
+    assert flipped.dtype == dtype
+    assert flipped.tolist() == [0, 1 << (bits - 1), 1, (1 << bits) - 1, int(format(6, f"0{bits}b")[::-1], 2)]
+    assert np.array_equal(reverse_bits(flipped, bits), ids)
+    with pytest.raises(UsageError):
+        reverse_bits(np.array([1 << bits], dtype=np.int64), bits)

@@ -232,3 +232,59 @@ def test_large_ids_keep_their_value_in_the_storage_dtype(tmp_path, videos, model
     [(_, tokens, _)] = list(lfqtok.read_tokens(str(tmp_path / "fake" / "00000.tar")))
     assert tokens.dtype == dtype and tokens.reshape(-1, len(ids))[0].tolist() == ids
     assert result.clips == tokens.shape[0]
+
+
+# a slow encoder: decode workers stay at most a few batches ahead (memory flat whatever the model's speed)
+
+BP_CLIPS, BP_SPEC = 12, dict(size=128, clip_frames=5)  # 240 KiB clips: more than a pipe buffer (64 KiB), like real ones
+
+
+def many_clips(index, item, spec, decoder):
+    """A fake decoder (module level, so spawned workers can load it): BP_CLIPS tiny clips per video, each
+    recorded by a file written before it is sent, so the test sees how far decoding ran ahead."""
+    from lfqtok.pool import ClipEvent, DoneEvent
+    from lfqtok.video import Clip, VideoMeta
+
+    for i in range(BP_CLIPS):
+        Path(item.path).with_name(f"{Path(item.path).stem}.{i}.made").write_bytes(b"")
+        yield ClipEvent(index, i, Clip(np.zeros((spec.clip_frames, spec.size, spec.size, 3), np.uint8), list(range(5)), 0))
+    yield DoneEvent(index, VideoMeta(None, None, (spec.size, spec.size), "fake"), BP_CLIPS, {})
+
+
+class _SlowTokenizer(torch.nn.Module):
+    """Sleeps on every call and notes how many clips the decode workers had made by then."""
+
+    def __init__(self, made_dir: Path):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.codebook_size, self.num_codebooks = 256, 1
+        self.made_dir, self.calls, self.ahead = made_dir, 0, []
+
+    def encode_to_device(self, video: torch.Tensor) -> torch.Tensor:
+        made = len(list(self.made_dir.glob("*.made")))
+        self.ahead.append(made - 2 * self.calls)  # 2 clips (one batch) encoded per earlier call
+        self.calls += 1
+        time.sleep(0.02)
+        return torch.zeros(video.shape[0], 1, 1, 1, dtype=torch.int64)
+
+
+def test_decode_workers_never_run_more_than_a_few_batches_ahead_of_a_slow_encoder(tmp_path):
+    import dataclasses
+    import functools
+
+    from lfqtok.pool import DecodePool
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(10):
+        (src / f"v{i}.mp4").write_bytes(b"")
+    items = list_items([str(src)])
+    config = EncodeConfig(batch_size=2, workers=2, device="cpu", **BP_SPEC)
+    pool = functools.partial(DecodePool, max_pending_clips=4, decode=many_clips)
+    encoder = dataclasses.replace(config.shard_encoder(tmp_path / "out"), pool_factory=pool)
+    encoder._tokenizer = _SlowTokenizer(src)
+    (tmp_path / "out").mkdir()
+    [result] = encoder(plan_shards(items, 100))
+    assert result.clips == 10 * BP_CLIPS and encoder._tokenizer.calls == 10 * BP_CLIPS // 2
+    # bound: 3 batch buffers (6 clips) + 1 clip waiting for a buffer + 4 pending events + 2 per worker (pipe, making)
+    assert max(encoder._tokenizer.ahead) <= 6 + 1 + 4 + 2 * 2, encoder._tokenizer.ahead

@@ -18,13 +18,14 @@ from lfqtok.stats import token_stats
 # an independent writer of the DESIGN §4 format
 
 
-def write_dir(out: Path, shards: list[dict[str, np.ndarray]], codebook_size: int | None, num_codebooks: int = 1) -> Path:
+def write_dir(out: Path, shards: list[dict[str, np.ndarray]], codebook_size: int | None, num_codebooks: int = 1,
+              bit_order: str = "msb_first") -> Path:
     """Token dir: optional lfqtok.json, then {i:05d}.tar + {i:05d}_stats.json per shard of {key: tokens}."""
     out.mkdir(parents=True)
     if codebook_size is not None:
         manifest = {"format": "lfqtok-tokens", "format_version": 1, "codebook_size": codebook_size,
                     "num_codebooks": num_codebooks, "token_dtype": "uint16" if codebook_size <= 65536 else "uint32",
-                    "bit_order": "msb_first", "tokenizer": {"name": "default", "sha256": "0" * 64, "config": {}},
+                    "bit_order": bit_order, "tokenizer": {"name": "default", "sha256": "0" * 64, "config": {}},
                     "clip_frames": 5, "size": 16, "token_shape": [2, 2, 2], "lfqtok_version": "test"}
         (out / "lfqtok.json").write_text(json.dumps(manifest))
     for index, samples in enumerate(shards):
@@ -93,6 +94,20 @@ def test_known_per_bit_balance_and_top_order(tmp_path):
     assert r["top"] == [[0, 12], [8, 2]]
     p = np.array([12, 2, 2]) / 16
     assert r["entropy_bits"] == pytest.approx(float(-(p * np.log2(p)).sum()))
+
+
+def test_lsb_first_bit_balance_is_indexed_by_latent_channel(tmp_path):
+    codes = [0b0001] * 4 + [0b0011] * 2 + [0b0000] * 10  # channel 0 (the LSB) set in 6/16, channel 1 in 2/16
+    msb = write_dir(tmp_path / "msb", [{"a": tokens_of(codes)}], 16)
+    lsb = write_dir(tmp_path / "lsb", [{"a": tokens_of(codes)}], 16, bit_order="lsb_first")
+    r_msb, r_lsb = token_stats([msb]), token_stats([lsb])
+    assert (r_msb["bit_order"], r_lsb["bit_order"]) == ("msb_first", "lsb_first")
+    assert r_msb["bit_balance"] == [0.0, 0.0, 0.125, 0.375]  # i = 0 is the most significant bit
+    assert r_lsb["bit_balance"] == [0.375, 0.125, 0.0, 0.0]  # i = 0 is channel 0, the least significant bit
+    assert r_lsb["dead_bits"] == [2, 3] and r_msb["dead_bits"] == [0, 1]
+    assert r_lsb["entropy_bits"] == r_msb["entropy_bits"] and r_lsb["top"] == r_msb["top"]  # codes are codes
+    with pytest.raises(InputError, match="cannot be counted together"):
+        token_stats([msb, lsb])
 
 
 def test_several_codebooks_are_counted_per_codebook_and_pooled(tmp_path):
@@ -167,6 +182,20 @@ def test_plot_writes_a_png(random_dir, tmp_path):
     plot = tmp_path / "plots" / "stats.png"
     token_stats([random_dir], plot=plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("bits", [4, 18, 32])
+def test_the_bit_balance_plot_labels_whole_bits(tmp_path, bits):
+    codes = np.arange(16, dtype=np.int64) << (bits - 4)
+    out = write_dir(tmp_path / "tok", [{"a": tokens_of(codes, np.uint32)}], 2**bits, bit_order="lsb_first")
+    total = stats_mod.CodeCounts(2**bits)
+    total.add(tokens_of(codes, np.uint32), "a")
+    total.flush()
+    fig = stats_mod.stats_figure(total, token_stats([out]))
+    ticks = fig.axes[1].get_xticks()
+    assert ticks[0] == 0 and all(float(t).is_integer() for t in ticks) and len(ticks) >= min(bits, 16)
+    assert "channel 0 = LSB" in fig.axes[1].get_title()
+    assert all(float(t).is_integer() for t in fig.axes[2].get_xticks())
 
 
 # errors
