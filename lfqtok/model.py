@@ -468,9 +468,13 @@ def _header(data: bytes) -> dict[str, Any]:
     return header
 
 
-def serialize_tokenizer(tok: Tokenizer, name: str | None = None) -> bytes:
-    """Inference weights (fp32 state dict) + config metadata as safetensors bytes; the same model gives the same bytes."""
-    tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous() for k, v in tok.state_dict().items()}
+def serialize_tokenizer(tok: Tokenizer, name: str | None = None, dtype: torch.dtype = torch.float32) -> bytes:
+    """Inference weights + config metadata as safetensors bytes; the same model gives the same bytes.
+
+    `dtype`: storage of the floating-point weights (float16 halves a release; they load back into fp32)."""
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise UsageError(f"weights are stored as float32, float16 or bfloat16, not {dtype}")
+    tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in tok.state_dict().items()}
     metadata = {"format": FORMAT, "name": name or tok.name, "lfqtok_config": json.dumps(tok.config.to_dict(), sort_keys=True)}
     return _canonical_header(save_safetensors_bytes(tensors, metadata=metadata))
 
@@ -484,10 +488,10 @@ def _canonical_header(data: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + data[8 + struct.unpack("<Q", data[:8])[0] :]
 
 
-def save_tokenizer(tok: Tokenizer, path: str | Path, name: str | None = None) -> Path:
+def save_tokenizer(tok: Tokenizer, path: str | Path, name: str | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """Write `tok` as a safetensors checkpoint atomically (temp file + rename); returns the path."""
     path = Path(path)
-    data = serialize_tokenizer(tok, name)
+    data = serialize_tokenizer(tok, name, dtype)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

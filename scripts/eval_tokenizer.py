@@ -68,8 +68,12 @@ def naive_baseline(clip: np.ndarray, time_factor: int = 4, space_factor: int = 8
     return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def evaluate(tok: Any, videos: list[Path], size: int, clip_frames: int, max_clips: int, batch_size: int) -> dict[str, Any]:
-    """Scores of `tok` and of the naive baseline at one size: per clip, per video (pooled) and the clip mean."""
+def evaluate(
+    tok: Any, videos: list[Path], size: int, clip_frames: int, max_clips: int, batch_size: int, firsts: dict | None = None
+) -> dict[str, Any]:
+    """Scores of `tok` and of the naive baseline at one size: per clip, per video (pooled) and the clip mean.
+
+    `firsts`, when given, receives video name -> (source, reconstruction) of its first clip (for a contact sheet)."""
     clips_rows: list[dict[str, Any]] = []
     per_video: dict[str, dict[str, Any]] = {}
     ids_all = []
@@ -86,6 +90,8 @@ def evaluate(tok: Any, videos: list[Path], size: int, clip_frames: int, max_clip
             ids = tok.encode(torch.from_numpy(batch))
             rec = tok.decode(ids).numpy()
             ids_all.append(ids.flatten())
+            if i == 0 and firsts is not None:
+                firsts[path.name] = (batch[0], rec[0])
             for j, (src, r) in enumerate(zip(batch, rec)):
                 base = naive_baseline(src, tc, sc)
                 model_meter.add(r, src)
@@ -110,6 +116,17 @@ def evaluate(tok: Any, videos: list[Path], size: int, clip_frames: int, max_clip
         "used_codes": int((counts > 0).sum()), "entropy_bits": entropy, "perplexity": 2**entropy,
         "per_video": per_video, "per_clip": clips_rows,
     }
+
+
+def write_sheet(path: Path, firsts: list[tuple[np.ndarray, np.ndarray]], step: int) -> None:
+    """PNG: per clip, every `step`-th frame of the source above the same frames reconstructed (decode's layout)."""
+    from lfqtok.decode import ContactSheetWriter, SheetLayout
+
+    t, h, w, _ = firsts[0][0][::step].shape
+    sheet = ContactSheetWriter(path, SheetLayout(frames=t, height=h, width=w, clips=len(firsts), sides=2))
+    for src, rec in firsts:
+        sheet.write(rec[::step], src[::step])
+    sheet.close()
 
 
 def print_report(console: Console, name: str, data: Path, r: dict[str, Any]) -> None:
@@ -141,6 +158,8 @@ def main(
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (1 is fastest on a busy shared CPU)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON on stdout")] = False,
     limit: Annotated[Optional[int], typer.Option(help="first N videos only (smoke runs)")] = None,
+    sheet: Annotated[Optional[Path], typer.Option(help="write a PNG: first clip of --sheet-videos videos, source above reconstruction")] = None,
+    sheet_videos: Annotated[str, typer.Option(help="comma-separated video names for --sheet (default: the first 3)")] = "",
 ) -> None:
     console = Console(stderr=True, width=160)
     if threads is not None:
@@ -159,7 +178,11 @@ def main(
         console.print(f"error: no videos in {data}")
         raise typer.Exit(2)
     start = time.monotonic()
-    results = [evaluate(tok, videos, s, clip_frames, max_clips, batch_size) for s in sizes]
+    firsts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    results = [evaluate(tok, videos, s, clip_frames, max_clips, batch_size, firsts if i == 0 else None) for i, s in enumerate(sizes)]
+    picked = [firsts[n] for n in (sheet_videos.split(",") if sheet_videos else list(firsts)[:3]) if n in firsts]
+    if sheet is not None and picked:
+        write_sheet(sheet, picked, tok.config.temporal_compression)
     summary = {"model": model, "name": tok.name, "sha256": tok.sha256, "data": str(data), "seconds": time.monotonic() - start,
                "sizes": results}
     if as_json:

@@ -225,3 +225,16 @@ def test_default_tokenizer():
     assert tuple(ids.shape) == (1, 5, 16, 16) and ids.dtype == torch.int64
     assert 0 <= int(ids.min()) and int(ids.max()) < 2**18
     assert len(tok.sha256) == 64
+
+
+def test_half_precision_checkpoint_loads_into_fp32_and_keeps_the_ids(tmp_path):
+    model = tiny()
+    full, half = save_tokenizer(model, tmp_path / "f.safetensors"), save_tokenizer(model, tmp_path / "h.safetensors", dtype=torch.float16)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_tokenizer(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    v = video(17, 64, batch=2, seed=7)
+    assert (loaded.encode(v) == model.encode(v)).float().mean() > 0.99
+    assert (loaded.decode(model.encode(v)).int() - model.decode(model.encode(v)).int()).abs().max() <= 2
+    with pytest.raises(UsageError, match="float32, float16 or bfloat16"):
+        save_tokenizer(model, tmp_path / "x.safetensors", dtype=torch.int8)

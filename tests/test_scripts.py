@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytest
 from videos import make_video
 
 from lfqtok.model import TokenizerConfig, load_tokenizer
@@ -36,3 +37,41 @@ def test_gpu_session_script_fails_when_training_fails(tmp_path):
            "PYTHON": sys.executable, "WHEELS": str(tmp_path / "no-wheels")}
     done = subprocess.run(["bash", "scripts/gpu_session.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and not (tmp_path / "out" / "bench_encode.txt").exists()
+
+
+def test_eval_script_reports_decode_s_numbers_and_draws_a_sheet(tmp_path):
+    """The quality report: the same PSNR/SSIM as `decode --json` on the same clips, naive baseline, colour, sheet."""
+    import importlib.util
+    import json
+
+    import torch
+    from typer.testing import CliRunner
+
+    from lfqtok.decode import decode_samples
+    from lfqtok.encode import encode_dataset
+    from lfqtok.model import Tokenizer, save_tokenizer
+
+    data = tmp_path / "eval"
+    make_video(data / "a.mp4", frames=20, width=48, height=40, fps=24)
+    make_video(data / "b.mp4", frames=12, width=40, height=40, fps=24)
+    torch.manual_seed(0)
+    model = save_tokenizer(Tokenizer(TokenizerConfig.tiny()), tmp_path / "tiny.safetensors")
+    spec = importlib.util.spec_from_file_location("eval_script", ROOT / "scripts" / "eval_tokenizer.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    sheet = tmp_path / "sheet.png"
+    result = CliRunner().invoke(script.app, ["--model", str(model), "--data", str(data), "--size", "32", "--size", "64",
+                                             "--clip-frames", "5", "--max-clips", "2", "--json", "--sheet", str(sheet)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    small, big = report["sizes"]
+    assert (small["size"], big["size"], small["clips"]) == (32, 64, 4)  # 2 clips of a.mp4, 2 of b.mp4
+    for row in (small["mean"], small["per_video"]["a.mp4"]):
+        assert {"psnr", "ssim", "psnr_luma", "psnr_chroma", "colour_shift", "naive_psnr", "naive_psnr_chroma"} <= set(row)
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    encode_dataset([str(data)], tmp_path / "tokens", model=str(model), size=32, clip_frames=5, max_clips=2, device="cpu", workers=1)
+    rows = {Path(r["source"]).name: r for r in decode_samples([tmp_path / "tokens"], tmp_path / "prev", fmt="png", device="cpu")}
+    for name in ("a.mp4", "b.mp4"):
+        for key in ("psnr", "ssim", "psnr_chroma"):
+            assert rows[name][key] == pytest.approx(small["per_video"][name][key], abs=1e-9)
