@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ModelError, OutputError, UsageError
+from .errors import ModelError, OutputError
+from .model import TokenizerBase
 
 # constants
 
@@ -335,7 +336,7 @@ class Decoder(nn.Module):
 # tokenizer
 
 
-class OpenMagvit2Tokenizer(nn.Module):
+class OpenMagvit2Tokenizer(TokenizerBase):
     """Video <-> token ids with Open-MAGVIT2 weights; the same API as `lfqtok.model.Tokenizer` (DESIGN.md §2).
 
     fp32 everywhere, also on CUDA (upstream evaluates in fp32). A video model is not causal: the tokens of a clip
@@ -343,6 +344,7 @@ class OpenMagvit2Tokenizer(nn.Module):
     """
 
     bit_order = "lsb_first"  # index bit c = sign of latent channel c, channel 0 the least significant bit
+    to_unit = staticmethod(pixels_to_unit)  # upstream's Normalize(0.5, 0.5)
 
     def __init__(self, config: OpenMagvit2Config | None = None, *, name: str = "open-magvit2"):
         super().__init__()
@@ -373,10 +375,6 @@ class OpenMagvit2Tokenizer(nn.Module):
         return self.config.window_frames
 
     @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
     def sha256(self) -> str:
         """Hex sha256 of this model as an lfqtok safetensors checkpoint (the bytes `save` writes), computed once."""
         if self._sha256 is None:
@@ -385,23 +383,6 @@ class OpenMagvit2Tokenizer(nn.Module):
                 digest.update(chunk)
             self._sha256 = digest.hexdigest()
         return self._sha256
-
-    # shapes
-
-    def check_video_shape(self, frames: int, height: int, width: int) -> None:
-        """UsageError unless frames = 1 + k * temporal_compression and height, width are multiples of the stride."""
-        tc, sc = self.config.temporal_compression, self.config.spatial_compression
-        if frames < 1 or (frames - 1) % tc:
-            trained = f" ({self.window_frames} is the length {self.name} was trained on)" if self.window_frames else ""
-            raise UsageError(f"clips of {frames} frames cannot be tokenized: the frame count must be 1 + {tc}k{trained}")
-        if height < 1 or width < 1 or height % sc or width % sc:
-            raise UsageError(f"frames of {height}x{width} cannot be tokenized: height and width must be multiples of {sc}")
-
-    def token_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """(t, h, w) of the ids for a clip of frames x height x width."""
-        self.check_video_shape(frames, height, width)
-        c = self.config
-        return 1 + (frames - 1) // c.temporal_compression, height // c.spatial_compression, width // c.spatial_compression
 
     # inference
 
@@ -426,29 +407,14 @@ class OpenMagvit2Tokenizer(nn.Module):
     @torch.inference_mode()
     def encode_to_device(self, video: Tensor) -> Tensor:
         """uint8 (B, T, H, W, 3) on any device -> int64 ids (B, t, h, w) left on the model's device."""
-        video = torch.as_tensor(video)
-        if video.dtype != torch.uint8 or video.ndim != 5 or video.shape[-1] != 3:
-            raise UsageError(f"encode takes uint8 video (B, T, H, W, 3), got {video.dtype} {tuple(video.shape)}")
-        self.check_video_shape(*video.shape[1:4])
-        z = self.encoder(self._frames_apart(pixels_to_unit(video.to(self.device, non_blocking=True))))
-        return self.latents_to_indices(self._frames_together(z, video.shape[0]))
-
-    def encode(self, video: Tensor) -> Tensor:
-        """uint8 (B, T, H, W, 3), T = 1 + 4k, H, W multiples of 8 -> int64 ids (B, t, h, w) on the CPU."""
-        return self.encode_to_device(video).cpu()
+        x = self._video_in(video)
+        z = self.encoder(self._frames_apart(x))
+        return self.latents_to_indices(self._frames_together(z, x.shape[0]))
 
     @torch.inference_mode()
     def decode(self, ids: Tensor) -> Tensor:
         """int ids (B, t, h, w) of any integer dtype -> uint8 video (B, T, H, W, 3) on the CPU."""
-        ids = torch.as_tensor(ids)
-        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool or ids.ndim != 4:
-            raise UsageError(f"decode takes integer ids with 4 axes (B, t, h, w), got {ids.dtype} {tuple(ids.shape)}")
-        ids = ids.to(self.device).to(torch.int64)
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.codebook_size):
-            raise ModelError(
-                f"token ids span [{int(ids.min())}, {int(ids.max())}] but the tokenizer has {self.codebook_size} codes: "
-                "these tokens were made by another tokenizer"
-            )
+        ids = self._ids_in(ids, 4)
         x = self.decoder(self._frames_apart(self.indices_to_codes(ids)))
         return unit_to_pixels(self._frames_together(x, ids.shape[0])).cpu()
 

@@ -3,7 +3,6 @@ failures, tar inputs with passthrough members, shard splitting, and the encoder 
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys

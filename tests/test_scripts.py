@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import pytest
 from videos import make_video
 
 from lfqtok.model import TokenizerConfig, load_tokenizer
