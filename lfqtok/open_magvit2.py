@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ModelError, OutputError
-from .model import TokenizerBase
+from .tokenizer import TokenizerBase
 
 # constants
 
