@@ -1,9 +1,11 @@
-"""Gather the still photographs the default tokenizer trains on: `python scripts/get_photos.py OUT_DIR`.
+"""Gather the still photographs the default tokenizer trains on: `python scripts/get_photos.py OUT_DIR [--short-side N]`.
 
 Every image listed in scripts/training_photos.tsv: desktop backgrounds from Debian packages (`apt-get download`
 then `dpkg -x`; nothing is installed) and the images bundled in the scikit-image wheel. OUT_DIR gets one file
 per image, named `{package}__{name}`; the packages' copyright files go to OUT_DIR/licences/. Licences are
 summarized in docs/model.md. Needs apt-get and dpkg (Debian, Ubuntu) and, for the skimage rows, scikit-image.
+`--short-side N` stores each image scaled down to short side N as JPEG (Pillow): a few MB in all, small enough
+to carry to a lent GPU machine (training stores photos at short side 160 anyway).
 """
 
 from __future__ import annotations
@@ -35,7 +37,20 @@ def target_name(package: str, path: str) -> str:
     return f"{package}__{parts[-1]}"
 
 
-def main(out: Path) -> int:
+def shrink(path: Path, short_side: int) -> None:
+    """Replace the image at `path` by a JPEG of short side `short_side` (never enlarged) named `{stem}.jpg`."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        scale = min(1.0, short_side / min(image.size))
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+        image.save(path.with_suffix(".jpg"), quality=92)
+    if path.suffix.lower() != ".jpg":
+        path.unlink()
+
+
+def main(out: Path, short_side: int | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "licences").mkdir(exist_ok=True)
     count = 0
@@ -58,11 +73,15 @@ def main(out: Path) -> int:
             copyright_file = Path(tmp) / "x" / "usr" / "share" / "doc" / package / "copyright"
             if copyright_file.is_file():
                 shutil.copyfile(copyright_file, out / "licences" / f"{package}.copyright")
+    if short_side:
+        for path in sorted(p for p in out.iterdir() if p.is_file()):
+            shrink(path, short_side)
     print(f"{count} images in {out}")
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--short-side"):
         sys.exit(__doc__)
-    sys.exit(main(Path(sys.argv[1])))
+    sys.exit(main(Path(args[0]), int(args[2]) if len(args) == 3 else None))

@@ -7,12 +7,14 @@
 #   run(command="bash scripts/gpu_session.sh", carry=[".gpudata", ".whl"], timeout_s=600)
 # and evaluate the weights it brings back here (the eval videos stay here): scripts/eval_tokenizer.py --model ...
 #
-# Knobs (environment): DATA (train videos, default .gpudata), MINUTES (training wall clock, default 6), RUN (the
+# Knobs (environment): DATA (train videos, default .gpudata), PHOTOS (still photos, default .gpuphotos: used when
+# the folder exists), MINUTES (training wall clock, default 6), RUN (the
 # training run's folder, default /tmp/lfqtok-gpu-run: a second call resumes it),
 # DEVICE (default cuda), WHEELS (default .whl), PYTHON (default python3), TINY=1 (the tiny test config: the CPU smoke test in tests/test_scripts.py).
 set -uo pipefail
 : "${OUT:?set OUT to the folder that receives the results}"
 DATA=${DATA:-.gpudata}
+PHOTOS=${PHOTOS:-.gpuphotos}
 RUN=${RUN:-/tmp/lfqtok-gpu-run}
 MINUTES=${MINUTES:-6}
 DEVICE=${DEVICE:-cuda}
@@ -33,12 +35,17 @@ if [ "${TINY:-0}" = 1 ]; then
     model_args=(--tiny --batch-size 2 --clip-frames 5 --crop 32)
     bench_args=(--size 32 --clip-frames 5 --max-clips 1 --batch-size 2 --encoder-batches 1 --workers 1)
 else
-    model_args=(--batch-size 32 --clip-frames 17 --crop 64 --mse-weight 4)
+    # the v2 recipe (docs/model.md): deeper encoder, asymmetric decoder with a bilinear base, a 4-bit chroma
+    # head, YCbCr loss with chroma x2 and block means, weight average
+    model_args=(--batch-size 32 --clip-frames 17 --crop 64 --mse-weight 4 --num-res-blocks 2 --decoder-res-blocks 3
+                --decoder-base --chroma-bits 4 --chroma-weight 2 --lowpass-weight 4 --ema-decay 0.999)
     bench_args=(--size 128 --clip-frames 17 --max-clips 4 --batch-size 32 --encoder-batches 8)
 fi
 
 # 1. train: the LR schedule ends at MINUTES of wall clock whatever the step rate; the export is a plain checkpoint
-"$PY" scripts/train_tokenizer.py "$DATA" --out "$RUN" --device "$DEVICE" "${model_args[@]}" \
+photo_args=()
+[ -d "$PHOTOS" ] && photo_args=(--photos "$PHOTOS" --photo-fraction 0.4)
+"$PY" scripts/train_tokenizer.py "$DATA" --out "$RUN" --device "$DEVICE" "${model_args[@]}" "${photo_args[@]}" \
     --steps 1000000 --max-minutes "$MINUTES" --checkpoint-every 1000 --log-every 200 --name lfqtok-default \
     --export "$OUT/default.safetensors" 2>&1 | tee "$OUT/train.log" || exit 1
 
