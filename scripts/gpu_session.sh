@@ -2,9 +2,9 @@
 # One device call for a session lent a GPU: train the production default tokenizer there, then measure the
 # encoder and the encode pipeline on it. Everything it makes goes to $OUT (weights, logs, benchmark table).
 #
-# Prepare here (docs/model.md, "Retraining on a GPU"): the train videos in .gpudata/ and the wheels the GPU image
-# lacks in .whl/, both ignored by git and named in `carry`. Then one call:
-#   run(command="bash scripts/gpu_session.sh", carry=[".gpudata", ".whl"], timeout_s=600)
+# Prepare here (docs/model.md, "Retraining on a GPU"): the train videos in .gpudata/, the wheels the GPU image
+# lacks in .whl/ and the training photos in .gpuphotos/, all ignored by git and named in `carry`. Then one call:
+#   run(command="bash scripts/gpu_session.sh", carry=[".gpudata", ".whl", ".gpuphotos"], timeout_s=600)
 # and evaluate the weights it brings back here (the eval videos stay here): scripts/eval_tokenizer.py --model ...
 #
 # Knobs (environment): DATA (train videos, default .gpudata), PHOTOS (still photos, default .gpuphotos: used when
@@ -35,9 +35,10 @@ if [ "${TINY:-0}" = 1 ]; then
     model_args=(--tiny --batch-size 2 --clip-frames 5 --crop 32)
     bench_args=(--size 32 --clip-frames 5 --max-clips 1 --batch-size 2 --encoder-batches 1 --workers 1)
 else
-    # the v2 recipe (docs/model.md): deeper encoder, asymmetric decoder with a bilinear base, a 4-bit chroma
-    # head, YCbCr loss with chroma x2 and block means, weight average
-    model_args=(--batch-size 32 --clip-frames 17 --crop 64 --mse-weight 4 --num-res-blocks 2 --decoder-res-blocks 3
+    # the v2 network (docs/model.md) grown from the shipped default, so the GPU minutes start from what the CPU
+    # phases learned: deeper encoder, asymmetric decoder with a bilinear base, a 4-bit chroma head, YCbCr loss
+    # with chroma x2 and block means, weight average
+    model_args=(--init-from default --batch-size 32 --clip-frames 17 --crop 64 --mse-weight 4 --num-res-blocks 2 --decoder-res-blocks 3
                 --decoder-base --chroma-bits 4 --chroma-weight 2 --lowpass-weight 4 --ema-decay 0.999)
     bench_args=(--size 128 --clip-frames 17 --max-clips 4 --batch-size 32 --encoder-batches 8)
 fi
