@@ -5,7 +5,8 @@ written by lfqtok's ShardWriter): tokens/s of the bare loop (open each tar, np.l
 and of TokenDataset alone and through a DataLoader with 0, 1 and 2 workers (batches of int64 clips), best of
 REPEATS interleaved rounds, and the ratio per worker (target >= 0.8x the bare loop), next to what the
 DataLoader costs by itself (the same items from memory: batching, and with workers the transfer of each batch
-to the main process). `--memory` adds the peak RSS of a fresh process reading 10 and 100 shards (it should not
+to the main process), and what the dataset costs inside the workers when they send only a count back (no
+transfer). `--memory` adds the peak RSS of a fresh process reading 10 and 100 shards (it should not
 grow with the number of shards).
 
     .venv/bin/python scripts/bench_read.py [--shards 20] [--samples 200] [--repeats 5] [--batch-size 64] [--memory]
@@ -84,6 +85,20 @@ def dataset_loop(out: Path, workers: int, batch_size: int) -> int:
     return sum(batch["tokens"].numel() for batch in loader)
 
 
+def count_tokens(items: list[dict]) -> int:
+    """A collate_fn that sends only a count back: the dataset's own cost inside a worker, without the transfer."""
+    return sum(item["tokens"].numel() for item in items)
+
+
+def sink_loop(out: Path, workers: int, batch_size: int) -> int:
+    import torch
+
+    from lfqtok import TokenDataset
+
+    loader = torch.utils.data.DataLoader(TokenDataset(out), batch_size=batch_size, num_workers=workers, collate_fn=count_tokens)
+    return sum(loader)
+
+
 class InMemory:
     """The same items TokenDataset yields, from memory: what a DataLoader costs by itself (batching, and with
     workers the transfer of every batch to the main process), the floor under any dataset."""
@@ -148,6 +163,7 @@ def main() -> None:
         runs.update({w: functools.partial(dataset_loop, out, w, args.batch_size) for w in WORKERS})
         clips = args.shards * args.samples * SHAPE[0]
         runs.update({("floor", w): functools.partial(floor_loop, clips, w, args.batch_size) for w in WORKERS})
+        runs.update({("sink", w): functools.partial(sink_loop, out, w, args.batch_size) for w in WORKERS if w})
         results = best_of(runs, args.repeats)
         assert all(tokens == expected for _, tokens in results.values()), results
         base = results["bare"][0]
@@ -162,6 +178,10 @@ def main() -> None:
             print(f"TokenDataset, DataLoader workers={workers}: {seconds:.2f} s, {expected / seconds / 1e6:.2f} M tokens/s, "
                   f"{base / seconds:.2f}x the bare loop, {base / seconds / max(workers, 1):.2f}x per worker "
                   f"(the DataLoader alone, items from memory: {floor:.2f} s)")
+            if workers:
+                sink = results["sink", workers][0]
+                print(f"  the same workers sending only a count back (the dataset's own cost in a worker): {sink:.2f} s, "
+                      f"{base / sink / workers:.2f}x per worker")
         if args.memory:
             for shuffle in (0, 1000):
                 rows = [(n, *peak_rss(Path(tmp) / f"mem{n}", n, args.samples, shuffle)) for n in (10, 100)]
