@@ -1,7 +1,7 @@
 """`TokenDataset` through a torch DataLoader against the bare loop users write first (tarfile + np.load).
 
 One run, one generated token dir (SHARDS shards x SAMPLES samples of (2, 5, 16, 16) uint32 tokens, 2^18 codes,
-written by lfqtok's ShardWriter): tokens/s of the bare loop (open each tar, np.load each array, int64 clips)
+written by lfqtok's ShardWriter as in bench_stats.py): tokens/s of the bare loop (open each tar, np.load each array, int64 clips)
 and of TokenDataset alone and through a DataLoader with 0, 1 and 2 workers (batches of int64 clips), best of
 REPEATS interleaved rounds, and the ratio per worker (target >= 0.8x the bare loop), next to what the
 DataLoader costs by itself (the same items from memory: batching, and with workers the transfer of each batch
@@ -27,10 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from lfqtok.shards import ShardWriter, build_manifest, prepare_output
-
-CODEBOOK = 1 << 18
-SHAPE = (2, 5, 16, 16)  # (clips, t, h, w): two 17-frame clips at 128x128
+from bench_stats import SHAPE, make_tokens  # the same generated token dir as the stats benchmark
 WORKERS = (0, 1, 2)
 
 PEAK_RSS = """
@@ -40,21 +37,6 @@ loader = torch.utils.data.DataLoader(TokenDataset(sys.argv[1], shuffle=int(sys.a
 tokens = sum(batch["tokens"].numel() for batch in loader)
 print(tokens, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
-
-
-def make_tokens(out: Path, shards: int, samples: int) -> int:
-    """Write the token dir with lfqtok's writer; returns the number of tokens."""
-    rng = np.random.default_rng(0)
-    manifest = build_manifest(codebook_size=CODEBOOK, num_codebooks=1, tokenizer_name="bench", tokenizer_sha256="0" * 64,
-                              tokenizer_config={}, clip_frames=17, size=128, token_shape=list(SHAPE[1:]), extra={})
-    prepare_output(out, manifest, overwrite=True)
-    for index in range(shards):
-        with ShardWriter(out, index, np.uint32) as writer:
-            for i in range(samples):
-                meta = {"source": f"video{i}.mp4", "clips": [[0, 17], [17, 34]]}
-                writer.write(f"s{index:05d}_{i:05d}", rng.integers(0, CODEBOOK, SHAPE), meta)
-            writer.finish({"samples": samples, "clips": samples * SHAPE[0]})
-    return shards * samples * int(np.prod(SHAPE))
 
 
 def bare_loop(out: Path) -> int:
