@@ -4,8 +4,8 @@
 
 A slope of 1 keeps colour; below 1 it is washed towards grey (the share of the source's block-to-block colour
 variation that survives); the offset is a cast. Also the mean Cb, Cr of green blocks (both below -5: foliage)
-in the source and the reconstruction, where a sign change is a hue error a viewer sees. Clips are cut as
-`lfqtok encode` cuts them (the first --max-clips 17-frame clips of each video).
+in the source and the reconstruction, where a sign change is a hue error a viewer sees. Clips are the eval
+script's (`load_clips`: cut as `lfqtok encode` cuts them, the first --max-clips 17-frame clips of each video).
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ import typer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from eval_tokenizer import default_data  # noqa: E402
+from eval_tokenizer import VIDEO_EXTS, default_data, load_clips  # noqa: E402
 from lfqtok.metrics import RGB_TO_YCBCR  # noqa: E402
 from lfqtok.model import load_tokenizer  # noqa: E402
-from lfqtok.video import ClipSpec, iter_clips  # noqa: E402
 
 app = typer.Typer(add_completion=False)
 
@@ -33,7 +32,7 @@ def block_ycbcr(frames: np.ndarray, block: int = 8) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB -> (N, 3) YCbCr means of its block x block squares (Cb, Cr centred on 0)."""
     t, h, w, _ = frames.shape
     means = frames.reshape(t, h // block, block, w // block, block, 3).mean(axis=(2, 4), dtype=np.float64)
-    return means.reshape(-1, 3) @ np.asarray(RGB_TO_YCBCR, dtype=np.float64).T
+    return means.reshape(-1, 3) @ RGB_TO_YCBCR.T
 
 
 @app.command()
@@ -44,16 +43,15 @@ def main(
     max_clips: Annotated[int, typer.Option(help="clips per video at most")] = 4,
 ) -> None:
     torch.set_num_threads(2)
-    videos = sorted(p for p in (data or default_data()).iterdir() if p.is_file())
+    videos = sorted(p for p in (data or default_data()).rglob("*") if p.suffix.lower() in VIDEO_EXTS)
     for name in model:
         tok = load_tokenizer(name, "cpu")
         src, rec = [], []
         for video in videos:
-            _, clips = iter_clips(str(video), ClipSpec(size=size, max_clips=max_clips))
-            for clip in clips:
-                x = torch.from_numpy(clip.frames)[None]
-                src.append(block_ycbcr(clip.frames))
-                rec.append(block_ycbcr(tok.decode(tok.encode(x))[0].numpy()))
+            clips = load_clips(video, size, 17, max_clips)  # the eval script's clips: what encode would cut
+            src.append(block_ycbcr(clips.reshape(-1, *clips.shape[2:])))
+            decoded = tok.decode(tok.encode(torch.from_numpy(clips))).numpy()
+            rec.append(block_ycbcr(decoded.reshape(-1, *decoded.shape[2:])))
         s, r = np.concatenate(src), np.concatenate(rec)
         green = (s[:, 1] < -5) & (s[:, 2] < -5)
         print(f"{name}: {len(s):,} blocks of {len(videos)} videos")

@@ -10,6 +10,7 @@ to carry to a lent GPU machine (training stores photos at short side 160 anyway)
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -81,7 +82,8 @@ def main(out: Path, short_side: int | None = None) -> int:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if len(args) not in (1, 3) or (len(args) == 3 and args[1] != "--short-side"):
-        sys.exit(__doc__)
-    sys.exit(main(Path(args[0]), int(args[2]) if len(args) == 3 else None))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="folder for the images (and licences/)")
+    parser.add_argument("--short-side", type=int, help="store JPEGs scaled down to this short side")
+    args = parser.parse_args()
+    sys.exit(main(args.out, args.short_side))
