@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import InputError, UsageError
+from .handoff import SharedBatch
 from .shards import META_MEMBER, TOKENS_MEMBER, expand_paths, load_npy, read_manifest, split_member
 
 # constants
@@ -38,6 +39,7 @@ from .shards import META_MEMBER, TOKENS_MEMBER, expand_paths, load_npy, read_man
 BOS, EOS, SEP, PAD = 0, 1, 2, 3  # special ids are codebook_size + these
 NUM_SPECIAL = 4
 HANDLERS = ("raise", "warn")
+READ_BUFFER = 1 << 20  # bytes per read of a shard: fewer reads, each a GIL release a worker must win back
 
 Handler = str | Callable[[InputError], Any]
 
@@ -109,9 +111,46 @@ def flatten(tokens: torch.Tensor, codebook_size: int, bos: bool, eos: bool, sep:
     return torch.cat(head + [body] + tail) if head or tail else body
 
 
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch of items -> dict: tensors stacked, everything else as lists (packed blocks' `documents` too)."""
-    return {k: torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items] for k in items[0]}
+def collate(items: Sequence[dict[str, Any]]) -> Any:
+    """Items -> one batch dict, as torch's default_collate makes it for clips: tensors stacked, integer arrays
+    stacked as int64, ints as an int64 tensor, the rest as lists (packed blocks' `documents` too).
+
+    In a DataLoader worker the stacked tensors are written into reused shared memory and what is returned is a
+    handle that becomes the batch dict when the main process receives it (`lfqtok.handoff`): use it as the
+    DataLoader's collate_fn, not inside other worker code."""
+    first = items[0]
+    specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    for k, v in first.items():
+        if torch.is_tensor(v) or isinstance(v, np.ndarray):
+            odd = next((it for it in items if tuple(it[k].shape) != tuple(v.shape)), None)
+            if odd is not None:
+                raise UsageError(f"cannot batch {k} of shapes {tuple(v.shape)} ({first.get('key', 'item 0')}) and "
+                                 f"{tuple(odd[k].shape)} ({odd.get('key', 'a later item')}): use flat=True with seq_len "
+                                 "to pack them, or batch token shards of one shape")
+            specs[k] = ((len(items), *v.shape), v.dtype if torch.is_tensor(v) else torch.int64)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            specs[k] = ((len(items),), torch.int64)
+    batch = SharedBatch(specs)
+    for k, out in batch.tensors.items():
+        if torch.is_tensor(first[k]):
+            torch.stack([it[k] for it in items], out=out)
+        elif isinstance(first[k], np.ndarray):
+            np.stack([it[k] for it in items], out=out.numpy(), casting="unsafe")  # widened as astype would
+        else:
+            out.copy_(torch.tensor([it[k] for it in items], dtype=torch.int64))
+    return batch.finish({k: [it[k] for it in items] for k in first if k not in specs})
+
+
+def batched(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
+    """Lists of n items in turn, the last one shorter when the items run out."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _reason(exc: BaseException) -> str:
@@ -128,7 +167,7 @@ class _Clip:
     part: int  # place of its shard in this slot's plan
     ordinal: int  # clips of this slot's share of the shard before this one (-1: not counted)
     shape: tuple[int, ...]  # (t, h, w) [+ (c)]
-    tokens: torch.Tensor | None = None  # int64 (t, h, w) [+ (c)]; None: a placeholder
+    tokens: np.ndarray | None = None  # (t, h, w) [+ (c)] as stored (uint16, uint32, ...); None: a placeholder
     key: str = ""
     clip: int = 0
     source: str = ""
@@ -197,9 +236,12 @@ class _Watch:
 # items: clips, flat sequences, packed blocks (None stands for an item built from a placeholder)
 
 
-def _clip_item(rec: _Clip, flat: Callable[[torch.Tensor], torch.Tensor] | None) -> dict[str, Any]:
-    tokens = rec.tokens if flat is None else flat(rec.tokens)
-    return {"tokens": tokens, "key": rec.key, "clip": rec.clip, "source": rec.source, "shard": rec.shard}
+def _int64(tokens: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(tokens.astype(np.int64))
+
+
+def _clip_item(rec: _Clip, convert: Callable[[np.ndarray], Any]) -> dict[str, Any]:
+    return {"tokens": convert(rec.tokens), "key": rec.key, "clip": rec.clip, "source": rec.source, "shard": rec.shard}
 
 
 class _Packer:
@@ -286,6 +328,9 @@ class TokenDataset(IterableDataset):
       "positions" (seq_len,) (index in its sequence: > 0 at a block's start means the block goes on with a
       sequence split before it), "documents": [{key, clip, source, shard, start, stop, length}] per segment};
       batch them with `collate_fn=lfqtok.dataset.collate`.
+    `batch_size`: yield batches of that many items instead (as `collate` makes them; each worker's last batch may
+    be shorter), for `DataLoader(ds, batch_size=None, num_workers=...)`: batches made in the workers reach the
+    main process through reused shared memory (`lfqtok.handoff`), the fastest way to read with workers.
     The order is a function of (seed, epoch, world_size, num_workers): `shuffle` > 0 shuffles the shard order per
     epoch and keeps a buffer of that many clips per worker. `skip`: items this rank already consumed in the epoch
     (a resume), placed among workers as a DataLoader with `loader_batch_size` takes them; consumed items' tokens
@@ -305,11 +350,12 @@ class TokenDataset(IterableDataset):
         seq_len: int | None = None,  # pack flat sequences into blocks of this many tokens (implies flat)
         split_sequences: bool = True,  # packing: a sequence may go on in the next block (else: padding)
         drop_last: bool = False,  # packing: drop each worker's last, padded block
+        batch_size: int | None = None,  # yield batches of this many items (use DataLoader(batch_size=None))
         shuffle: int = 0,  # clips in the shuffle buffer (0: shard order, no shuffling)
         seed: int = 0,
         epoch: int = 0,
         skip: int = 0,  # items of this rank already consumed in `epoch`
-        loader_batch_size: int = 1,  # the DataLoader's batch_size, to place `skip` among its workers
+        loader_batch_size: int | None = None,  # the DataLoader's batch_size, to place `skip` among its workers
         rank: int | None = None,
         world_size: int | None = None,
         codebook_size: int | None = None,  # for shards without a manifest (flat items need it)
@@ -319,9 +365,12 @@ class TokenDataset(IterableDataset):
         flat = flat or exists(seq_len)
         if not flat and (bos or eos or frame_sep):
             raise UsageError("bos, eos and frame_sep are for flat sequences: pass flat=True or seq_len")
-        if (exists(seq_len) and seq_len < 1) or shuffle < 0 or skip < 0 or loader_batch_size < 1:
-            raise UsageError(f"seq_len and loader_batch_size must be >= 1, shuffle and skip >= 0; got {seq_len}, "
-                             f"{loader_batch_size}, {shuffle}, {skip}")
+        if any(exists(n) and n < 1 for n in (seq_len, batch_size, loader_batch_size)) or shuffle < 0 or skip < 0:
+            raise UsageError(f"seq_len, batch_size and loader_batch_size must be >= 1, shuffle and skip >= 0; got "
+                             f"{seq_len}, {batch_size}, {loader_batch_size}, {shuffle}, {skip}")
+        if exists(batch_size) and exists(loader_batch_size) and loader_batch_size not in (1, batch_size):
+            raise UsageError(f"with batch_size the DataLoader takes one batch at a time (batch_size=None): "
+                             f"loader_batch_size {loader_batch_size} differs from batch_size {batch_size}")
         if not callable(handler) and handler not in HANDLERS:
             raise UsageError(f"handler must be one of {', '.join(HANDLERS)} or a callable, got {handler!r}")
         manifests: dict[Path, dict | None] = {}
@@ -339,7 +388,8 @@ class TokenDataset(IterableDataset):
         self.flat, self.bos, self.eos, self.frame_sep = flat, bos, eos, frame_sep
         self.seq_len, self.split_sequences, self.drop_last = seq_len, split_sequences, drop_last
         self.shuffle, self.seed, self.epoch, self.skip = shuffle, seed, epoch, skip
-        self.loader_batch_size, self.handler = loader_batch_size, handler
+        self.batch_size, self.handler = batch_size, handler
+        self.loader_batch_size = batch_size or loader_batch_size or 1
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self._check_fits()
 
@@ -363,7 +413,15 @@ class TokenDataset(IterableDataset):
             raise UsageError(f"skip must be >= 0, got {skip}")
         self.epoch, self.skip = epoch, skip
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[Any]:
+        if not exists(self.batch_size):
+            return self._epoch()
+        return (collate(items) for items in batched(self._epoch(), self.batch_size))
+
+    # helpers
+
+    def _epoch(self) -> Iterator[dict[str, Any]]:
+        """This worker's items of the epoch, after the `skip` already consumed."""
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         role, skip = worker_resume(self.skip, workers, worker, self.loader_batch_size)
@@ -383,8 +441,6 @@ class TokenDataset(IterableDataset):
             if n >= skip:
                 yield item
 
-    # helpers
-
     def _known_codebook_size(self) -> int:
         if not exists(self.codebook_size):
             raise UsageError("the codebook size is unknown (no lfqtok.json next to the shards): pass codebook_size")
@@ -402,19 +458,20 @@ class TokenDataset(IterableDataset):
             from webdataset.filters import shuffle
 
             records = shuffle(self.shuffle, self.shuffle, rng=rng)(records)
-        flat = self._flat if self.flat else None
         if not exists(self.seq_len):
+            # batches widen stored tokens to int64 once, as they stack them
+            convert = self._flat if self.flat else (lambda t: t) if exists(self.batch_size) else _int64
             for rec in records:
-                yield (None if rec.tokens is None else _clip_item(rec, flat)), [rec]
+                yield (None if rec.tokens is None else _clip_item(rec, convert)), [rec]
             return
         packer = _Packer(self.seq_len, self.codebook_size + PAD, self.split_sequences, self.drop_last)
         for rec in records:
-            seq = None if rec.tokens is None else flat(rec.tokens)
+            seq = None if rec.tokens is None else self._flat(rec.tokens)
             yield from packer.add(rec, seq, flat_length(rec.shape, self.bos, self.eos, self.frame_sep))
         yield from packer.flush()
 
-    def _flat(self, tokens: torch.Tensor) -> torch.Tensor:
-        return flatten(tokens, self.codebook_size, self.bos, self.eos, self.frame_sep)
+    def _flat(self, tokens: np.ndarray) -> torch.Tensor:
+        return flatten(_int64(tokens), self.codebook_size, self.bos, self.eos, self.frame_sep)
 
     def _consumed(self, plan: list[tuple[_Shard, int, int]], skip: int, seed: str) -> tuple[dict[int, set[int]], dict[int, int]]:
         """A dry run without tokens: which clips (part -> ordinals) the first `skip` items of this worker used,
@@ -464,7 +521,7 @@ class TokenDataset(IterableDataset):
 
         watch = _Watch(k, j, used, dry, counted)
         try:
-            with open(shard.path, "rb") as stream:
+            with open(shard.path, "rb", buffering=READ_BUFFER) as stream:
                 files = tar_file_expander([{"url": shard.path, "stream": stream}], handler=reraise_exception,
                                           select_files=watch.select)
                 for sample in group_by_keys(watch.files(files, shard.path), handler=reraise_exception):
@@ -497,7 +554,7 @@ class TokenDataset(IterableDataset):
         if arr.ndim < 4 or arr.dtype.kind not in "iu":
             raise InputError(f"{shard.path}:{key}: tokens must be integers (clips, t, h, w) [+ (c)], got {arr.dtype} {arr.shape}")
         source, shape = str(meta.meta.get("source") or ""), tuple(arr.shape[1:])
-        for c, clip in enumerate(torch.from_numpy(arr.astype(np.int64)).unbind(0)):
+        for c, clip in enumerate(arr):
             ordinal = meta.first + c if meta.first >= 0 else -1
             yield _Clip(part, ordinal, shape, None if ordinal in used else clip, key, c, source, shard.path)
 

@@ -1,0 +1,160 @@
+"""Batches from DataLoader workers to the main process through shared memory that is reused, not reallocated.
+
+torch hands each batch tensor a worker yields over in a fresh shared-memory segment (every page faulted in anew,
+a file descriptor sent over a socket each time); for token batches that costs more than reading them. Here each
+worker keeps a few slots of shared memory: a batch is written into a free slot and only a small handle crosses
+the pipe (the slot's memory itself the first time that slot is used). Unpickling the handle in the main process
+copies the batch out into ordinary tensors and marks the slot free, so what the user holds is never overwritten.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from typing import Any
+
+import torch
+from torch.utils.data import get_worker_info
+
+# constants
+
+HEADER = 64  # bytes before a slot's data: its state (int64: 0 free, 1 holding a batch), then alignment
+ALIGN = 64  # each tensor's offset in a slot
+GRAIN = 1 << 16  # slot sizes are rounded up to this
+MAX_SLOTS = 16  # per worker; when all are still held (batches that never reached the main process), torch's way
+
+Specs = dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+# helpers
+
+
+def _aligned(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
+def _layout(specs: Specs) -> tuple[list[tuple[str, tuple[int, ...], torch.dtype, int]], int]:
+    """(name, shape, dtype, byte offset) per tensor, and the bytes they need in a slot."""
+    rows, offset = [], HEADER
+    for name, (shape, dtype) in specs.items():
+        rows.append((name, tuple(shape), dtype, offset))
+        offset = _aligned(offset + math.prod(shape) * dtype.itemsize, ALIGN)
+    return rows, offset
+
+
+def _view(buffer: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, offset: int) -> torch.Tensor:
+    return buffer[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+
+
+# worker side
+
+
+class _Slot:
+    def __init__(self, nbytes: int):
+        self.buffer = torch.zeros(_aligned(nbytes, GRAIN), dtype=torch.uint8).share_memory_()
+        self.state = self.buffer[:8].view(torch.int64)
+        self.sent = False  # the main process has this slot's memory (it has received a batch in it)
+
+
+class _Ring:
+    """One worker process's slots; a slot is reused once the main process has copied its batch out."""
+
+    def __init__(self):
+        self.id, self.pid = uuid.uuid4().hex, os.getpid()
+        self.slots: list[_Slot] = []
+
+    def take(self, nbytes: int) -> tuple[int, _Slot] | None:
+        """A free slot of at least `nbytes` (a new one if none is free), None when MAX_SLOTS are all held."""
+        for n, slot in enumerate(self.slots):
+            if slot.buffer.numel() >= nbytes and int(slot.state.item()) == 0:
+                return n, slot
+        for n, slot in enumerate(self.slots):  # free but too small: replace it
+            if int(slot.state.item()) == 0:
+                self.slots[n] = _Slot(nbytes)
+                return n, self.slots[n]
+        if len(self.slots) >= MAX_SLOTS:
+            return None
+        self.slots.append(_Slot(nbytes))
+        return len(self.slots) - 1, self.slots[-1]
+
+
+_ring: _Ring | None = None
+
+
+def _this_ring() -> _Ring:
+    global _ring
+    if _ring is None or _ring.pid != os.getpid():  # (a forked child does not share its parent's slots)
+        _ring = _Ring()
+    return _ring
+
+
+class SharedBatch:
+    """One batch under construction: `tensors` are empty tensors to fill (views into a free shared slot inside a
+    DataLoader worker, ordinary tensors elsewhere); `finish` adds the other fields and gives what to yield."""
+
+    def __init__(self, specs: Specs):
+        self._slot: tuple[_Ring, int, _Slot] | None = None
+        self._rows, nbytes = _layout(specs)
+        ring = _this_ring() if get_worker_info() is not None else None
+        taken = ring.take(nbytes) if ring else None
+        if taken is None:
+            self.tensors = {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in specs.items()}
+            return
+        n, slot = taken
+        slot.state.fill_(1)
+        self._slot = ring, n, slot
+        self.tensors = {name: _view(slot.buffer, shape, dtype, offset) for name, shape, dtype, offset in self._rows}
+
+    def finish(self, fields: dict[str, Any]) -> Any:
+        """The batch (tensors, then `fields`) as the main process will see it: the dict itself outside a worker,
+        in a worker a handle that unpickles into that dict."""
+        if self._slot is None:
+            return {**self.tensors, **fields}
+        ring, n, slot = self._slot
+        handle = _Handle(ring.id, ring.pid, n, None if slot.sent else slot.buffer, self._rows, fields)
+        slot.sent = True
+        return handle
+
+
+class _Handle:
+    """What crosses the pipe for a batch in a slot; unpickling it in the main process copies the batch out."""
+
+    def __init__(self, ring: str, pid: int, slot: int, buffer: torch.Tensor | None, rows: list, fields: dict[str, Any]):
+        self.args = ring, pid, slot, buffer, rows, fields
+
+    def __reduce__(self):
+        return _receive, self.args
+
+    def __repr__(self) -> str:
+        return "<lfqtok batch in a worker's shared memory: a dict once the DataLoader hands it to the main process>"
+
+
+# main side
+
+_received: dict[str, tuple[int, dict[int, torch.Tensor]]] = {}  # ring id -> (worker pid, slot -> its memory)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _receive(ring: str, pid: int, slot: int, buffer: torch.Tensor | None, rows: list, fields: dict[str, Any]) -> dict[str, Any]:
+    """Copy a batch out of its slot into new tensors and free the slot. A slot's memory arrives with its first
+    batch and is kept until its worker has exited (checked whenever new memory arrives)."""
+    if buffer is not None:
+        if ring not in _received:
+            for gone in [r for r, (p, _) in _received.items() if not _alive(p)]:
+                del _received[gone]
+            _received[ring] = pid, {}
+        _received[ring][1][slot] = buffer
+    memory = _received[ring][1][slot]
+    batch = {name: _view(memory, shape, dtype, offset).clone() for name, shape, dtype, offset in rows}
+    memory[:8].view(torch.int64).fill_(0)
+    batch.update(fields)
+    return batch
