@@ -291,6 +291,17 @@ def _shard_samples(item: str | Path, manifests: dict[Path, dict | None]) -> Iter
             yield Sample(key, tokens, meta, manifests[tar.parent])
 
 
+def unique_name(key: str, taken: set[str]) -> str:
+    """`key`, or `key_2`, `key_3`, ... when an earlier sample of this run took it (two generated `x.npy` from two
+    dirs, one key in two token dirs): no preview overwrites another. Adds the name to `taken`."""
+    name, n = key, 1
+    while name in taken:
+        n += 1
+        name = f"{key}_{n}"
+    taken.add(name)
+    return name
+
+
 def is_npy(item: str | Path) -> bool:
     return str(item).lower().endswith(".npy")
 
@@ -492,12 +503,15 @@ def decode_samples(
     out = Path(out)
     tars = TarSources()
     previews = []
+    names: set[str] = set()
     for sample in samples:
         t, h, w = sample.tokens.shape[1:4]
         c = tok.config
         source, note = open_source(sample, h * c.spatial_compression, 1 + (t - 1) * c.temporal_compression, tars)
-        notes = [n for n in (model_note, to_bit_order(sample, tok), note) if n]
-        previews.append(Preview(sample, out / f"{sample.key}.{fmt}", fmt, compare, source, notes))
+        name = unique_name(sample.key, names)
+        renamed = f"written as {name}.{fmt}: an earlier input has the key {sample.key}" if name != sample.key else None
+        notes = [n for n in (model_note, to_bit_order(sample, tok), note, renamed) if n]
+        previews.append(Preview(sample, out / f"{name}.{fmt}", fmt, compare, source, notes))
     rows: dict[int, dict] = {}
     left = [len(s.tokens) for s in samples]
     for refs, ids in iter_batches(samples, batch_size):

@@ -250,3 +250,14 @@ def test_a_generated_id_outside_the_codebook_is_named_with_its_index(tmp_path, m
         decode_samples([tmp_path / "float.npy"], tmp_path / "prev", model=model, device="cpu")
     with pytest.raises(ModelError, match="--model"):
         decode_samples([tmp_path / "gen.npy"], tmp_path / "prev", device="cpu")
+
+
+def test_inputs_with_the_same_name_get_a_preview_each(tmp_path, model):
+    for d, fill in (("a", 0), ("b", 255)):
+        (tmp_path / d).mkdir()
+        np.save(tmp_path / d / "gen.npy", np.full((2, 4, 4), fill, np.int64))
+    rows = decode_samples([tmp_path / "a" / "gen.npy", tmp_path / "b" / "gen.npy"], tmp_path / "prev", model=model,
+                          fmt="png", device="cpu")
+    assert [Path(r["output"]).name for r in rows] == ["gen.png", "gen_2.png"]
+    assert rows[0]["note"] is None and "earlier input has the key gen" in rows[1]["note"]
+    assert not np.array_equal(*(read_png(Path(r["output"])) for r in rows))  # neither overwrote the other
