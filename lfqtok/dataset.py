@@ -16,6 +16,7 @@ codebook_size + k: k = 0 BOS, 1 EOS, 2 frame separator (between latent frames), 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -139,6 +140,23 @@ def collate(items: Sequence[dict[str, Any]]) -> Any:
         else:
             out.copy_(torch.tensor([it[k] for it in items], dtype=torch.int64))
     return batch.finish({k: [it[k] for it in items] for k in first if k not in specs})
+
+
+def round_robin(total: int, available: Sequence[int]) -> list[int]:
+    """How many of `total` turns each queue gets when they take one turn each in order, a queue leaving when its
+    `available` turns are used (a DataLoader taking batches from its workers). Needs total <= sum(available)."""
+    share, left = [0] * len(available), total
+    while left > 0:
+        active = [q for q, n in enumerate(available) if share[q] < n]
+        rounds = min(min(available[q] - share[q] for q in active), left // len(active))
+        if rounds == 0:  # fewer turns left than queues: the first ones in order
+            for q in active[:left]:
+                share[q] += 1
+            break
+        for q in active:
+            share[q] += rounds
+        left -= rounds * len(active)
+    return share
 
 
 def batched(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
@@ -334,7 +352,10 @@ class TokenDataset(IterableDataset):
     The order is a function of (seed, epoch, world_size, num_workers): `shuffle` > 0 shuffles the shard order per
     epoch and keeps a buffer of that many clips per worker. `skip`: items this rank already consumed in the epoch
     (a resume), placed among workers as a DataLoader with `loader_batch_size` takes them; consumed items' tokens
-    are not read again (whole shards are passed over by their `_stats.json` counts). `handler`: "raise" on an
+    are not read again (whole shards are passed over by their `_stats.json` counts). `even_ranks`: every rank
+    stops at the fewest batches any rank has (DDP needs the same number of steps on every rank), the first batches
+    of its own as the DataLoader takes them; counted from `_stats.json` and the samples' json without reading
+    tokens (`batches_per_rank`). `handler`: "raise" on an
     unreadable, truncated or foreign shard, "warn" to warn naming it and go on, or a callable taking the
     InputError (return to go on, raise to stop).
     """
@@ -358,6 +379,7 @@ class TokenDataset(IterableDataset):
         loader_batch_size: int | None = None,  # the DataLoader's batch_size, to place `skip` among its workers
         rank: int | None = None,
         world_size: int | None = None,
+        even_ranks: bool = False,  # every rank gives the fewest batches any rank gives (for DDP), dropping the rest
         codebook_size: int | None = None,  # for shards without a manifest (flat items need it)
         handler: Handler = "raise",
     ):
@@ -368,6 +390,9 @@ class TokenDataset(IterableDataset):
         if any(exists(n) and n < 1 for n in (seq_len, batch_size, loader_batch_size)) or shuffle < 0 or skip < 0:
             raise UsageError(f"seq_len, batch_size and loader_batch_size must be >= 1, shuffle and skip >= 0; got "
                              f"{seq_len}, {batch_size}, {loader_batch_size}, {shuffle}, {skip}")
+        if even_ranks and not exists(batch_size) and not exists(loader_batch_size):
+            raise UsageError("even_ranks counts batches: pass batch_size (batches made here) or loader_batch_size (the "
+                             "DataLoader's batch_size)")
         if exists(batch_size) and exists(loader_batch_size) and loader_batch_size not in (1, batch_size):
             raise UsageError(f"with batch_size the DataLoader takes one batch at a time (batch_size=None): "
                              f"loader_batch_size {loader_batch_size} differs from batch_size {batch_size}")
@@ -388,7 +413,8 @@ class TokenDataset(IterableDataset):
         self.flat, self.bos, self.eos, self.frame_sep = flat, bos, eos, frame_sep
         self.seq_len, self.split_sequences, self.drop_last = seq_len, split_sequences, drop_last
         self.shuffle, self.seed, self.epoch, self.skip = shuffle, seed, epoch, skip
-        self.batch_size, self.handler = batch_size, handler
+        self.batch_size, self.handler, self.even_ranks = batch_size, handler, even_ranks
+        self._counted: dict[tuple[int, int, int], list[list[int]]] = {}
         self.loader_batch_size = batch_size or loader_batch_size or 1
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self._check_fits()
@@ -413,6 +439,15 @@ class TokenDataset(IterableDataset):
             raise UsageError(f"skip must be >= 0, got {skip}")
         self.epoch, self.skip = epoch, skip
 
+    def batches_per_rank(self, num_workers: int = 0) -> list[int]:
+        """Batches each rank's DataLoader with `num_workers` workers gives this epoch (of `batch_size` items, or of
+        `loader_batch_size`; items when neither is set), counted without reading tokens: from `_stats.json` and
+        the samples' json. With `even_ranks`, every rank gives the smallest of them: steps per epoch."""
+        workers = max(num_workers, 1)
+        size = self.loader_batch_size
+        rows = [sum(-(-n // size) for n in row) for row in self._counts(workers)]
+        return [min(rows)] * len(rows) if self.even_ranks else rows
+
     def __iter__(self) -> Iterator[Any]:
         if not exists(self.batch_size):
             return self._epoch()
@@ -427,19 +462,43 @@ class TokenDataset(IterableDataset):
         role, skip = worker_resume(self.skip, workers, worker, self.loader_batch_size)
         slots, slot = self.world_size * workers, self.rank * workers + role
         plan = self._plan(slots, slot)
-        seed = f"lfqtok:{self.seed}:{self.epoch}:{slot}:{slots}"
+        seed = self._seed(slots, slot)
+        stop = self._even_share(workers)[role] if self.even_ranks else None
         if not skip:
-            for item, _ in self._items(self._records(plan), random.Random(seed)):
+            for item, _ in itertools.islice(self._items(self._records(plan), random.Random(seed)), stop):
                 yield item
             return
         done, totals = self._consumed(plan, skip, seed)
-        stream = self._items(self._records(plan, done, totals), random.Random(seed))
+        stream = itertools.islice(self._items(self._records(plan, done, totals), random.Random(seed)), stop)
         for n, (item, _) in enumerate(stream):
             if n >= skip and item is None:  # (a skipped block may be real: it holds the head of a split sequence)
                 raise InputError(f"resume: the shards changed since the epoch started (item {n} of this worker), "
                                  "or a _stats.json disagrees with its shard")
             if n >= skip:
                 yield item
+
+    def _seed(self, slots: int, slot: int) -> str:
+        return f"lfqtok:{self.seed}:{self.epoch}:{slot}:{slots}"
+
+    def _counts(self, workers: int) -> list[list[int]]:
+        """Items of each (rank, worker role) this epoch, from dry runs: _stats.json counts, else the samples' json
+        (no tokens read); computed once per epoch and number of workers."""
+        key = (self.seed, self.epoch, workers)
+        if key not in self._counted:
+            slots = self.world_size * workers
+            self._counted[key] = [[sum(1 for _ in self._items(self._records(self._plan(slots, s), totals={}, dry=True),
+                                                             random.Random(self._seed(slots, s))))
+                                   for s in range(rank * workers, (rank + 1) * workers)] for rank in range(self.world_size)]
+        return self._counted[key]
+
+    def _even_share(self, workers: int) -> list[int]:
+        """Items each worker role of this rank delivers so that the rank gives the fewest batches any rank gives:
+        the first that many batches of its own, as its DataLoader takes them (one per worker in turn)."""
+        size = self.loader_batch_size
+        counts = self._counts(workers)
+        fewest = min(sum(-(-n // size) for n in row) for row in counts)
+        mine = counts[self.rank]
+        return [min(n, k * size) for n, k in zip(mine, round_robin(fewest, [-(-n // size) for n in mine]))]
 
     def _known_codebook_size(self) -> int:
         if not exists(self.codebook_size):

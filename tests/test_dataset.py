@@ -183,6 +183,37 @@ def test_skip_with_dataloader_workers_counts_what_the_rank_consumed(uneven):
     assert worker_resume(12, 2, 0, 4) == (1, 4) and worker_resume(12, 2, 1, 4) == (0, 8)  # batches 1 | 0, 2
 
 
+# even ranks (DDP)
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 3}, {"batch_size": 2, "shuffle": 8}, {"seq_len": 7, "batch_size": 2},
+                                     {"loader_batch_size": 3}], ids=["clips", "shuffled", "packed", "loader-batches"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_even_ranks_give_every_rank_the_same_batches_as_the_first_of_its_own(uneven, options, workers):
+    root, _ = uneven
+    loader_batch = options.get("loader_batch_size")
+
+    def batches(**more):
+        ds = TokenDataset(root, rank=more.pop("rank"), world_size=2, **options, **more)
+        return [b["key"] if "key" in b else b["documents"] for b in DataLoader(ds, batch_size=loader_batch,
+                num_workers=workers, collate_fn=collate if loader_batch else None)]
+
+    plain = [batches(rank=r) for r in (0, 1)]
+    counted = TokenDataset(root, world_size=2, rank=0, **options).batches_per_rank(workers)
+    assert counted == [len(b) for b in plain] and counted[0] != counted[1]  # counted without tokens, and uneven
+    even = [batches(rank=r, even_ranks=True) for r in (0, 1)]
+    assert [len(b) for b in even] == [min(counted)] * 2
+    assert all(e == p[: len(e)] for e, p in zip(even, plain))  # a prefix of what the rank gives otherwise
+    resumed = batches(rank=int(np.argmax(counted)), even_ranks=True, skip=2 * (options.get("batch_size") or loader_batch))
+    assert resumed == even[int(np.argmax(counted))][2:]
+
+
+def test_even_ranks_needs_the_batch_size():
+    with pytest.raises(UsageError, match="even_ranks"):
+        TokenDataset(Path(__file__), even_ranks=True)
+    assert dataset_module.round_robin(7, [3, 1, 5]) == [3, 1, 3] and dataset_module.round_robin(2, [3, 1, 5]) == [1, 1, 0]
+
+
 # bad shards
 
 
