@@ -532,20 +532,26 @@ class TokenDataset(IterableDataset):
     def _flat(self, tokens: np.ndarray) -> torch.Tensor:
         return flatten(_int64(tokens), self.codebook_size, self.bos, self.eos, self.frame_sep)
 
-    def _consumed(self, plan: list[tuple[_Shard, int, int]], skip: int, seed: str) -> tuple[dict[int, set[int]], dict[int, int]]:
+    def _consumed(self, plan: list[tuple[_Shard, int, int]], skip: int, seed: str) -> tuple[dict[int, set[int] | range], dict[int, int]]:
         """A dry run without tokens: which clips (part -> ordinals) the first `skip` items of this worker used,
         and the clip count of each part it saw whole. The shuffle buffer and the packer depend only on clip
         counts and shapes, so the real run, fed placeholders for those clips, repeats the same order."""
-        done: dict[int, set[int]] = {}
+        done: dict[int, set[int] | range] = {}
         totals: dict[int, int] = {}
+        open_parts: dict[int, set[int]] = {}  # parts consumed in part; a part consumed whole becomes a range (O(1))
+        known = 0
         for n, (_, finished) in enumerate(self._items(self._records(plan, totals=totals, dry=True), random.Random(seed))):
             for rec in finished:
-                done.setdefault(rec.part, set()).add(rec.ordinal)
+                open_parts.setdefault(rec.part, done.setdefault(rec.part, set())).add(rec.ordinal)
+            if finished or len(totals) != known:
+                known = len(totals)
+                for part in [p for p, used in open_parts.items() if len(used) == totals.get(p)]:
+                    done[part] = range(len(open_parts.pop(part)))
             if n + 1 == skip:
                 break
         return done, totals
 
-    def _records(self, plan: list[tuple[_Shard, int, int]], done: dict[int, set[int]] | None = None,
+    def _records(self, plan: list[tuple[_Shard, int, int]], done: dict[int, set[int] | range] | None = None,
                  totals: dict[int, int] | None = None, dry: bool = False) -> Iterator[_Clip]:
         """This worker's clips in plan order; placeholders for dry runs and for clips consumed before `skip`."""
         counted = dry or exists(done)
@@ -573,7 +579,7 @@ class TokenDataset(IterableDataset):
         stats = shard.stats()
         return int(stats["clips"]) if stats and isinstance(stats.get("clips"), int) else None
 
-    def _stream(self, part: int, shard: _Shard, k: int, j: int, used: set[int], dry: bool, counted: bool) -> Iterator[_Clip]:
+    def _stream(self, part: int, shard: _Shard, k: int, j: int, used: set[int] | range, dry: bool, counted: bool) -> Iterator[_Clip]:
         """One shard's clips for this slot, through webdataset's tar expansion and grouping; errors -> handler."""
         from webdataset.handlers import reraise_exception
         from webdataset.tariterators import group_by_keys, tar_file_expander
@@ -595,7 +601,7 @@ class TokenDataset(IterableDataset):
         except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # via webdataset: truncated, not a tar
             self._handle(InputError(f"{shard.path}: not a readable token shard ({_reason(exc)})"))
 
-    def _sample_clips(self, part: int, shard: _Shard, sample: dict[str, Any], used: set[int], dry: bool) -> Iterator[_Clip]:
+    def _sample_clips(self, part: int, shard: _Shard, sample: dict[str, Any], used: set[int] | range, dry: bool) -> Iterator[_Clip]:
         key = sample["__key__"]
         meta = sample.get(META_MEMBER)
         if not isinstance(meta, _Meta):

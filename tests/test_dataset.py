@@ -308,3 +308,14 @@ def test_shards_from_encode_read_back_with_the_tokens_encode_wrote(tmp_path, mod
     assert all(np.array_equal(it["tokens"].numpy(), expected[it["key"], it["clip"]]) for it in seen)
     manifest = json.loads((tmp_path / "tok" / "lfqtok.json").read_text())
     assert TokenDataset(tmp_path / "tok", flat=True).vocab_size == manifest["codebook_size"] + 4
+
+
+def test_a_resume_deep_into_the_epoch_remembers_shards_consumed_whole_in_constant_memory(tmp_path):
+    write_token_dir(tmp_path / "tok", [12] * 8, stats=False)  # no _stats.json: every shard is streamed to count
+    shards = sorted((tmp_path / "tok").glob("*.tar"))
+    ds = TokenDataset(shards, shuffle=6, skip=150)
+    done, totals = ds._consumed(ds._plan(1, 0), 150, ds._seed(1, 0))
+    whole = [part for part, used in done.items() if isinstance(used, range)]
+    assert len(whole) >= 5 and all(len(done[p]) == totals[p] for p in whole)  # 8 shards of 24 clips, 150 consumed
+    assert sum(len(used) for used in done.values() if isinstance(used, set)) <= 6 + 24  # the buffer, one shard
+    assert keys_of(ds) == keys_of(TokenDataset(shards, shuffle=6))[150:]
