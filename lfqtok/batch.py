@@ -57,7 +57,7 @@ class ClipBatcher:
         """Copy one (T, H, W, 3) clip into the current buffer; return the batch when it is full."""
         if self.slot is None:
             self.slot = self._next_free()
-        self.buffers[self.slot][len(self.refs)].copy_(torch.from_numpy(clip))
+        np.copyto(self.buffers[self.slot][len(self.refs)].numpy(), clip)  # (clips from Ray's store are read-only)
         self.refs.append(ref)
         return self.flush() if len(self.refs) == self.batch_size else None
 

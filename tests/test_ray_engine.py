@@ -358,3 +358,18 @@ def test_without_ray_installed_engine_ray_is_one_usage_error(tmp_path, monkeypat
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("lfqtok: error: --engine ray needs Ray, which is not installed")
+
+
+def test_read_only_clips_from_rays_object_store_batch_without_a_torch_warning():
+    import warnings
+
+    from lfqtok.batch import ClipBatcher
+
+    clip = np.arange(144, dtype=np.uint8).reshape(3, 4, 4, 3)
+    clip.setflags(write=False)  # as Ray hands arrays out of its object store
+    batcher = ClipBatcher(2, clip.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch.from_numpy would warn: "The given NumPy array is not writable"
+        batcher.add(clip, "a")
+        batch = batcher.add(clip, "b")
+    assert batch.refs == ["a", "b"] and (batch.frames.numpy() == clip).all()
