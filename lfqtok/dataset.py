@@ -16,6 +16,7 @@ codebook_size + k: k = 0 BOS, 1 EOS, 2 frame separator (between latent frames), 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -120,7 +121,7 @@ def collate(items: Sequence[dict[str, Any]]) -> Any:
     handle that becomes the batch dict when the main process receives it (`lfqtok.handoff`): use it as the
     DataLoader's collate_fn, not inside other worker code."""
     first = items[0]
-    specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+    specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     for k, v in first.items():
         if torch.is_tensor(v) or isinstance(v, np.ndarray):
             odd = next((it for it in items if tuple(it[k].shape) != tuple(v.shape)), None)
@@ -128,18 +129,30 @@ def collate(items: Sequence[dict[str, Any]]) -> Any:
                 raise UsageError(f"cannot batch {k} of shapes {tuple(v.shape)} ({first.get('key', 'item 0')}) and "
                                  f"{tuple(odd[k].shape)} ({odd.get('key', 'a later item')}): use flat=True with seq_len "
                                  "to pack them, or batch token shards of one shape")
-            specs[k] = ((len(items), *v.shape), v.dtype if torch.is_tensor(v) else torch.int64)
+            dtype = _numpy_dtype(v.dtype) if torch.is_tensor(v) else np.dtype(np.int64)
+            if dtype is not None:
+                specs[k] = ((len(items), *v.shape), dtype)
         elif isinstance(v, int) and not isinstance(v, bool):
-            specs[k] = ((len(items),), torch.int64)
+            specs[k] = ((len(items),), np.dtype(np.int64))
     batch = SharedBatch(specs)
-    for k, out in batch.tensors.items():
+    for k, out in batch.arrays.items():
         if torch.is_tensor(first[k]):
-            torch.stack([it[k] for it in items], out=out)
+            torch.stack([it[k] for it in items], out=torch.from_numpy(out))
         elif isinstance(first[k], np.ndarray):
-            np.stack([it[k] for it in items], out=out.numpy(), casting="unsafe")  # widened as astype would
+            np.stack([it[k] for it in items], out=out, casting="unsafe")  # widened as astype would
         else:
-            out.copy_(torch.tensor([it[k] for it in items], dtype=torch.int64))
-    return batch.finish({k: [it[k] for it in items] for k in first if k not in specs})
+            out[:] = [it[k] for it in items]
+    rest = {k: torch.stack([it[k] for it in items]) if torch.is_tensor(first[k]) else [it[k] for it in items]
+            for k in first if k not in specs}  # (tensors of a dtype numpy lacks: stacked by torch)
+    return batch.finish(rest)
+
+
+@functools.lru_cache(maxsize=None)
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype | None:
+    try:
+        return torch.empty(0, dtype=dtype).numpy().dtype
+    except TypeError:  # bfloat16 and other dtypes numpy has not
+        return None
 
 
 def round_robin(total: int, available: Sequence[int]) -> list[int]:

@@ -14,36 +14,44 @@ import os
 import uuid
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
 # constants
 
 HEADER = 64  # bytes before a slot's data: its state (int64: 0 free, 1 holding a batch), then alignment
-ALIGN = 64  # each tensor's offset in a slot
+ALIGN = 64  # each array's offset in a slot
 GRAIN = 1 << 16  # slot sizes are rounded up to this
 MAX_SLOTS = 16  # per worker; when all are still held (batches that never reached the main process), torch's way
 
-Specs = dict[str, tuple[tuple[int, ...], torch.dtype]]
+Specs = dict[str, tuple[tuple[int, ...], np.dtype]]
+Rows = list[tuple[str, tuple[int, ...], str, int]]  # (name, shape, numpy dtype string, byte offset in the slot)
 
-# helpers
+# helpers (numpy views of the slots: a torch op per view would cost more than the batch's hand-over)
 
 
 def _aligned(n: int, to: int) -> int:
     return -(-n // to) * to
 
 
-def _layout(specs: Specs) -> tuple[list[tuple[str, tuple[int, ...], torch.dtype, int]], int]:
-    """(name, shape, dtype, byte offset) per tensor, and the bytes they need in a slot."""
+def _layout(specs: Specs) -> tuple[Rows, int]:
+    """A row per array, and the bytes they need in a slot."""
     rows, offset = [], HEADER
     for name, (shape, dtype) in specs.items():
-        rows.append((name, tuple(shape), dtype, offset))
+        dtype = np.dtype(dtype)
+        rows.append((name, tuple(shape), dtype.str, offset))
         offset = _aligned(offset + math.prod(shape) * dtype.itemsize, ALIGN)
     return rows, offset
 
 
-def _view(buffer: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, offset: int) -> torch.Tensor:
-    return buffer[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+def _view(memory: np.ndarray, shape: tuple[int, ...], dtype: str, offset: int) -> np.ndarray:
+    dtype = np.dtype(dtype)
+    return memory[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _state(memory: np.ndarray) -> np.ndarray:
+    return memory[:8].view(np.int64)
 
 
 # worker side
@@ -51,8 +59,9 @@ def _view(buffer: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, offs
 
 class _Slot:
     def __init__(self, nbytes: int):
-        self.buffer = torch.zeros(_aligned(nbytes, GRAIN), dtype=torch.uint8).share_memory_()
-        self.state = self.buffer[:8].view(torch.int64)
+        self.buffer = torch.zeros(_aligned(nbytes, GRAIN), dtype=torch.uint8).share_memory_()  # what crosses once
+        self.memory = self.buffer.numpy()
+        self.state = _state(self.memory)
         self.sent = False  # the main process has this slot's memory (it has received a batch in it)
 
 
@@ -66,10 +75,10 @@ class _Ring:
     def take(self, nbytes: int) -> tuple[int, _Slot] | None:
         """A free slot of at least `nbytes` (a new one if none is free), None when MAX_SLOTS are all held."""
         for n, slot in enumerate(self.slots):
-            if slot.buffer.numel() >= nbytes and int(slot.state.item()) == 0:
+            if slot.memory.size >= nbytes and slot.state[0] == 0:
                 return n, slot
         for n, slot in enumerate(self.slots):  # free but too small: replace it
-            if int(slot.state.item()) == 0:
+            if slot.state[0] == 0:
                 self.slots[n] = _Slot(nbytes)
                 return n, self.slots[n]
         if len(self.slots) >= MAX_SLOTS:
@@ -89,8 +98,8 @@ def _this_ring() -> _Ring:
 
 
 class SharedBatch:
-    """One batch under construction: `tensors` are empty tensors to fill (views into a free shared slot inside a
-    DataLoader worker, ordinary tensors elsewhere); `finish` adds the other fields and gives what to yield."""
+    """One batch under construction: `arrays` are empty numpy arrays to fill (views into a free shared slot inside
+    a DataLoader worker, ordinary arrays elsewhere); `finish` adds the other fields and gives what to yield."""
 
     def __init__(self, specs: Specs):
         self._slot: tuple[_Ring, int, _Slot] | None = None
@@ -98,18 +107,18 @@ class SharedBatch:
         ring = _this_ring() if get_worker_info() is not None else None
         taken = ring.take(nbytes) if ring else None
         if taken is None:
-            self.tensors = {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in specs.items()}
+            self.arrays = {name: np.empty(shape, dtype=dtype) for name, (shape, dtype) in specs.items()}
             return
         n, slot = taken
-        slot.state.fill_(1)
+        slot.state[0] = 1
         self._slot = ring, n, slot
-        self.tensors = {name: _view(slot.buffer, shape, dtype, offset) for name, shape, dtype, offset in self._rows}
+        self.arrays = {name: _view(slot.memory, shape, dtype, offset) for name, shape, dtype, offset in self._rows}
 
     def finish(self, fields: dict[str, Any]) -> Any:
-        """The batch (tensors, then `fields`) as the main process will see it: the dict itself outside a worker,
-        in a worker a handle that unpickles into that dict."""
+        """The batch (the arrays as tensors, then `fields`) as the main process will see it: the dict itself
+        outside a worker, in a worker a handle that unpickles into that dict."""
         if self._slot is None:
-            return {**self.tensors, **fields}
+            return {**{name: torch.from_numpy(a) for name, a in self.arrays.items()}, **fields}
         ring, n, slot = self._slot
         handle = _Handle(ring.id, ring.pid, n, None if slot.sent else slot.buffer, self._rows, fields)
         slot.sent = True
@@ -119,7 +128,7 @@ class SharedBatch:
 class _Handle:
     """What crosses the pipe for a batch in a slot; unpickling it in the main process copies the batch out."""
 
-    def __init__(self, ring: str, pid: int, slot: int, buffer: torch.Tensor | None, rows: list, fields: dict[str, Any]):
+    def __init__(self, ring: str, pid: int, slot: int, buffer: torch.Tensor | None, rows: Rows, fields: dict[str, Any]):
         self.args = ring, pid, slot, buffer, rows, fields
 
     def __reduce__(self):
@@ -131,7 +140,7 @@ class _Handle:
 
 # main side
 
-_received: dict[str, tuple[int, dict[int, torch.Tensor]]] = {}  # ring id -> (worker pid, slot -> its memory)
+_received: dict[str, tuple[int, dict[int, tuple[torch.Tensor, np.ndarray]]]] = {}  # ring -> (pid, slot -> memory)
 
 
 def _alive(pid: int) -> bool:
@@ -144,7 +153,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _receive(ring: str, pid: int, slot: int, buffer: torch.Tensor | None, rows: list, fields: dict[str, Any]) -> dict[str, Any]:
+def _receive(ring: str, pid: int, slot: int, buffer: torch.Tensor | None, rows: Rows, fields: dict[str, Any]) -> dict[str, Any]:
     """Copy a batch out of its slot into new tensors and free the slot. A slot's memory arrives with its first
     batch and is kept until its worker has exited (checked whenever new memory arrives)."""
     if buffer is not None:
@@ -152,9 +161,9 @@ def _receive(ring: str, pid: int, slot: int, buffer: torch.Tensor | None, rows: 
             for gone in [r for r, (p, _) in _received.items() if not _alive(p)]:
                 del _received[gone]
             _received[ring] = pid, {}
-        _received[ring][1][slot] = buffer
-    memory = _received[ring][1][slot]
-    batch = {name: _view(memory, shape, dtype, offset).clone() for name, shape, dtype, offset in rows}
-    memory[:8].view(torch.int64).fill_(0)
+        _received[ring][1][slot] = buffer, buffer.numpy()
+    memory = _received[ring][1][slot][1]
+    batch = {name: torch.from_numpy(_view(memory, shape, dtype, offset).copy()) for name, shape, dtype, offset in rows}
+    _state(memory)[0] = 0
     batch.update(fields)
     return batch
