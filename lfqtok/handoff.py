@@ -4,14 +4,18 @@ torch hands each batch tensor a worker yields over in a fresh shared-memory segm
 a file descriptor sent over a socket each time); for token batches that costs more than reading them. Here each
 worker keeps a few slots of shared memory: a batch is written into a free slot and only a small handle crosses
 the pipe (the slot's memory itself the first time that slot is used). Unpickling the handle in the main process
-copies the batch out into ordinary tensors and marks the slot free, so what the user holds is never overwritten.
+gives tensors that view the slot, without a copy (a fresh copy would fault in every page of it anew); the slot
+goes back to the worker only when the last of those tensors is gone, so what the user holds is never overwritten.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
 import uuid
+import weakref
 from typing import Any
 
 import numpy as np
@@ -154,8 +158,9 @@ def _alive(pid: int) -> bool:
 
 
 def _receive(ring: str, pid: int, slot: int, buffer: torch.Tensor | None, rows: Rows, fields: dict[str, Any]) -> dict[str, Any]:
-    """Copy a batch out of its slot into new tensors and free the slot. A slot's memory arrives with its first
-    batch and is kept until its worker has exited (checked whenever new memory arrives)."""
+    """The batch as tensors viewing its slot, which goes back to the worker once the last of them (and of their
+    views) is gone. A slot's memory arrives with its first batch and is kept until its worker has exited
+    (checked whenever new memory arrives); batches still held keep it mapped."""
     if buffer is not None:
         if ring not in _received:
             for gone in [r for r, (p, _) in _received.items() if not _alive(p)]:
@@ -163,7 +168,28 @@ def _receive(ring: str, pid: int, slot: int, buffer: torch.Tensor | None, rows: 
             _received[ring] = pid, {}
         _received[ring][1][slot] = buffer, buffer.numpy()
     memory = _received[ring][1][slot][1]
-    batch = {name: torch.from_numpy(_view(memory, shape, dtype, offset).copy()) for name, shape, dtype, offset in rows}
-    _state(memory)[0] = 0
+    # a ctypes array over the slot is what every tensor of the batch holds on to: numpy and torch do not see
+    # through it, so its finalizer runs exactly when no tensor of the batch is left
+    region = (ctypes.c_char * memory.size).from_address(memory.ctypes.data)
+    region.memory = memory  # the mapping lives as long as the batch
+    weakref.finalize(region, _free, _state(memory))
+    batch = {name: _tensor(region, shape, dtype, offset) for name, shape, dtype, offset in rows}
     batch.update(fields)
     return batch
+
+
+def _tensor(region: ctypes.Array, shape: tuple[int, ...], dtype: str, offset: int) -> torch.Tensor:
+    numel = math.prod(shape)
+    kind = _torch_dtype(dtype)
+    if not numel:
+        return torch.empty(shape, dtype=kind)
+    return torch.frombuffer(region, dtype=kind, count=numel, offset=offset).view(shape)
+
+
+def _free(state: np.ndarray) -> None:
+    state[0] = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_dtype(dtype: str) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype

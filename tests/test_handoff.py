@@ -46,15 +46,34 @@ def test_collate_fn_through_workers_gives_the_same_batches(tokens):
     assert all(same_batch(a, b) for a, b in zip(ours, torchs, strict=True))
 
 
-def test_batches_held_by_the_user_are_never_overwritten(tokens):
+@pytest.mark.parametrize("hold", ["batches", "views"])
+def test_what_the_user_holds_is_never_overwritten(tokens, hold):
     root, written = tokens
-    held = list(DataLoader(TokenDataset(root, batch_size=3), batch_size=None, num_workers=2, prefetch_factor=4))
+    held = []
+    for batch in DataLoader(TokenDataset(root, batch_size=1), batch_size=None, num_workers=2, prefetch_factor=4):
+        # 27 batches a worker: more than its MAX_SLOTS, so the last ones cross torch's way
+        held.append(batch if hold == "batches" else {**batch, "tokens": batch["tokens"][:, 1:]})  # a view keeps its slot
     seen = Counter()
-    for batch in held:  # read after the epoch: every slot has been reused many times since
+    for batch in held:  # read after the epoch
         for key, clip, clip_tokens in zip(batch["key"], batch["clip"].tolist(), batch["tokens"]):
-            assert torch.equal(clip_tokens, torch.from_numpy(written[key, clip].astype(np.int64)))
+            expected = torch.from_numpy(written[key, clip].astype(np.int64))
+            assert torch.equal(clip_tokens, expected if hold == "batches" else expected[1:])
             seen[key, clip] += 1
     assert seen == Counter(written.keys())
+
+
+def test_a_slot_goes_back_to_its_worker_when_the_last_tensor_of_its_batch_is_gone(tokens):
+    root, _ = tokens
+    handoff._received.clear()
+    loader = iter(DataLoader(TokenDataset(root, batch_size=4), batch_size=None, num_workers=1, prefetch_factor=2))
+    kept = next(loader)["tokens"][0]  # a view of the first batch's slot, the rest of that batch dropped
+    rest = [b["tokens"].sum().item() for b in loader]  # the other batches, each dropped after use
+    [(_, slots)] = handoff._received.values()
+    assert len(rest) == 13 and len(slots) <= 4  # reused: 13 batches through a few slots, one of them held by `kept`
+    state = slots[0][1][:8].view(np.int64)
+    assert state[0] == 1  # the first slot is still reserved for `kept`
+    del kept
+    assert state[0] == 0
 
 
 def test_worker_memory_is_reused_not_grown_and_released_with_its_worker(tokens):
