@@ -9,9 +9,10 @@ written by lfqtok's writer as in bench_stats.py). Timed, best of REPEATS interle
   batching of items (`batch_size=BATCH`), the same with `collate_fn=lfqtok.dataset.collate`, and batches made
   in the dataset (`TokenDataset(batch_size=BATCH)`, `DataLoader(batch_size=None)`); the last two hand batches
   to the main process through lfqtok.handoff's reused shared memory.
-For each: tokens/s after the first batch has arrived (steady state, the measure of a loader: it excludes the
-workers' start-up, paid once an epoch), the time to that first batch, and tokens/s over the whole run; the
-steady ratio to the bare loop per worker is the target (>= 0.8x). `--memory` adds the peak RSS of a fresh
+Every consumer reads every token once (it sums them, as a training step would at least copy them to its
+device; the sums must agree across runs). For each: tokens/s after the first batch has arrived (steady state, the
+measure of a loader: it excludes the workers' start-up, paid once an epoch), the time to that first batch, and
+tokens/s over the whole run; the steady ratio to the bare loop per worker is the target (>= 0.8x). `--memory` adds the peak RSS of a fresh
 process reading 10 and 100 shards (it should not grow with the number of shards).
 
     .venv/bin/python scripts/bench_read.py [--shards 20] [--samples 200] [--repeats 5] [--batch-size 64]
@@ -49,32 +50,38 @@ print(tokens, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def bare_loop(paths: list[Path]) -> Iterator[int]:
-    """What users write first: every tar in order, np.load each tokens member, int64 clips."""
+def bare_loop(paths: list[Path]) -> Iterator[tuple[int, int]]:
+    """What users write first: every tar in order, np.load each tokens member, int64 clips; (tokens, their sum)
+    per sample: every consumer here reads every token once (a training step copies them to its device)."""
     for path in paths:
         with tarfile.open(path, "r|") as tar:
             for member in tar:
                 if member.name.endswith(".tokens.npy"):
-                    for clip in np.load(io.BytesIO(tar.extractfile(member).read())).astype(np.int64):
-                        yield clip.size
+                    clips = np.load(io.BytesIO(tar.extractfile(member).read())).astype(np.int64)
+                    yield clips.size, int(clips.sum())
 
 
-def count_bare(paths: list[Path]) -> int:
-    return sum(bare_loop(paths))
+def count_bare(paths: list[Path]) -> tuple[int, int]:
+    counts = list(bare_loop(paths))
+    return sum(n for n, _ in counts), sum(s for _, s in counts)
 
 
-def two_bare_loops(pool: multiprocessing.pool.Pool, paths: list[Path]) -> Iterator[int]:
+def two_bare_loops(pool: multiprocessing.pool.Pool, paths: list[Path]) -> Iterator[tuple[int, int]]:
     """The bare loop in two processes at once, each over half the shards (a pool started beforehand)."""
     yield from pool.map(count_bare, [paths[0::2], paths[1::2]])
 
 
-def dataset_alone(out: Path, batch_size: int | None) -> Iterator[int]:
+def read(batches: Iterator[dict]) -> Iterator[tuple[int, int]]:
+    return ((b["tokens"].numel(), int(b["tokens"].sum())) for b in batches)
+
+
+def dataset_alone(out: Path, batch_size: int | None) -> Iterator[tuple[int, int]]:
     from lfqtok import TokenDataset
 
-    return (item["tokens"].numel() for item in TokenDataset(out, batch_size=batch_size))
+    return read(TokenDataset(out, batch_size=batch_size))
 
 
-def loader(out: Path, way: str, workers: int, batch_size: int, prefetch: int) -> Iterator[int]:
+def loader(out: Path, way: str, workers: int, batch_size: int, prefetch: int) -> Iterator[tuple[int, int]]:
     import torch
 
     from lfqtok import TokenDataset
@@ -86,19 +93,19 @@ def loader(out: Path, way: str, workers: int, batch_size: int, prefetch: int) ->
     else:
         batches = torch.utils.data.DataLoader(TokenDataset(out), batch_size=batch_size,
                                               collate_fn=collate if way == "collate" else None, **options)
-    return (batch["tokens"].numel() for batch in batches)
+    return read(batches)
 
 
-def timed(run: Callable[[], Iterator[int]]) -> tuple[float, float, float, int]:
-    """(seconds in all, seconds to the first batch, tokens/s after it, tokens) of one run."""
+def timed(run: Callable[[], Iterator[tuple[int, int]]]) -> tuple[float, float, float, tuple[int, int]]:
+    """(seconds in all, seconds to the first batch, tokens/s after it, (tokens, their sum)) of one run."""
     start = time.perf_counter()
-    first, tokens, before = None, 0, 0
-    for n in run():
-        tokens += n
+    first, tokens, total, before = None, 0, 0, 0
+    for n, s in run():
+        tokens, total = tokens + n, total + s
         if first is None:
             first, before = time.perf_counter(), tokens
     end = time.perf_counter()
-    return end - start, first - start, (tokens - before) / max(end - first, 1e-9), tokens
+    return end - start, first - start, (tokens - before) / max(end - first, 1e-9), (tokens, total)
 
 
 def best_of(runs: dict, repeats: int) -> dict:
@@ -141,7 +148,7 @@ def main() -> None:
         for workers in WORKERS:
             runs.update({(way, workers): functools.partial(loader, out, way, workers, args.batch_size, args.prefetch) for way in WAYS})
         results = best_of(runs, args.repeats)
-        assert all(r[3] == expected for r in results.values()), results
+        assert len({r[3] for r in results.values()}) == 1 and results["bare"][3][0] == expected, results  # same tokens
         base = results["bare"][2]
         print(f"{args.shards} shards x {args.samples} samples x {SHAPE} uint32 = {expected:,} tokens, batch {args.batch_size}, "
               f"prefetch_factor {args.prefetch}, best of {args.repeats}; steady: tokens/s after the first batch")
