@@ -16,7 +16,6 @@ codebook_size + k: k = 0 BOS, 1 EOS, 2 frame separator (between latent frames), 
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import math
@@ -33,7 +32,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import InputError, UsageError
-from .handoff import SharedBatch
+from .handoff import SharedBatch, numpy_dtype
 from .shards import META_MEMBER, TOKENS_MEMBER, expand_paths, load_npy, read_manifest, split_member
 
 # constants
@@ -129,7 +128,7 @@ def collate(items: Sequence[dict[str, Any]]) -> Any:
                 raise UsageError(f"cannot batch {k} of shapes {tuple(v.shape)} ({first.get('key', 'item 0')}) and "
                                  f"{tuple(odd[k].shape)} ({odd.get('key', 'a later item')}): use flat=True with seq_len "
                                  "to pack them, or batch token shards of one shape")
-            dtype = _numpy_dtype(v.dtype) if torch.is_tensor(v) else np.dtype(np.int64)
+            dtype = numpy_dtype(v.dtype) if torch.is_tensor(v) else np.dtype(np.int64)
             if dtype is not None:
                 specs[k] = ((len(items), *v.shape), dtype)
         elif isinstance(v, int) and not isinstance(v, bool):
@@ -147,14 +146,6 @@ def collate(items: Sequence[dict[str, Any]]) -> Any:
     return batch.finish(rest)
 
 
-@functools.lru_cache(maxsize=None)
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype | None:
-    try:
-        return torch.empty(0, dtype=dtype).numpy().dtype
-    except TypeError:  # bfloat16 and other dtypes numpy has not
-        return None
-
-
 def round_robin(total: int, available: Sequence[int]) -> list[int]:
     """How many of `total` turns each queue gets when they take one turn each in order, a queue leaving when its
     `available` turns are used (a DataLoader taking batches from its workers). Needs total <= sum(available)."""
@@ -170,18 +161,6 @@ def round_robin(total: int, available: Sequence[int]) -> list[int]:
             share[q] += rounds
         left -= rounds * len(active)
     return share
-
-
-def batched(items: Iterator[Any], n: int) -> Iterator[list[Any]]:
-    """Lists of n items in turn, the last one shorter when the items run out."""
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _reason(exc: BaseException) -> str:
@@ -456,15 +435,15 @@ class TokenDataset(IterableDataset):
         """Batches each rank's DataLoader with `num_workers` workers gives this epoch (of `batch_size` items, or of
         `loader_batch_size`; items when neither is set), counted without reading tokens: from `_stats.json` and
         the samples' json. With `even_ranks`, every rank gives the smallest of them: steps per epoch."""
-        workers = max(num_workers, 1)
-        size = self.loader_batch_size
-        rows = [sum(-(-n // size) for n in row) for row in self._counts(workers)]
+        rows = [sum(row) for row in self._batches(max(num_workers, 1))]
         return [min(rows)] * len(rows) if self.even_ranks else rows
 
     def __iter__(self) -> Iterator[Any]:
         if not exists(self.batch_size):
             return self._epoch()
-        return (collate(items) for items in batched(self._epoch(), self.batch_size))
+        from webdataset.filters import batched
+
+        return batched(self.batch_size, collation_fn=collate, partial=True)(self._epoch())
 
     # helpers
 
@@ -504,14 +483,17 @@ class TokenDataset(IterableDataset):
                                    for s in range(rank * workers, (rank + 1) * workers)] for rank in range(self.world_size)]
         return self._counted[key]
 
+    def _batches(self, workers: int) -> list[list[int]]:
+        """Batches of each (rank, worker role) this epoch: its items in batches of loader_batch_size."""
+        return [[-(-n // self.loader_batch_size) for n in row] for row in self._counts(workers)]
+
     def _even_share(self, workers: int) -> list[int]:
         """Items each worker role of this rank delivers so that the rank gives the fewest batches any rank gives:
         the first that many batches of its own, as its DataLoader takes them (one per worker in turn)."""
-        size = self.loader_batch_size
-        counts = self._counts(workers)
-        fewest = min(sum(-(-n // size) for n in row) for row in counts)
-        mine = counts[self.rank]
-        return [min(n, k * size) for n, k in zip(mine, round_robin(fewest, [-(-n // size) for n in mine]))]
+        batches = self._batches(workers)
+        fewest = min(sum(row) for row in batches)
+        shares = round_robin(fewest, batches[self.rank])
+        return [min(n, k * self.loader_batch_size) for n, k in zip(self._counts(workers)[self.rank], shares)]
 
     def _known_codebook_size(self) -> int:
         if not exists(self.codebook_size):
@@ -531,8 +513,12 @@ class TokenDataset(IterableDataset):
 
             records = shuffle(self.shuffle, self.shuffle, rng=rng)(records)
         if not exists(self.seq_len):
-            # batches widen stored tokens to int64 once, as they stack them
-            convert = self._flat if self.flat else (lambda t: t) if exists(self.batch_size) else _int64
+            if self.flat:
+                convert = self._flat
+            elif exists(self.batch_size):
+                convert = np.asarray  # as stored: collate widens the tokens to int64 once, as it stacks them
+            else:
+                convert = _int64
             for rec in records:
                 yield (None if rec.tokens is None else _clip_item(rec, convert)), [rec]
             return

@@ -27,7 +27,7 @@ from torch.utils.data import get_worker_info
 HEADER = 64  # bytes before a slot's data: its state (int64: 0 free, 1 holding a batch), then alignment
 ALIGN = 64  # each array's offset in a slot
 GRAIN = 1 << 16  # slot sizes are rounded up to this
-MAX_SLOTS = 16  # per worker; when all are still held (batches that never reached the main process), torch's way
+MAX_SLOTS = 16  # per worker; past that (batches still in flight or held by the user) a batch goes torch's way
 
 Specs = dict[str, tuple[tuple[int, ...], np.dtype]]
 Rows = list[tuple[str, tuple[int, ...], str, int]]  # (name, shape, numpy dtype string, byte offset in the slot)
@@ -70,7 +70,7 @@ class _Slot:
 
 
 class _Ring:
-    """One worker process's slots; a slot is reused once the main process has copied its batch out."""
+    """One worker process's slots; a slot is reused once no tensor of its last batch is left in the main process."""
 
     def __init__(self):
         self.id, self.pid = uuid.uuid4().hex, os.getpid()
@@ -130,7 +130,7 @@ class SharedBatch:
 
 
 class _Handle:
-    """What crosses the pipe for a batch in a slot; unpickling it in the main process copies the batch out."""
+    """What crosses the pipe for a batch in a slot; unpickling it in the main process gives the batch (`_receive`)."""
 
     def __init__(self, ring: str, pid: int, slot: int, buffer: torch.Tensor | None, rows: Rows, fields: dict[str, Any]):
         self.args = ring, pid, slot, buffer, rows, fields
@@ -144,7 +144,7 @@ class _Handle:
 
 # main side
 
-_received: dict[str, tuple[int, dict[int, tuple[torch.Tensor, np.ndarray]]]] = {}  # ring -> (pid, slot -> memory)
+_received: dict[str, tuple[int, dict[int, np.ndarray]]] = {}  # ring id -> (worker pid, slot -> its memory)
 
 
 def _alive(pid: int) -> bool:
@@ -166,8 +166,8 @@ def _receive(ring: str, pid: int, slot: int, buffer: torch.Tensor | None, rows: 
             for gone in [r for r, (p, _) in _received.items() if not _alive(p)]:
                 del _received[gone]
             _received[ring] = pid, {}
-        _received[ring][1][slot] = buffer, buffer.numpy()
-    memory = _received[ring][1][slot][1]
+        _received[ring][1][slot] = buffer.numpy()  # (the array holds the tensor, hence the mapping)
+    memory = _received[ring][1][slot]
     # a ctypes array over the slot is what every tensor of the batch holds on to: numpy and torch do not see
     # through it, so its finalizer runs exactly when no tensor of the batch is left
     region = (ctypes.c_char * memory.size).from_address(memory.ctypes.data)
@@ -188,6 +188,18 @@ def _tensor(region: ctypes.Array, shape: tuple[int, ...], dtype: str, offset: in
 
 def _free(state: np.ndarray) -> None:
     state[0] = 0
+
+
+# dtypes: slots are laid out in numpy's, batches are torch's
+
+
+@functools.lru_cache(maxsize=None)
+def numpy_dtype(dtype: torch.dtype) -> np.dtype | None:
+    """numpy's dtype for a torch dtype, None for those numpy has not (bfloat16): such tensors cannot use a slot."""
+    try:
+        return torch.empty(0, dtype=dtype).numpy().dtype
+    except TypeError:
+        return None
 
 
 @functools.lru_cache(maxsize=None)

@@ -70,7 +70,7 @@ def test_a_slot_goes_back_to_its_worker_when_the_last_tensor_of_its_batch_is_gon
     rest = [b["tokens"].sum().item() for b in loader]  # the other batches, each dropped after use
     [(_, slots)] = handoff._received.values()
     assert len(rest) == 13 and len(slots) <= 4  # reused: 13 batches through a few slots, one of them held by `kept`
-    state = slots[0][1][:8].view(np.int64)
+    state = slots[0][:8].view(np.int64)
     assert state[0] == 1  # the first slot is still reserved for `kept`
     del kept
     assert state[0] == 0
