@@ -24,6 +24,12 @@ def tokens(tmp_path_factory):
     return root, write_token_dir(root, [5] * 6, shape=(3, 4, 5))
 
 
+def most_slots(workers: int, prefetch: int = 2) -> int:
+    """Slots a worker can need at once: batches requested but not yet received (prefetch_factor per worker, all
+    of them from one worker at worst), plus the batch the loop holds and the one being received."""
+    return prefetch * workers + 2
+
+
 def same_batch(a: dict, b: dict) -> bool:
     return (a.keys() == b.keys() and torch.equal(a["tokens"], b["tokens"]) and torch.equal(a["clip"], b["clip"])
             and all(a[k] == b[k] for k in ("key", "source", "shard")))
@@ -69,7 +75,7 @@ def test_a_slot_goes_back_to_its_worker_when_the_last_tensor_of_its_batch_is_gon
     kept = next(loader)["tokens"][0]  # a view of the first batch's slot, the rest of that batch dropped
     rest = [b["tokens"].sum().item() for b in loader]  # the other batches, each dropped after use
     [(_, slots)] = handoff._received.values()
-    assert len(rest) == 13 and len(slots) <= 4  # reused: 13 batches through a few slots, one of them held by `kept`
+    assert len(rest) == 13 and len(slots) <= most_slots(1) + 1  # 13 batches through a few slots, + the one `kept` holds
     state = slots[0][:8].view(np.int64)
     assert state[0] == 1  # the first slot is still reserved for `kept`
     del kept
@@ -83,7 +89,7 @@ def test_worker_memory_is_reused_not_grown_and_released_with_its_worker(tokens):
     assert sum(len(b["key"]) for b in loader) == 54
     rings = dict(handoff._received)
     assert len(rings) == 2  # one per worker
-    assert all(len(slots) <= 4 for _, slots in rings.values())  # 14 batches a worker through a few slots
+    assert all(len(slots) <= most_slots(2) for _, slots in rings.values())  # 14 batches a worker through a few slots
     assert sum(len(b["key"]) for b in loader) == 54  # the next epoch's workers: the first epoch's memory is let go
     assert len(handoff._received) == 2 and not set(rings) & set(handoff._received)
 
@@ -93,9 +99,10 @@ def test_persistent_workers_keep_their_slots_across_epochs(tokens):
     handoff._received.clear()
     loader = DataLoader(TokenDataset(root, batch_size=4), batch_size=None, num_workers=2, persistent_workers=True)
     first = [b["key"] for b in loader]
-    rings = {ring: len(slots) for ring, (_, slots) in handoff._received.items()}
+    rings = set(handoff._received)
     assert [b["key"] for b in loader] == first
-    assert {ring: len(slots) for ring, (_, slots) in handoff._received.items()} == rings
+    # the same workers' slots again, a few each (how many were in flight at once varies with timing)
+    assert set(handoff._received) == rings and all(len(slots) <= most_slots(2) for _, slots in handoff._received.values())
 
 
 def test_flat_and_packed_batches_cross_from_workers(tokens):
