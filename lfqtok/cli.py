@@ -118,7 +118,7 @@ def encode(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Encode videos into WebDataset token shards (OUT/lfqtok.json, OUT/00000.tar, OUT/00000_stats.json, ...)."""
-    from .encode import EncodeConfig, encode_dataset
+    from .pipeline.encode import EncodeConfig, encode_dataset
     from .progress import EncodeProgress
 
     config = EncodeConfig(
@@ -170,7 +170,7 @@ def decode(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per sample on stdout.")] = False,
 ) -> None:
     """Decode token samples (or generated ids in .npy files) back to video previews, with PSNR/SSIM against the source when it is readable."""
-    from .decode import decode_samples
+    from .inspect.decode import decode_samples
 
     rows = decode_samples(tokens, out, keys=_split_keys(keys), limit=limit, fmt=fmt, compare=compare, model=model, device=device)
     if json_out:
@@ -202,7 +202,7 @@ def stats(
     workers: Annotated[Optional[int], typer.Option(help="Reader processes [default: cores].")] = None,
 ) -> None:
     """Codebook utilization, entropy, perplexity, per-bit balance and code-usage histograms of token shards."""
-    from .stats import token_stats
+    from .inspect.stats import token_stats
 
     result = token_stats(tokens, top=top, workers=workers, by=by, plot=plot)
     if json_out:
@@ -230,7 +230,7 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON on stdout.")] = False,
 ) -> None:
     """Describe a tokenizer: its config, codebook, bit order, sha256 and the token shape of a default clip."""
-    from .model import load_tokenizer
+    from .tokenizers.model import load_tokenizer
 
     tok = load_tokenizer(model, device="cpu")
     data = {
@@ -268,7 +268,7 @@ def convert(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Convert a foreign checkpoint once to an lfqtok safetensors checkpoint (read without running its pickle)."""
-    from .convert import convert_checkpoint
+    from .tokenizers.convert import convert_checkpoint
 
     summary = convert_checkpoint(checkpoint, out, raw=raw, name=name, window_frames=window_frames)
     if json_out:

@@ -25,11 +25,11 @@ import torch
 
 import lfqtok
 from lfqtok.device import resolve_device
-from lfqtok.encode import EncodeConfig
-from lfqtok.pool import ClipEvent, DecodePool
-from lfqtok.sources import list_items
-from lfqtok.video import ClipSpec
-from lfqtok.worker import encode_batch
+from lfqtok.pipeline.encode import EncodeConfig
+from lfqtok.pipeline.pool import ClipEvent, DecodePool
+from lfqtok.pipeline.sources import list_items
+from lfqtok.pipeline.video import ClipSpec
+from lfqtok.pipeline.worker import encode_batch
 
 
 def read_clips(path: str, spec: ClipSpec):

@@ -46,7 +46,7 @@ def worker(impl: str, mode: str, bits: int, tokens: int, device: str, repeat: in
         run = lambda x: ((x > 0) * weights).sum(1, dtype=torch.int64)  # noqa: E731 - the baseline is one expression
     else:
         if impl == "lfqtok":
-            from lfqtok.lfq import LFQ
+            from lfqtok.tokenizers.lfq import LFQ
         else:
             from vector_quantize_pytorch import LFQ
         quantizer = LFQ(codebook_size=2**bits, commitment_loss_weight=0.25).to(device).train(mode == "train")
@@ -146,7 +146,7 @@ def bench_fast_path(args: argparse.Namespace) -> list[str]:
 def bench_codec(count: int, bits: int = 18, repeat: int = 3) -> list[str]:
     import numpy as np
 
-    from lfqtok.codec import pack_bits, unpack_bits
+    from lfqtok.io.codec import pack_bits, unpack_bits
 
     values = np.random.default_rng(0).integers(0, 2**bits, count)
     pack_s, unpack_s = [], []

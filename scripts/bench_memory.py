@@ -75,14 +75,14 @@ def run_peak(cmd: list[str]) -> tuple[float, int]:
 
 LIST_SNIPPET = """
 import resource, sys, time
-from lfqtok.sources import list_items, plan_shards
+from lfqtok.pipeline.sources import list_items, plan_shards
 start = time.perf_counter()
 items = list_items([sys.argv[1]])
 jobs = plan_shards(items, 1000)
 print(len(items), len(jobs), time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
-BASELINE_SNIPPET = "import resource, lfqtok.sources; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+BASELINE_SNIPPET = "import resource, lfqtok.pipeline.sources; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from lfqtok.open_magvit2 import OpenMagvit2Config, OpenMagvit2Tokenizer  # noqa: E402
+from lfqtok.tokenizers.open_magvit2 import OpenMagvit2Config, OpenMagvit2Tokenizer  # noqa: E402
 
 MIB = 1 << 20
 

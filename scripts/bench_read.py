@@ -6,9 +6,9 @@ written by lfqtok's writer as in bench_stats.py). Timed, best of REPEATS interle
   each over half the shards (what two processes of this machine get, each: the ceiling of two workers);
 - TokenDataset iterated directly, items and batches;
 - through a DataLoader with 0, 1 and 2 workers, batches of BATCH int64 clips made three ways: torch's own
-  batching of items (`batch_size=BATCH`), the same with `collate_fn=lfqtok.dataset.collate`, and batches made
+  batching of items (`batch_size=BATCH`), the same with `collate_fn=lfqtok.dataset.token_dataset.collate`, and batches made
   in the dataset (`TokenDataset(batch_size=BATCH)`, `DataLoader(batch_size=None)`); the last two hand batches
-  to the main process through lfqtok.handoff's reused shared memory.
+  to the main process through lfqtok.dataset.handoff's reused shared memory.
 Every consumer reads every token once (it sums them, as a training step would at least copy them to its
 device; the sums must agree across runs). For each: tokens/s after the first batch has arrived (steady state, the
 measure of a loader: it excludes the workers' start-up, paid once an epoch), the time to that first batch, and
@@ -38,7 +38,7 @@ import numpy as np
 from bench_stats import SHAPE, make_tokens  # the same generated token dir as the stats benchmark
 
 WORKERS = (0, 1, 2)
-WAYS = {"items": "torch's batching of items", "collate": "collate_fn=lfqtok.dataset.collate",
+WAYS = {"items": "torch's batching of items", "collate": "collate_fn=lfqtok.dataset.token_dataset.collate",
         "dataset": "batches made in the dataset"}
 
 PEAK_RSS = """
@@ -85,7 +85,7 @@ def loader(out: Path, way: str, workers: int, batch_size: int, prefetch: int) ->
     import torch
 
     from lfqtok import TokenDataset
-    from lfqtok.dataset import collate
+    from lfqtok.dataset.token_dataset import collate
 
     options = {"num_workers": workers, **({"prefetch_factor": prefetch} if workers else {})}
     if way == "dataset":

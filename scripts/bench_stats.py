@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lfqtok.shards import ShardWriter, build_manifest, prepare_output
+from lfqtok.io.shards import ShardWriter, build_manifest, prepare_output
 
 CODEBOOK = 1 << 18
 SHAPE = (2, 5, 16, 16)  # (clips, t, h, w): two 17-frame clips at 128x128
@@ -38,7 +38,7 @@ print(int(counts.sum()))
 
 LFQTOK = """
 import sys
-from lfqtok.stats import token_stats
+from lfqtok.inspect.stats import token_stats
 workers = int(sys.argv[2]) if len(sys.argv) > 2 else None
 print(token_stats([sys.argv[1]], workers=workers)["num_tokens"])
 """

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from eval_tokenizer import VIDEO_EXTS, default_data, load_clips  # noqa: E402
-from lfqtok.metrics import RGB_TO_YCBCR  # noqa: E402
-from lfqtok.model import load_tokenizer  # noqa: E402
+from lfqtok.inspect.metrics import RGB_TO_YCBCR  # noqa: E402
+from lfqtok.tokenizers.model import load_tokenizer  # noqa: E402
 
 app = typer.Typer(add_completion=False)
 

@@ -2,9 +2,9 @@
 
 `python scripts/eval_tokenizer.py [--model default|PATH] [--data ../shared/data/videos/eval] [--size 128 --size 256] [--json]`
 
-Clips are cut exactly as `lfqtok encode` cuts them (`lfqtok.video.iter_clips`: the same decoder and frame
+Clips are cut exactly as `lfqtok encode` cuts them (`lfqtok.pipeline.video.iter_clips`: the same decoder and frame
 scaler, short side scaled to --size, center crop, the first --max-clips non-overlapping clips of
---clip-frames frames), and every score is `lfqtok.metrics`, the functions `lfqtok decode --json` reports:
+--clip-frames frames), and every score is `lfqtok.inspect.metrics`, the functions `lfqtok decode --json` reports:
 a video's row pools its clips as `decode` pools a sample's; `mean` averages the per-clip scores.
 Naive baseline on the same clips: keep every 4th frame at 1/8 size (area), upsample bilinearly in space and
 linearly in time: the same 4x8x8 reduction with no model (24 bits per block against the tokenizer's 18).
@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from lfqtok.errors import LfqtokError, VideoError  # noqa: E402
-from lfqtok.metrics import QualityMeter, clip_quality  # noqa: E402
-from lfqtok.model import load_tokenizer  # noqa: E402
-from lfqtok.video import ClipSpec, iter_clips  # noqa: E402
+from lfqtok.inspect.metrics import QualityMeter, clip_quality  # noqa: E402
+from lfqtok.tokenizers.model import load_tokenizer  # noqa: E402
+from lfqtok.pipeline.video import ClipSpec, iter_clips  # noqa: E402
 
 VIDEO_EXTS = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".gif"}
 SCORES = ("psnr", "ssim", "psnr_luma", "psnr_chroma", "colour_shift")
@@ -120,7 +120,7 @@ def evaluate(
 
 def write_sheet(path: Path, firsts: list[tuple[np.ndarray, np.ndarray]], step: int) -> None:
     """PNG: per clip, every `step`-th frame of the source above the same frames reconstructed (decode's layout)."""
-    from lfqtok.decode import ContactSheetWriter, SheetLayout
+    from lfqtok.inspect.decode import ContactSheetWriter, SheetLayout
 
     t, h, w, _ = firsts[0][0][::step].shape
     sheet = ContactSheetWriter(path, SheetLayout(frames=t, height=h, width=w, clips=len(firsts), sides=2))

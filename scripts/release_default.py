@@ -1,6 +1,6 @@
 """Make a trained tokenizer the embedded default: `python scripts/release_default.py RUN/tokenizer.safetensors`.
 
-Writes lfqtok/weights/default.safetensors with float16 weights (half the bytes of fp32; they load back into an
+Writes lfqtok/tokenizers/weights/default.safetensors with float16 weights (half the bytes of fp32; they load back into an
 fp32 model) and reports its size, sha256, and how far the half-precision copy is from the fp32 one on random
 clips (ids that differ, decoded pixels). Check the release with scripts/eval_tokenizer.py before committing:
 every version stays in git history, so ship only one that is measurably better.
@@ -17,9 +17,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from lfqtok.model import load_tokenizer, save_tokenizer  # noqa: E402
+from lfqtok.tokenizers.model import load_tokenizer, save_tokenizer  # noqa: E402
 
-TARGET = ROOT / "lfqtok" / "weights" / "default.safetensors"
+TARGET = ROOT / "lfqtok" / "tokenizers" / "weights" / "default.safetensors"
 
 
 def main(source: str, target: Path = TARGET) -> None:

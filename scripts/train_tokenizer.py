@@ -1,7 +1,7 @@
 """Train an lfqtok tokenizer on videos: `python scripts/train_tokenizer.py INPUT... --out runs/x [--device cuda]` (INPUT as for encode).
 
 Resumes from OUT/last.safetensors when it exists; `--export` copies the final inference weights somewhere
-(e.g. lfqtok/weights/default.safetensors). Progress on stderr, one log line every --log-every steps.
+(e.g. lfqtok/tokenizers/weights/default.safetensors). Progress on stderr, one log line every --log-every steps.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from lfqtok.errors import LfqtokError  # noqa: E402
-from lfqtok.model import TokenizerConfig  # noqa: E402
-from lfqtok.train import StepStats, TrainConfig, train_tokenizer  # noqa: E402
+from lfqtok.tokenizers.model import TokenizerConfig  # noqa: E402
+from lfqtok.training.train import StepStats, TrainConfig, train_tokenizer  # noqa: E402
 
 app = typer.Typer(add_completion=False)
 

@@ -51,7 +51,7 @@ def model(tmp_path_factory) -> str:
     """Path of a tiny random tokenizer checkpoint (seeded): what tests pass as `--model`."""
     import torch
 
-    from lfqtok.model import Tokenizer, TokenizerConfig, save_tokenizer
+    from lfqtok.tokenizers.model import Tokenizer, TokenizerConfig, save_tokenizer
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lfqtok.checkpoint import Checkpoint, Opaque, TensorRef, iter_opaque
+from lfqtok.tokenizers.checkpoint import Checkpoint, Opaque, TensorRef, iter_opaque
 from lfqtok.errors import ModelError
 
 def zip_checkpoint(path: Path, pickled: bytes, records: dict[str, bytes] | None = None) -> Path:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lfqtok import codec
-from lfqtok.codec import from_storage, pack_bits, reverse_bits, to_storage, token_dtype, unpack_bits
+from lfqtok.io import codec
+from lfqtok.io.codec import from_storage, pack_bits, reverse_bits, to_storage, token_dtype, unpack_bits
 from lfqtok.errors import InputError, UsageError
 
 

@@ -16,8 +16,8 @@ from token_shards import add_member, write_token_dir
 from torch.utils.data import DataLoader
 
 import lfqtok
-import lfqtok.dataset as dataset_module
-from lfqtok.dataset import TokenDataset, collate, resolve_rank, shard_plan, worker_resume
+import lfqtok.dataset.token_dataset as dataset_module
+from lfqtok.dataset.token_dataset import TokenDataset, collate, resolve_rank, shard_plan, worker_resume
 from lfqtok.errors import InputError, UsageError
 
 K = 1000  # the writer's codebook size
@@ -296,7 +296,7 @@ def test_brace_patterns_and_shard_lists_are_inputs(uneven):
 
 
 def test_shards_from_encode_read_back_with_the_tokens_encode_wrote(tmp_path, model, video_dir):
-    from lfqtok.encode import EncodeConfig, encode_dataset
+    from lfqtok.pipeline.encode import EncodeConfig, encode_dataset
 
     config = EncodeConfig(model=model, size=32, clip_frames=5, workers=0, device="cpu", samples_per_shard=1)
     encode_dataset([video_dir], tmp_path / "tok", config)

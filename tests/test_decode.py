@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-import lfqtok.decode as decode_module
-from lfqtok.decode import CLIP_GAP_GREY, MISSING_GREY, ContactSheetWriter, SheetLayout, decode_samples
-from lfqtok.metrics import PSNR_CAP
+import lfqtok.inspect.decode as decode_module
+from lfqtok.inspect.decode import CLIP_GAP_GREY, MISSING_GREY, ContactSheetWriter, SheetLayout, decode_samples
+from lfqtok.inspect.metrics import PSNR_CAP
 from lfqtok.errors import InputError, ModelError, UsageError
-from lfqtok.model import load_tokenizer
-from lfqtok.shards import MANIFEST_NAME, ShardWriter, build_manifest, prepare_output, read_tokens
-from lfqtok.video import ClipSpec, iter_clips
+from lfqtok.tokenizers.model import load_tokenizer
+from lfqtok.io.shards import MANIFEST_NAME, ShardWriter, build_manifest, prepare_output, read_tokens
+from lfqtok.pipeline.video import ClipSpec, iter_clips
 
 SIZE, FRAMES = 32, 9
 SPEC = ClipSpec(size=SIZE, clip_frames=FRAMES)
@@ -206,7 +206,7 @@ def test_no_manifest_needs_an_explicit_model(tmp_path, model, tokens):
 
 
 def test_a_relative_source_is_found_from_another_directory(tmp_path, model, monkeypatch):
-    from lfqtok.encode import EncodeConfig, encode_dataset
+    from lfqtok.pipeline.encode import EncodeConfig, encode_dataset
 
     (tmp_path / "data").mkdir()
     make_video(tmp_path / "data" / "v.mp4", frames=9)

@@ -7,7 +7,7 @@ import torch
 
 from lfqtok.device import resolve_device
 from lfqtok.errors import UsageError
-from lfqtok.model import load_tokenizer
+from lfqtok.tokenizers.model import load_tokenizer
 
 
 def test_auto_is_the_gpu_when_there_is_one_else_the_cpu():

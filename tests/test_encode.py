@@ -16,10 +16,10 @@ import torch
 import webdataset as wds
 
 import lfqtok
-from lfqtok.encode import EncodeConfig
-from lfqtok.engines import run_local
+from lfqtok.pipeline.encode import EncodeConfig
+from lfqtok.pipeline.engines import run_local
 from lfqtok.errors import OutputError, UsageError
-from lfqtok.sources import list_items, plan_shards
+from lfqtok.pipeline.sources import list_items, plan_shards
 from videos import make_video
 
 SIZE, FRAMES = 32, 9
@@ -241,8 +241,8 @@ BP_CLIPS, BP_SPEC = 12, dict(size=128, clip_frames=5)  # 240 KiB clips: more tha
 def many_clips(index, item, spec, decoder):
     """A fake decoder (module level, so spawned workers can load it): BP_CLIPS tiny clips per video, each
     recorded by a file written before it is sent, so the test sees how far decoding ran ahead."""
-    from lfqtok.pool import ClipEvent, DoneEvent
-    from lfqtok.video import Clip, VideoMeta
+    from lfqtok.pipeline.pool import ClipEvent, DoneEvent
+    from lfqtok.pipeline.video import Clip, VideoMeta
 
     for i in range(BP_CLIPS):
         Path(item.path).with_name(f"{Path(item.path).stem}.{i}.made").write_bytes(b"")
@@ -271,7 +271,7 @@ def test_decode_workers_never_run_more_than_a_few_batches_ahead_of_a_slow_encode
     import dataclasses
     import functools
 
-    from lfqtok.pool import DecodePool
+    from lfqtok.pipeline.pool import DecodePool
 
     src = tmp_path / "src"
     src.mkdir()

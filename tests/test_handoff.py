@@ -1,4 +1,4 @@
-"""Batches made in DataLoader workers reach the main process through reused shared memory (lfqtok.handoff): the
+"""Batches made in DataLoader workers reach the main process through reused shared memory (lfqtok.dataset.handoff): the
 same batches as torch's own batching, never overwritten while the user holds them, memory that does not grow
 with the epoch, and a clear line for clips that cannot be stacked."""
 
@@ -12,8 +12,8 @@ import torch
 from token_shards import write_token_dir
 from torch.utils.data import DataLoader
 
-from lfqtok import handoff
-from lfqtok.dataset import TokenDataset, collate
+from lfqtok.dataset import handoff
+from lfqtok.dataset.token_dataset import TokenDataset, collate
 from lfqtok.errors import UsageError
 
 

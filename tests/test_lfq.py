@@ -7,9 +7,9 @@ import torch
 from vector_quantize_pytorch import LFQ as RefLFQ
 
 import lfqtok
-from lfqtok import lfq as lfq_module
+from lfqtok.tokenizers import lfq as lfq_module
 from lfqtok.errors import UsageError
-from lfqtok.lfq import LFQ, LossBreakdown, Return, pack_sign_bits, unpack_bits
+from lfqtok.tokenizers.lfq import LFQ, LossBreakdown, Return, pack_sign_bits, unpack_bits
 
 SHAPES = {"image": (2, None, 3, 4), "video": (2, None, 2, 3, 3), "sequence": (2, 7, None)}
 

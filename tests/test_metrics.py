@@ -1,11 +1,11 @@
-"""lfqtok.metrics: the one definition of PSNR, SSIM, luma/chroma PSNR and colour shift, checked against scikit-image."""
+"""lfqtok.inspect.metrics: the one definition of PSNR, SSIM, luma/chroma PSNR and colour shift, checked against scikit-image."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lfqtok.metrics import PSNR_CAP, SSIM_C1, QualityMeter, clip_quality, psnr, ssim_frames
+from lfqtok.inspect.metrics import PSNR_CAP, SSIM_C1, QualityMeter, clip_quality, psnr, ssim_frames
 
 skimage_metrics = pytest.importorskip("skimage.metrics", reason="scikit-image is the independent reference (test extra)")
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from lfqtok.errors import ModelError, UsageError
-from lfqtok.model import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
+from lfqtok.tokenizers.model import Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import lfqtok
-from lfqtok.convert import convert_checkpoint, load_checkpoint
+from lfqtok.tokenizers.convert import convert_checkpoint, load_checkpoint
 from lfqtok.errors import ModelError, UsageError
-from lfqtok.open_magvit2 import OpenMagvit2Config, OpenMagvit2Tokenizer, dotless, pixels_to_unit, plan_weights, unit_to_pixels
+from lfqtok.tokenizers.open_magvit2 import OpenMagvit2Config, OpenMagvit2Tokenizer, dotless, pixels_to_unit, plan_weights, unit_to_pixels
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -237,7 +237,7 @@ def test_a_converted_file_with_foreign_tensors_or_family_is_refused(tmp_path, sm
 @pytest.fixture(scope="module")
 def omv2_file(tmp_path_factory) -> str:
     """A small random Open-MAGVIT2 video tokenizer (2^18 codes) as the lfqtok checkpoint `convert` writes."""
-    from lfqtok.open_magvit2 import save
+    from lfqtok.tokenizers.open_magvit2 import save
 
     path = tmp_path_factory.mktemp("omv2") / "omv2.safetensors"
     save(random_model(OpenMagvit2Config(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1)), path)
@@ -256,7 +256,7 @@ def omv2_tokens(tmp_path_factory, omv2_file):
 
 
 def test_encode_writes_lsb_first_window_tokens_and_says_so(omv2_file, omv2_tokens):
-    from lfqtok.video import ClipSpec, iter_clips
+    from lfqtok.pipeline.video import ClipSpec, iter_clips
 
     video, out = omv2_tokens
     manifest = json.loads((out / "lfqtok.json").read_text())
@@ -286,7 +286,7 @@ def test_decode_and_stats_of_lsb_first_tokens(tmp_path, omv2_tokens):
 
 
 def test_decode_reorders_ids_whose_manifest_names_the_other_bit_order(omv2_file):
-    from lfqtok.decode import Sample, to_bit_order
+    from lfqtok.inspect.decode import Sample, to_bit_order
 
     tok = lfqtok.load_tokenizer(omv2_file)
     msb = np.array([[[[1 << 17, 1, 3]]]], dtype=np.uint32)  # channel 0, channel 17, channels 16 and 17 (MSB first)
@@ -340,7 +340,7 @@ IMAGE_256 = OpenMagvit2Config(ch_mult=(1, 1, 2, 2, 4), window_frames=None, image
 
 def upstream_image_checkpoint(config: OpenMagvit2Config) -> dict[str, tuple[int, ...]]:
     """name -> shape of an upstream 2D image Lightning state dict: names without `.conv_1`, 4-d convs, raw + EMA."""
-    from lfqtok.open_magvit2 import upstream_name, upstream_shape
+    from lfqtok.tokenizers.open_magvit2 import upstream_name, upstream_shape
 
     own = {upstream_name(k, True): upstream_shape(tuple(v.shape), True) for k, v in meta_model(config).state_dict().items()}
     return {**own, **{f"model_ema.{dotless(k)}": s for k, s in own.items()}, "model_ema.decay": ()}
@@ -359,7 +359,7 @@ def test_image_layout_is_inferred_and_matches_the_published_file_size():
 
 
 def test_an_image_model_tokenizes_every_frame_on_its_own(tmp_path):
-    from lfqtok.open_magvit2 import save
+    from lfqtok.tokenizers.open_magvit2 import save
 
     tok = random_model(OpenMagvit2Config(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=12, window_frames=None, image=True))
     video = torch.randint(0, 256, (2, 3, 16, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
@@ -375,7 +375,7 @@ def test_an_image_model_tokenizes_every_frame_on_its_own(tmp_path):
 
 
 def test_encode_with_an_image_model_writes_causal_per_frame_tokens(tmp_path, omv2_tokens):
-    from lfqtok.open_magvit2 import save
+    from lfqtok.tokenizers.open_magvit2 import save
 
     video, _ = omv2_tokens
     tok = random_model(OpenMagvit2Config(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, window_frames=None, image=True))

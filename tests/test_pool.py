@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from videos import make_video
 
-from lfqtok.pool import ClipEvent, DecodePool, DoneEvent, FailEvent
-from lfqtok.sources import list_items
-from lfqtok.video import Clip, ClipSpec, VideoMeta
+from lfqtok.pipeline.pool import ClipEvent, DecodePool, DoneEvent, FailEvent
+from lfqtok.pipeline.sources import list_items
+from lfqtok.pipeline.video import Clip, ClipSpec, VideoMeta
 
 SPEC = ClipSpec(size=16, clip_frames=5)
 

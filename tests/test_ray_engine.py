@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 import lfqtok
-from lfqtok.encode import EncodeConfig
+from lfqtok.pipeline.encode import EncodeConfig
 from lfqtok.errors import UsageError
-from lfqtok.pool import ClipEvent, DecodePool, DoneEvent, FailEvent
-from lfqtok.ray_engine import EncodeActor, RayDecodePool, plan_actors
-from lfqtok.sources import list_items
-from lfqtok.video import Clip, ClipSpec
+from lfqtok.pipeline.pool import ClipEvent, DecodePool, DoneEvent, FailEvent
+from lfqtok.pipeline.ray_engine import EncodeActor, RayDecodePool, plan_actors
+from lfqtok.pipeline.sources import list_items
+from lfqtok.pipeline.video import Clip, ClipSpec
 from videos import make_video
 
 SIZE, FRAMES = 32, 9
@@ -116,7 +116,7 @@ class DiesOnce(EncodeActor):
     """An encode actor whose process dies the first time a shard is complete in its .tar.tmp, just before the rename."""
 
     def encode(self, job):
-        from lfqtok.shards import ShardWriter
+        from lfqtok.io.shards import ShardWriter
 
         marker = Path(self.encoder.out).parent / "died"
         if not marker.exists():
@@ -133,8 +133,8 @@ class DiesOnce(EncodeActor):
 def test_a_shard_whose_actor_died_is_retried_on_a_new_actor(tmp_path, ray, model, videos, local_out):
     from ray import cloudpickle
 
-    from lfqtok.ray_engine import ActorPlan, Dispatcher
-    from lfqtok.sources import plan_shards
+    from lfqtok.pipeline.ray_engine import ActorPlan, Dispatcher
+    from lfqtok.pipeline.sources import plan_shards
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
     out = tmp_path / "out"
@@ -150,10 +150,10 @@ def test_a_shard_whose_actor_died_is_retried_on_a_new_actor(tmp_path, ray, model
 
 QUIET_RUN = """
 import logging, os, sys
-from lfqtok.encode import EncodeConfig
-from lfqtok.ray_engine import ActorPlan, Dispatcher, EncodeActor, connected
-from lfqtok.shards import ShardWriter
-from lfqtok.sources import list_items, plan_shards
+from lfqtok.pipeline.encode import EncodeConfig
+from lfqtok.pipeline.ray_engine import ActorPlan, Dispatcher, EncodeActor, connected
+from lfqtok.io.shards import ShardWriter
+from lfqtok.pipeline.sources import list_items, plan_shards
 
 class DiesOnce(EncodeActor):  # as in the test module: its process dies on its first shard's finish
     def encode(self, job):
@@ -207,8 +207,8 @@ class HangsOnce(EncodeActor):
 def test_a_shard_whose_actor_stalls_is_retried_on_a_new_actor(tmp_path, ray, model, videos, local_out):
     from ray import cloudpickle
 
-    from lfqtok.ray_engine import ActorPlan, Dispatcher
-    from lfqtok.sources import plan_shards
+    from lfqtok.pipeline.ray_engine import ActorPlan, Dispatcher
+    from lfqtok.pipeline.sources import plan_shards
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     out = tmp_path / "out"
@@ -225,8 +225,8 @@ def test_a_shard_whose_actor_stalls_is_retried_on_a_new_actor(tmp_path, ray, mod
 @pytest.mark.slow
 def test_a_model_an_actor_cannot_load_stops_the_run_with_its_error(tmp_path, ray, videos):
     from lfqtok.errors import ModelError
-    from lfqtok.ray_engine import ActorPlan, Dispatcher
-    from lfqtok.sources import plan_shards
+    from lfqtok.pipeline.ray_engine import ActorPlan, Dispatcher
+    from lfqtok.pipeline.sources import plan_shards
 
     encoder = EncodeConfig(model=str(tmp_path / "only-on-the-head-node.safetensors"), **OPTIONS).shard_encoder(tmp_path)
     jobs = plan_shards(list_items([str(videos)]), 2)
@@ -363,7 +363,7 @@ def test_without_ray_installed_engine_ray_is_one_usage_error(tmp_path, monkeypat
 def test_read_only_clips_from_rays_object_store_batch_without_a_torch_warning():
     import warnings
 
-    from lfqtok.batch import ClipBatcher
+    from lfqtok.pipeline.batch import ClipBatcher
 
     clip = np.arange(144, dtype=np.uint8).reshape(3, 4, 4, 3)
     clip.setflags(write=False)  # as Ray hands arrays out of its object store

@@ -15,7 +15,7 @@ import lfqtok
 @pytest.fixture(scope="module")
 def token_dirs(tmp_path_factory, model, video_dir) -> list[Path]:
     """Two token dirs: one from the independent writer, one from encode_dataset with the tiny model."""
-    from lfqtok.encode import EncodeConfig, encode_dataset
+    from lfqtok.pipeline.encode import EncodeConfig, encode_dataset
 
     root = tmp_path_factory.mktemp("interop")
     write_token_dir(root / "written", [3, 2])

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from videos import make_video
 
-from lfqtok.model import TokenizerConfig, load_tokenizer
+from lfqtok.tokenizers.model import TokenizerConfig, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # each runs the whole script in a subprocess
@@ -52,9 +52,9 @@ def test_eval_script_reports_decode_s_numbers_and_draws_a_sheet(tmp_path):
     import torch
     from typer.testing import CliRunner
 
-    from lfqtok.decode import decode_samples
-    from lfqtok.encode import encode_dataset
-    from lfqtok.model import Tokenizer, save_tokenizer
+    from lfqtok.inspect.decode import decode_samples
+    from lfqtok.pipeline.encode import encode_dataset
+    from lfqtok.tokenizers.model import Tokenizer, save_tokenizer
 
     data = tmp_path / "eval"
     make_video(data / "a.mp4", frames=20, width=48, height=40, fps=24)

@@ -12,7 +12,7 @@ import pytest
 import webdataset as wds
 
 from lfqtok.errors import OutputError, UsageError
-from lfqtok.shards import (
+from lfqtok.io.shards import (
     MANIFEST_NAME,
     ShardWriter,
     build_manifest,

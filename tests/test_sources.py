@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lfqtok.errors import InputError, UsageError
-from lfqtok.sources import list_items, plan_shards, read_extras, read_video_bytes
+from lfqtok.pipeline.sources import list_items, plan_shards, read_extras, read_video_bytes
 
 KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 

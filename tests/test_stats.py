@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lfqtok.stats as stats_mod
+import lfqtok.inspect.stats as stats_mod
 from lfqtok.errors import InputError, UsageError
-from lfqtok.shards import read_tokens
-from lfqtok.stats import token_stats
+from lfqtok.io.shards import read_tokens
+from lfqtok.inspect.stats import token_stats
 
 # an independent writer of the DESIGN §4 format
 

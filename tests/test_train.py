@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from videos import make_video
 
 from lfqtok.errors import InputError, UsageError
-from lfqtok.model import TokenizerConfig, load_tokenizer
-from lfqtok.train import StepStats, TrainConfig, load_videos, train_tokenizer
+from lfqtok.tokenizers.model import TokenizerConfig, load_tokenizer
+from lfqtok.training.train import StepStats, TrainConfig, load_videos, train_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -154,8 +154,8 @@ def test_mse_weight_sets_the_reconstruction_loss(clips_dir, tmp_path):
 
 
 def test_training_frames_are_the_frames_encode_tokenizes(clips_dir):
-    from lfqtok.train import decode_video
-    from lfqtok.video import ClipSpec, iter_clips
+    from lfqtok.training.train import decode_video
+    from lfqtok.pipeline.video import ClipSpec, iter_clips
 
     for video in (clips_dir / "a.mp4", clips_dir / "sub" / "b.mp4"):
         frames = decode_video(str(video), 40, None).numpy()  # what training stores at short side 40
@@ -166,7 +166,7 @@ def test_training_frames_are_the_frames_encode_tokenizes(clips_dir):
 
 
 def test_chroma_and_lowpass_weights_shape_the_loss():
-    from lfqtok.train import reconstruction_loss
+    from lfqtok.training.train import reconstruction_loss
 
     x = torch.zeros(1, 3, 1, 16, 16)
     grey = torch.full_like(x, 0.1)  # the same error on R, G and B: luma only
@@ -188,7 +188,7 @@ def test_chroma_and_lowpass_weights_shape_the_loss():
 def test_photo_clips_are_camera_moves_over_the_still(clips_dir, tmp_path):
     from PIL import Image
 
-    from lfqtok.train import ClipSampler, load_photos
+    from lfqtok.training.train import ClipSampler, load_photos
 
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8)).save(tmp_path / "p.png")

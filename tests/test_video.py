@@ -7,7 +7,7 @@ import pytest
 from videos import make_video
 
 from lfqtok.errors import UsageError, VideoError
-from lfqtok.video import ClipSpec, iter_clips, validate_spec
+from lfqtok.pipeline.video import ClipSpec, iter_clips, validate_spec
 
 
 def clips_of(video, **spec):
@@ -117,7 +117,7 @@ def test_decord_and_pyav_give_the_same_frames(mid):
 
 
 def test_pyav_takes_over_when_decord_fails_mid_video(mid, monkeypatch):
-    import lfqtok.video as video
+    import lfqtok.pipeline.video as video
 
     real = video._decord_frames
 
@@ -197,7 +197,7 @@ def test_every_real_video_gives_clips_or_a_clear_reason(real_videos):
 
 
 def test_each_fixture_video_gives_full_or_padded_clips(video_dir):
-    from lfqtok.sources import list_items
+    from lfqtok.pipeline.sources import list_items
 
     items = list_items([str(video_dir)])
     assert [i.key for i in items] == ["short", "sub_tall", "wide"]  # notes.txt is not a video
@@ -213,7 +213,7 @@ def test_each_fixture_video_gives_full_or_padded_clips(video_dir):
 
 
 def test_decoding_stops_at_max_clips_and_skips_converting_gaps(wide, monkeypatch):
-    import lfqtok.video as video
+    import lfqtok.pipeline.video as video
 
     decoded, converted = [], []
     real_frames, real_rgb = video._pyav_frames, video._pyav_to_rgb

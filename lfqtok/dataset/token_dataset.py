@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
 from .handoff import SharedBatch, numpy_dtype
-from .shards import META_MEMBER, TOKENS_MEMBER, expand_paths, load_npy, read_manifest, split_member
+from ..io.shards import META_MEMBER, TOKENS_MEMBER, expand_paths, load_npy, read_manifest, split_member
 
 # constants
 
@@ -117,7 +117,7 @@ def collate(items: Sequence[dict[str, Any]]) -> Any:
     stacked as int64, ints as an int64 tensor, the rest as lists (packed blocks' `documents` too).
 
     In a DataLoader worker the stacked tensors are written into reused shared memory and what is returned is a
-    handle that becomes the batch dict when the main process receives it (`lfqtok.handoff`): use it as the
+    handle that becomes the batch dict when the main process receives it (`lfqtok.dataset.handoff`): use it as the
     DataLoader's collate_fn, not inside other worker code."""
     first = items[0]
     specs: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
@@ -340,7 +340,7 @@ class TokenDataset(IterableDataset):
       batch them with `collate_fn=lfqtok.dataset.collate`.
     `batch_size`: yield batches of that many items instead (as `collate` makes them; each worker's last batch may
     be shorter), for `DataLoader(ds, batch_size=None, num_workers=...)`: batches made in the workers reach the
-    main process through reused shared memory (`lfqtok.handoff`), the fastest way to read with workers.
+    main process through reused shared memory (`lfqtok.dataset.handoff`), the fastest way to read with workers.
     The order is a function of (seed, epoch, world_size, num_workers): `shuffle` > 0 shuffles the shard order per
     epoch and keeps a buffer of that many clips per worker. `skip`: items this rank already consumed in the epoch
     (a resume), placed among workers as a DataLoader with `loader_batch_size` takes them; consumed items' tokens

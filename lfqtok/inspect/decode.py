@@ -20,11 +20,11 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .codec import from_storage, reverse_bits
-from .errors import InputError, ModelError, OutputError, UsageError, VideoError
+from ..io.codec import from_storage, reverse_bits
+from ..errors import InputError, ModelError, OutputError, UsageError, VideoError
 from .metrics import QualityMeter
-from .shards import BIT_ORDERS, expand_paths, read_manifest, read_tokens
-from .sources import Member, read_member, tar_members
+from ..io.shards import BIT_ORDERS, expand_paths, read_manifest, read_tokens
+from ..pipeline.sources import Member, read_member, tar_members
 
 # constants
 
@@ -342,7 +342,7 @@ def check_ids(arr: np.ndarray, codebook_size: int, where: str) -> None:
 
 def load_for(samples: Sequence[Sample], model: str | None, device: str, loaded: Any = None) -> tuple[Any, str | None]:
     """The tokenizer the manifest names, checked by sha256; an explicit `model` (`loaded` already) may differ (noted)."""
-    from .model import load_tokenizer
+    from ..tokenizers.model import load_tokenizer
 
     manifest = next((s.manifest for s in samples if s.manifest), None)
     recorded = (manifest or {}).get("tokenizer") or {}
@@ -422,7 +422,7 @@ def open_source(sample: Sample, size: int, clip_frames: int, tars: TarSources | 
     source = source_video(sample.meta.get("source"), (sample.manifest or {}).get("cwd"), tars)
     if source is None:
         return None, f"source {sample.meta.get('source')!r} is not readable: no psnr"
-    from .video import ClipSpec, iter_clips
+    from ..pipeline.video import ClipSpec, iter_clips
 
     settings = (sample.manifest or {}).get("clip") or {"size": size, "clip_frames": clip_frames}
     known = {f.name for f in fields(ClipSpec)}
@@ -481,7 +481,7 @@ def decode_samples(
 
     `paths`: token dirs, tars, brace patterns, and `.npy` arrays of generated ids (they need `model`; see
     `generated_samples`). PSNR/SSIM are against the source frames re-cut with the manifest's clip settings, when
-    the source is readable; `compare` shows those frames beside the reconstruction. Scores are `lfqtok.metrics`
+    the source is readable; `compare` shows those frames beside the reconstruction. Scores are `lfqtok.inspect.metrics`
     (PSNR of identical frames: 100 dB).
     """
     if fmt not in FORMATS:
@@ -490,7 +490,7 @@ def decode_samples(
         raise UsageError(f"--limit and batch size must be >= 1, got {limit} and {batch_size}")
     import torch
 
-    from .model import load_tokenizer
+    from ..tokenizers.model import load_tokenizer
 
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if any(map(is_npy, items)) and not exists(model):

@@ -25,8 +25,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .errors import InputError, OutputError, UsageError
-from .shards import BIT_ORDERS, META_MEMBER, TOKENS_MEMBER, expand_paths, iter_members, load_npy, read_manifest
+from ..errors import InputError, OutputError, UsageError
+from ..io.shards import BIT_ORDERS, META_MEMBER, TOKENS_MEMBER, expand_paths, iter_members, load_npy, read_manifest
 
 # constants
 

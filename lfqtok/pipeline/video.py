@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import av
 import numpy as np
 
-from .errors import UsageError, VideoError
+from ..errors import UsageError, VideoError
 
 try:  # decord has no wheels for some platforms; PyAV alone decodes everything, only slower
     import decord

@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
-from .device import resolve_device
+from .. import __version__
+from ..device import resolve_device
 from .engines import ENGINES, run_jobs
-from .errors import LfqtokError, UsageError
+from ..errors import LfqtokError, UsageError
 from .pool import validate_pool
-from .shards import build_manifest, prepare_output
+from ..io.shards import build_manifest, prepare_output
 from .sources import list_items, plan_shards, validate_split
 from .video import ClipSpec, resolve_decoder, validate_spec
 from .worker import ProgressFn, ShardEncoder, decode_workers
@@ -31,7 +31,7 @@ from .worker import ProgressFn, ShardEncoder, decode_workers
 class EncodeConfig:
     """Everything `lfqtok encode` takes; saved into the manifest so a rerun can check it resumes the same run."""
 
-    model: str = "default"  # "default" (embedded), a .safetensors path or an Open-MAGVIT2 .ckpt (lfqtok/convert.py)
+    model: str = "default"  # "default" (embedded), a .safetensors path or an Open-MAGVIT2 .ckpt (lfqtok/tokenizers/convert.py)
     size: int = 128  # short side scaled to this, then center crop size x size
     clip_frames: int = 17  # frames per clip, 1 + 4k; a non-causal tokenizer's window length exactly
     clip_stride: int | None = None  # sampled frames between clip starts; None: clip_frames (no overlap)
@@ -160,7 +160,7 @@ def encode_dataset(
     items = list_items([str(i) for i in inputs])
     if not items:
         raise UsageError(f"no videos found in {', '.join(map(str, inputs))}")
-    from .model import load_tokenizer
+    from ..tokenizers.model import load_tokenizer
 
     started = time.perf_counter()
     tok = load_tokenizer(config.model, device="cpu")

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from .errors import InputError, UsageError
+from ..errors import InputError, UsageError
 
 VIDEO_EXTENSIONS = frozenset(
     "mp4 m4v mov mkv webm avi gif mpg mpeg mpe m2v ts mts m2ts wmv asf flv f4v 3gp 3g2 ogv ogg vob mxf y4m divx".split()

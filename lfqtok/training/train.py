@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .device import resolve_device
-from .errors import InputError, OutputError, UsageError, VideoError
-from .metrics import RGB_TO_YCBCR
-from .model import ResBlock, Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
-from .sources import list_items, read_video_bytes
-from .video import iter_frames
+from ..device import resolve_device
+from ..errors import InputError, OutputError, UsageError, VideoError
+from ..inspect.metrics import RGB_TO_YCBCR
+from ..tokenizers.model import ResBlock, Tokenizer, TokenizerConfig, load_tokenizer, save_tokenizer
+from ..pipeline.sources import list_items, read_video_bytes
+from ..pipeline.video import iter_frames
 
 STATE_FORMAT = "lfqtok-train-state"
 
@@ -135,7 +135,7 @@ class TrainResult(NamedTuple):
 def decode_video(video: str | bytes, short_side: int, max_frames: int | None) -> Tensor:
     """A whole video (path or bytes) -> uint8 (N, H, W, 3), short side scaled to `short_side`.
 
-    Frames come from `lfqtok.video.iter_frames`: the decoder and frame scaler `lfqtok encode` uses, so a
+    Frames come from `lfqtok.pipeline.video.iter_frames`: the decoder and frame scaler `lfqtok encode` uses, so a
     center crop of them is exactly what encode tokenizes at `--size short_side`.
     """
     frames = list(itertools.islice(iter_frames(video, size=short_side), max_frames))

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from .batch import Batch, BatcherAborted, ClipBatcher
-from .codec import to_storage, token_dtype
-from .errors import LfqtokError
+from ..io.codec import to_storage, token_dtype
+from ..errors import LfqtokError
 from .pool import ClipEvent, DecodePool, DoneEvent, FailEvent
-from .shards import ShardWriter
+from ..io.shards import ShardWriter
 from .sources import ShardJob, VideoItem
 from .video import ClipSpec
 
@@ -115,7 +115,7 @@ class ShardEncoder:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from .model import load_tokenizer
+            from ..tokenizers.model import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.model, device=self.device)
         return self._tokenizer

@@ -27,8 +27,8 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import Tensor, nn
 
-from .device import resolve_device
-from .errors import ModelError, OutputError, UsageError
+from ..device import resolve_device
+from ..errors import ModelError, OutputError, UsageError
 from .lfq import LFQ, LossBreakdown, pack_sign_bits
 from .tokenizer import TokenizerBase
 
@@ -465,7 +465,7 @@ def save_tokenizer(tok: Tokenizer, path: str | Path, name: str | None = None, dt
 def _read_checkpoint(name_or_path: str | Path) -> tuple[bytes, str]:
     """Bytes of the named checkpoint ("default" = the embedded one) and a label for messages."""
     if str(name_or_path) == "default":
-        ref = resources.files("lfqtok").joinpath(DEFAULT_WEIGHTS)
+        ref = resources.files(__package__).joinpath(DEFAULT_WEIGHTS)
         if not ref.is_file():
             raise ModelError("the embedded default tokenizer is missing from this lfqtok install (weights/default.safetensors)")
         return ref.read_bytes(), "default"
@@ -482,7 +482,7 @@ def load_tokenizer(name_or_path: str | Path = "default", device: str | torch.dev
     """Load "default" (shipped in the package), a .safetensors path or a foreign checkpoint onto `device`, in eval mode.
 
     Foreign checkpoints (Open-MAGVIT2 video: upstream's .ckpt or its `lfqtok convert` output) are recognized by
-    their contents and load as a tokenizer with the same API (lfqtok/convert.py).
+    their contents and load as a tokenizer with the same API (lfqtok/tokenizers/convert.py).
     """
     dev = resolve_device(device)
     from .convert import load_foreign

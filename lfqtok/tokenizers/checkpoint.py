@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
 
 # constants
 

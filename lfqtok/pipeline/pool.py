@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator, Sequence
 
-from .errors import LfqtokError, UsageError
+from ..errors import LfqtokError, UsageError
 from .sources import VideoItem, read_extras, read_video_bytes
 from .video import Clip, ClipSpec, VideoMeta, iter_clips, resolve_decoder
 

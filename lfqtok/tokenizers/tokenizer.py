@@ -1,6 +1,6 @@
 """The interface every tokenizer family shares (DESIGN.md §2), and the only one the pipeline relies on.
 
-`lfqtok.model.Tokenizer` (ours) and `lfqtok.open_magvit2.OpenMagvit2Tokenizer` implement it; `load_tokenizer`
+`lfqtok.tokenizers.model.Tokenizer` (ours) and `lfqtok.tokenizers.open_magvit2.OpenMagvit2Tokenizer` implement it; `load_tokenizer`
 returns either.
 """
 
@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .errors import ModelError, UsageError
+from ..errors import ModelError, UsageError
 
 
 class TokenizerBase(nn.Module):

@@ -22,9 +22,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from . import __version__
+from .. import __version__
 from .codec import token_dtype
-from .errors import InputError, OutputError, UsageError
+from ..errors import InputError, OutputError, UsageError
 
 # constants
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .errors import LfqtokError, UsageError
+from ..errors import LfqtokError, UsageError
 from .pool import ClipEvent, DecodeFn, Event, FailEvent, decode_item, decoder_attempts
 from .sources import ShardJob, VideoItem
 from .video import ClipSpec, resolve_decoder

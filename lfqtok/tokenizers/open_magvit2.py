@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ModelError, OutputError
+from ..errors import ModelError, OutputError
 from .tokenizer import TokenizerBase
 
 # constants
@@ -337,7 +337,7 @@ class Decoder(nn.Module):
 
 
 class OpenMagvit2Tokenizer(TokenizerBase):
-    """Video <-> token ids with Open-MAGVIT2 weights; the same API as `lfqtok.model.Tokenizer` (DESIGN.md §2).
+    """Video <-> token ids with Open-MAGVIT2 weights; the same API as `lfqtok.tokenizers.model.Tokenizer` (DESIGN.md §2).
 
     fp32 everywhere, also on CUDA (upstream evaluates in fp32). A video model is not causal: the tokens of a clip
     depend on all of it. An image model tokenizes every frame on its own (B, T, ...) -> (B * T, 1, ...).

@@ -19,7 +19,7 @@ import torch
 
 from . import open_magvit2
 from .checkpoint import Checkpoint, ZIP_MAGIC, iter_opaque
-from .errors import ModelError, UsageError
+from ..errors import ModelError, UsageError
 
 # constants
 

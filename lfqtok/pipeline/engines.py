@@ -13,8 +13,8 @@ from typing import Sequence
 
 import torch
 
-from .device import resolve_device
-from .errors import LfqtokError
+from ..device import resolve_device
+from ..errors import LfqtokError
 from .sources import ShardJob
 from .worker import Counters, ProgressFn, ShardEncoder, ShardResult, decode_workers
 

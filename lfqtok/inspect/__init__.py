@@ -1,0 +1,1 @@
+"""Looking at tokens: previews and reconstruction quality (decode, metrics), codebook usage (stats)."""

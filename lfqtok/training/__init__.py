@@ -1,0 +1,1 @@
+"""Training the tokenizer itself (`scripts/train_tokenizer.py` drives it)."""
