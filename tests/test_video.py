@@ -216,7 +216,7 @@ def test_decoding_stops_at_max_clips_and_skips_converting_gaps(wide, monkeypatch
     import lfqtok.video as video
 
     decoded, converted = [], []
-    real_frames, real_rgb = video._pyav_frames, video._pyav_to_rgb
+    real_frames, real_rgb = video._pyav_frames, video.frame_to_rgb
 
     def counting_frames(*args):
         for frame in real_frames(*args):
@@ -228,7 +228,7 @@ def test_decoding_stops_at_max_clips_and_skips_converting_gaps(wide, monkeypatch
         return real_rgb(frame, *args)
 
     monkeypatch.setattr(video, "_pyav_frames", counting_frames)
-    monkeypatch.setattr(video, "_pyav_to_rgb", counting_rgb)
+    monkeypatch.setattr(video, "frame_to_rgb", counting_rgb)
     meta, clips = iter_clips(str(wide), ClipSpec(size=16, clip_frames=9, max_clips=1), decoder="pyav")
     assert len(list(clips)) == 1 and decoded == list(range(9)) and len(converted) == 9  # a long video costs the same
     decoded.clear()
