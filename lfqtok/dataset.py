@@ -127,8 +127,8 @@ def collate(items: Sequence[dict[str, Any]]) -> Any:
             odd = next((it for it in items if tuple(it[k].shape) != tuple(v.shape)), None)
             if odd is not None:
                 raise UsageError(f"cannot batch {k} of shapes {tuple(v.shape)} ({first.get('key', 'item 0')}) and "
-                                 f"{tuple(odd[k].shape)} ({odd.get('key', 'a later item')}): use flat=True with seq_len "
-                                 "to pack them, or batch token shards of one shape")
+                                 f"{tuple(odd[k].shape)} ({odd.get('key', 'a later item')}): batch them in the dataset "
+                                 "(batch_size=, which groups by shape), or pack them (flat=True with seq_len)")
             dtype = numpy_dtype(v.dtype) if torch.is_tensor(v) else np.dtype(np.int64)
             if dtype is not None:
                 specs[k] = ((len(items), *v.shape), dtype)
@@ -356,7 +356,9 @@ class TokenDataset(IterableDataset):
       batch them with `collate_fn=lfqtok.dataset.collate`.
     `batch_size`: yield batches of that many items instead (as `collate` makes them; each worker's last batch may
     be shorter), for `DataLoader(ds, batch_size=None, num_workers=...)`: batches made in the workers reach the
-    main process through reused shared memory (`lfqtok.handoff`), the fastest way to read with workers.
+    main process through reused shared memory (`lfqtok.handoff`), the fastest way to read with workers. Mixed token
+    shapes (buckets, fit: the manifests say so) are batched within one shape, never padded across shapes.
+    Items carry the sample json's `label`, `class` and `bucket` when it has them.
     The order is a function of (seed, epoch, world_size, num_workers): `shuffle` > 0 shuffles the shard order per
     epoch and keeps a buffer of that many clips per worker. `skip`: items this rank already consumed in the epoch
     (a resume), placed among workers as a DataLoader with `loader_batch_size` takes them; consumed items' tokens
