@@ -219,6 +219,9 @@ def stats(
     first = "MSB" if result["bit_order"] == "msb_first" else "LSB"
     table.add_row(f"bit balance (channel 0 = {first})", " ".join(f"{b:.2f}" for b in result["bit_balance"]))
     table.add_row("top codes", ", ".join(f"{c}x{n}" for c, n in result["top"]))
+    for row in result.get("per_bucket", []):
+        bucket = "x".join(map(str, row["bucket"])) if row["bucket"] else "none"
+        table.add_row(f"bucket {bucket}", f"{row['num_samples']:,} samples, {row['num_clips']:,} clips, {row['num_tokens']:,} tokens")
     err.print(table)
 
 
