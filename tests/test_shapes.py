@@ -235,3 +235,21 @@ def test_the_batcher_never_mixes_shapes_and_keeps_to_its_buffers():
     for batch in batcher.flush():
         consume(batch)
     assert refs == [[0], [1], [2], [3]]  # a third shape closes the oldest open batch: two open at most (3 buffers)
+
+
+def test_an_open_magvit2_image_model_takes_multiples_of_16_only(tmp_path, clips, one_thread):
+    from lfqtok.open_magvit2 import OpenMagvit2Config, OpenMagvit2Tokenizer, save
+
+    torch.manual_seed(0)
+    config = OpenMagvit2Config(ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, z_channels=12, window_frames=None, image=True)
+    save(OpenMagvit2Tokenizer(config).eval(), tmp_path / "image.safetensors")
+    model = str(tmp_path / "image.safetensors")
+    with pytest.raises(UsageError, match="--size must be a positive multiple of 16 .*, got 32x40"):
+        encode(clips / "wide.mp4", tmp_path / "bad", model, size="32x40", clip_frames=1, max_clips=1)
+    assert not (tmp_path / "bad").exists()
+    encode(clips, tmp_path / "tok", model, size=32, buckets="auto", clip_frames=1, max_clips=1)
+    manifest = read_manifest(tmp_path / "tok")
+    assert manifest["buckets"] == [list(b) for b in preset_buckets(32 * 32, 16)]
+    assert all(h % 16 == 0 and w % 16 == 0 for h, w in manifest["buckets"])
+    for key, (tokens, meta) in samples(tmp_path / "tok").items():
+        assert tokens.shape == (1, 1, meta["bucket"][0] // 16, meta["bucket"][1] // 16)
