@@ -50,7 +50,8 @@ def exists(v: Any) -> bool:
 
 class VideoWriter:
     """mp4 (libx264, yuv420p) or gif (PyAV's gif encoder) of uint8 RGB frames appended clip by clip; with a
-    source (`sides` 2) its frames are left of the reconstruction."""
+    source (`sides` 2) its frames are left of the reconstruction. yuv420p needs even sides: an odd-sized picture
+    (the valid region of a padded frame) gets one black row or column at the bottom or right."""
 
     def __init__(self, path: Path, fmt: str, fps: float, width: int, height: int, sides: int):
         import av
@@ -64,13 +65,17 @@ class VideoWriter:
         else:
             self.stream = self.container.add_stream("gif", rate=rate)
             self.stream.pix_fmt = "rgb8"
-        self.stream.width, self.stream.height = width * sides, height
+        even = fmt == "mp4"
+        self.stream.width, self.stream.height = width * sides + (even and width * sides % 2), height + (even and height % 2)
         self.pts = 0
 
     def write(self, rec: np.ndarray, src: np.ndarray | None) -> None:
         """One clip (T, H, W, 3) and its source frames (or None: grey in their place when `sides` is 2)."""
         if self.sides == 2:
             rec = np.concatenate([src if exists(src) else np.full_like(rec, MISSING_GREY), rec], axis=2)
+        extra = (self.stream.height - rec.shape[1], self.stream.width - rec.shape[2])
+        if any(extra):
+            rec = np.pad(rec, ((0, 0), (0, extra[0]), (0, extra[1]), (0, 0)))
         for frame in rec:
             video_frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             video_frame.pts = self.pts

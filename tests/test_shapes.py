@@ -86,6 +86,11 @@ def test_every_resize_mode_round_trips_shapes_through_the_shards_and_decode(tmp_
             width = next(sheet.decode(video=0)).width
         frame, valid = expected[row["key"]]
         assert width == 9 * valid[3] + 8 * 2  # previews show the valid region only (pad cut away)
+    for row in lfqtok.decode_samples(tmp_path / "tok", tmp_path / "mp4", fmt="mp4", compare=True, device="cpu"):
+        with av.open(row["output"]) as video:  # yuv420p: an odd valid region gets one black row or column
+            stream = video.streams.video[0]
+            _, _, h, w = expected[row["key"]][1]
+            assert (stream.height, stream.width) == (h + h % 2, 2 * w) and row["frames"] == 17
 
 
 def test_buckets_put_each_video_in_the_bucket_nearest_its_aspect(tmp_path, clips, model, one_thread):
