@@ -165,6 +165,11 @@ def test_rotated_video_is_decoded_as_displayed(tmp_path):
     _, plain = clips_of(paths["plain"], size=16, clip_frames=5)
     assert meta.orig_size == (32, 64)  # displayed portrait
     assert psnr(rotated[0].frames, np.rot90(plain[0].frames, k=1, axes=(1, 2))) > 25
+    buckets = ((16, 32), (32, 16))  # the bucket follows the displayed aspect: the rotated video is portrait
+    meta, rotated = clips_of(paths["rotated"], size=16, clip_frames=5, buckets=buckets, resize="pad")
+    _, plain = clips_of(paths["plain"], size=16, clip_frames=5, buckets=buckets, resize="pad")
+    assert meta.plan.bucket == (32, 16) and rotated[0].frames.shape == (5, 32, 16, 3)
+    assert psnr(rotated[0].frames, np.rot90(plain[0].frames, k=1, axes=(1, 2))) > 25
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00" * 4096, b"not a video at all" * 100])
