@@ -351,7 +351,7 @@ class _ShardAssembler:
             "num_frames": done.meta.num_frames,
             "orig_size": list(done.meta.orig_size),
             "decoder": done.meta.decoder,
-            **(shape_fields(done.meta.plan) if self.shaped else {}),
+            **(shape_fields(done.meta.plan) if self.shaped and done.meta.plan is not None else {}),
             "tokens_shape": list(tokens.shape),
         }
         self._writer(j).write(item.key, tokens, meta, done.extras)
