@@ -346,6 +346,24 @@ def _windows(sampled: Iterator[_Frame], spec: ClipSpec, to_rgb: Callable[[_Frame
         yield Clip(np.stack([f for _, f in window]), [i for i, _ in window], pad)
 
 
+# still images (decoded elsewhere): the scaling, crop and pad every video frame gets, so an image is tokenized
+# exactly as a 1-frame video of it would be
+
+
+def image_scaled_size(width: int, height: int, spec: ClipSpec) -> tuple[int, int]:
+    """(w, h) an image of width x height is scaled to before its crop or pad: the least it may be decoded down to."""
+    h, w = spec.shapes.plan(width, height).layout.scaled
+    return w, h
+
+
+def resize_image(rgb: np.ndarray, spec: ClipSpec) -> np.ndarray:
+    """One still image (H, W, 3) uint8 RGB, upright -> the model input (H', W', 3) uint8 by the video frames' path
+    (`frame_to_rgb` with the image's `spec.shapes.plan`, which also gives its frame size, valid box and bucket)."""
+    height, width = rgb.shape[:2]
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
+    return frame_to_rgb(frame, spec.shapes.plan(width, height))
+
+
 def resolve_decoder(decoder: str | None = None) -> str:
     """The decoder to start with: `decoder`, else $LFQTOK_DECODER (the user's switch), else "auto"; UsageError if
     it is none of auto, pyav, decord. Encode resolves it once, in the driver, and hands it to every worker."""

@@ -19,7 +19,7 @@ from lfqtok.errors import OutputError, UsageError
 from lfqtok.model import load_tokenizer
 from lfqtok.shapes import PAD_FILL, Shapes, layout, nearest_bucket, place, preset_buckets
 from lfqtok.shards import read_manifest, read_tokens
-from lfqtok.video import ClipSpec, iter_clips
+from lfqtok.video import ClipSpec, image_scaled_size, iter_clips, resize_image
 from videos import make_video
 
 LEGACY_SAMPLE_KEYS = ["source", "frame_indices", "clips", "padded_frames", "fps", "num_frames", "orig_size", "decoder",
@@ -258,3 +258,18 @@ def test_an_open_magvit2_image_model_takes_multiples_of_16_only(tmp_path, clips,
     assert all(h % 16 == 0 and w % 16 == 0 for h, w in manifest["buckets"])
     for key, (tokens, meta) in samples(tmp_path / "tok").items():
         assert tokens.shape == (1, 1, meta["bucket"][0] // 16, meta["bucket"][1] // 16)
+
+
+@pytest.mark.parametrize("options", [{"size": 32}, {"size": (32, 56), "resize": "pad"}, {"size": 64, "resize": "fit"},
+                                     {"size": 64, "buckets": ((48, 88), (88, 48))}])
+def test_a_still_image_is_resized_as_a_one_frame_video_of_it(tmp_path, options):
+    from videos import pattern
+
+    rgb = pattern(3, 90, 160)  # (160, 90, 3): portrait
+    spec = ClipSpec(clip_frames=1, **options)
+    plan = spec.shapes.plan(90, 160)
+    image = resize_image(rgb, spec)
+    assert image.shape == (*plan.layout.frame, 3) and image_scaled_size(90, 160, spec) == plan.layout.scaled[::-1]
+    scaled = av.VideoFrame.from_ndarray(rgb, format="rgb24").to_ndarray(
+        width=plan.layout.scaled[1], height=plan.layout.scaled[0], format="rgb24", interpolation="AREA")
+    assert np.array_equal(image, place(scaled, plan.layout))
