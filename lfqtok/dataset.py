@@ -341,6 +341,12 @@ class _Shard:
             return None
         return tuple(m["token_shape"]) + ((m["num_codebooks"],) if m.get("num_codebooks", 1) > 1 else ())
 
+    def bucket_shapes(self) -> list[tuple[int, ...]]:
+        """The token shape of each bucket of a `--buckets` run (the manifest's `token_shapes`), else none."""
+        m = self.manifest or {}
+        extra = (m["num_codebooks"],) if m.get("num_codebooks", 1) > 1 else ()
+        return [tuple(shape) + extra for shape in m.get("token_shapes") or []]
+
 
 class TokenDataset(IterableDataset):
     """Token shards as a torch IterableDataset: every clip exactly once per epoch over ranks and DataLoader workers.
@@ -713,8 +719,8 @@ class TokenDataset(IterableDataset):
         if not exists(self.seq_len) or self.split_sequences:
             return
         for shard in {id(s.manifest): s for s in self._shards}.values():
-            shape = shard.clip_shape()
-            length = flat_length(shape, self.bos, self.eos, self.frame_sep) if shape else 0
+            shapes = [shard.clip_shape()] if shard.clip_shape() else shard.bucket_shapes()
+            length = max((flat_length(shape, self.bos, self.eos, self.frame_sep) for shape in shapes), default=0)
             if length > self.seq_len:
                 raise UsageError(f"a clip's flat sequence has {length} tokens, more than seq_len {self.seq_len}: "
                                  "raise seq_len or let sequences split")

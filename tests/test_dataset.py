@@ -376,3 +376,9 @@ def test_mixed_shapes_pack_across_buckets_and_items_carry_label_class_and_bucket
     assert set(pieces) == set(written)
     for ident, parts in pieces.items():
         assert [t for _, part in sorted(parts) for t in part] == [K, *written[ident].astype(np.int64).ravel().tolist()]
+
+
+def test_packing_without_splitting_refuses_the_largest_bucket_up_front(mixed):
+    root, _ = mixed
+    with pytest.raises(UsageError, match="30 tokens, more than seq_len 20"):  # (2, 3, 3) fits, (2, 3, 5) does not
+        TokenDataset(root, seq_len=20, split_sequences=False)
