@@ -97,7 +97,9 @@ def encode(
     inputs: Annotated[list[str], typer.Argument(help="Video dirs, files, @list.txt, or tar shards (brace patterns ok).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the token shards.")],
     model: Annotated[str, typer.Option(help="'default' (embedded), a .safetensors checkpoint, or an Open-MAGVIT2 video .ckpt.")] = "default",
-    size: Annotated[int, typer.Option(help="Short side scaled to SIZE, then center crop SIZE x SIZE.")] = 128,
+    size: Annotated[str, typer.Option(help="S: short side scaled to S, centre crop S x S; HxW (e.g. 128x224): see --resize.")] = "128",
+    resize: Annotated[str, typer.Option(help="crop (cover, centre crop) | pad (contain, black bars) | fit (each video's own aspect).")] = "crop",
+    buckets: Annotated[Optional[str], typer.Option(help="HxW,HxW,... or 'auto' (common aspects at SIZE's pixels): each video to the nearest aspect.")] = None,
     clip_frames: Annotated[int, typer.Option(help="Frames per clip (1 + 4k).")] = 17,
     clip_stride: Annotated[Optional[int], typer.Option(help="Sampled frames between clip starts [default: clip frames].")] = None,
     fps: Annotated[Optional[float], typer.Option(help="Resample videos to this frame rate first.")] = None,
@@ -122,7 +124,7 @@ def encode(
     from .progress import EncodeProgress
 
     config = EncodeConfig(
-        model=model, size=size, clip_frames=clip_frames, clip_stride=clip_stride, fps=fps, max_clips=max_clips,
+        model=model, size=size, resize=resize, buckets=buckets, clip_frames=clip_frames, clip_stride=clip_stride, fps=fps, max_clips=max_clips,
         pad_short=pad_short, batch_size=batch_size, workers=workers, device=device,
         samples_per_shard=samples_per_shard, overwrite=overwrite, strict=strict, num_shards=num_shards,
         shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout, verbose=verbose or DEBUG,
@@ -217,6 +219,9 @@ def stats(
     first = "MSB" if result["bit_order"] == "msb_first" else "LSB"
     table.add_row(f"bit balance (channel 0 = {first})", " ".join(f"{b:.2f}" for b in result["bit_balance"]))
     table.add_row("top codes", ", ".join(f"{c}x{n}" for c, n in result["top"]))
+    for row in result.get("per_bucket", []):
+        bucket = "x".join(map(str, row["bucket"])) if row["bucket"] else "none"
+        table.add_row(f"bucket {bucket}", f"{row['num_samples']:,} samples, {row['num_clips']:,} clips, {row['num_tokens']:,} tokens")
     err.print(table)
 
 

@@ -319,3 +319,66 @@ def test_a_resume_deep_into_the_epoch_remembers_shards_consumed_whole_in_constan
     assert len(whole) >= 5 and all(len(done[p]) == totals[p] for p in whole)  # 8 shards of 24 clips, 150 consumed
     assert sum(len(used) for used in done.values() if isinstance(used, set)) <= 6 + 24  # the buffer, one shard
     assert keys_of(ds) == keys_of(TokenDataset(shards, shuffle=6))[150:]
+
+
+# mixed token shapes (--buckets, --resize fit)
+
+BUCKETS = [(2, 3, 3), (2, 3, 5), (2, 5, 3)]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> tuple[Path, dict]:
+    """7 shards of uneven sizes, samples in three buckets, with class labels: 25 samples, 49 clips."""
+    root = tmp_path_factory.mktemp("mixed") / "tok"
+    return root, write_token_dir(root, [5, 1, 0, 7, 3, 6, 3], shapes=BUCKETS, labels=True)
+
+
+@pytest.mark.parametrize("shuffle", [0, 8])
+def test_mixed_bucket_batches_hold_one_shape_and_every_clip_once_over_ranks_and_workers(mixed, shuffle):
+    root, written = mixed
+    seen = []
+    for rank in (0, 1):
+        ds = TokenDataset(root, rank=rank, world_size=2, shuffle=shuffle, seed=1, batch_size=3)
+        for batch in DataLoader(ds, batch_size=None, num_workers=2):
+            h, w = batch["tokens"].shape[2:]  # one shape per batch: the bucket every item of it names
+            assert batch["tokens"].shape[0] <= 3 and all(bucket == [8 * h, 8 * w] for bucket in batch["bucket"])
+            for key, clip, tokens, label, name in zip(batch["key"], batch["clip"].tolist(), batch["tokens"], batch["label"].tolist(), batch["class"]):
+                assert torch.equal(tokens, torch.from_numpy(written[key, clip].astype(np.int64)))
+                assert name == f"class{label}"
+                seen.append((key, clip))
+    assert Counter(seen) == Counter(written.keys())  # none lost, none twice, no padding across shapes
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("options", [{}, {"shuffle": 8}, {"world_size": 2, "rank": 1, "even_ranks": True}],
+                         ids=["plain", "shuffled", "even-ranks"])
+def test_mixed_bucket_batches_resume_after_any_batch(mixed, workers, options):
+    root, _ = mixed
+    full = list(DataLoader(TokenDataset(root, batch_size=3, **options), batch_size=None, num_workers=workers))
+    sizes = [len(b["key"]) for b in full]
+    for k in range(len(full)):
+        ds = TokenDataset(root, batch_size=3, skip=sum(sizes[:k]), **options)
+        assert [b["key"] for b in DataLoader(ds, batch_size=None, num_workers=workers)] == [b["key"] for b in full[k:]]
+    if options.get("even_ranks"):
+        counted = TokenDataset(root, batch_size=3, **options).batches_per_rank(workers)
+        assert len(full) == min(counted)  # every rank gives the fewest batches any rank has
+
+
+def test_mixed_shapes_pack_across_buckets_and_items_carry_label_class_and_bucket(mixed):
+    root, written = mixed
+    item = next(iter(TokenDataset(root)))
+    assert item["label"] == 0 and item["class"] == "class0" and item["bucket"] == [24, 24]
+    pieces: dict[tuple[str, int], list] = {}
+    for block in TokenDataset(root, seq_len=20, bos=True):
+        for s, doc in enumerate(block["documents"]):
+            assert doc["class"] == f"class{doc['label']}" and "bucket" in doc
+            pieces.setdefault((doc["key"], doc["clip"]), []).append((doc["start"], block["tokens"][block["segment_ids"] == s].tolist()))
+    assert set(pieces) == set(written)
+    for ident, parts in pieces.items():
+        assert [t for _, part in sorted(parts) for t in part] == [K, *written[ident].astype(np.int64).ravel().tolist()]
+
+
+def test_packing_without_splitting_refuses_the_largest_bucket_up_front(mixed):
+    root, _ = mixed
+    with pytest.raises(UsageError, match="30 tokens, more than seq_len 20"):  # (2, 3, 3) fits, (2, 3, 5) does not
+        TokenDataset(root, seq_len=20, split_sequences=False)

@@ -370,6 +370,6 @@ def test_read_only_clips_from_rays_object_store_batch_without_a_torch_warning():
     batcher = ClipBatcher(2, clip.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch.from_numpy would warn: "The given NumPy array is not writable"
-        batcher.add(clip, "a")
-        batch = batcher.add(clip, "b")
+        assert batcher.add(clip, "a") == []
+        [batch] = batcher.add(clip, "b")
     assert batch.refs == ["a", "b"] and (batch.frames.numpy() == clip).all()

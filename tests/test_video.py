@@ -165,6 +165,11 @@ def test_rotated_video_is_decoded_as_displayed(tmp_path):
     _, plain = clips_of(paths["plain"], size=16, clip_frames=5)
     assert meta.orig_size == (32, 64)  # displayed portrait
     assert psnr(rotated[0].frames, np.rot90(plain[0].frames, k=1, axes=(1, 2))) > 25
+    buckets = ((16, 32), (32, 16))  # the bucket follows the displayed aspect: the rotated video is portrait
+    meta, rotated = clips_of(paths["rotated"], size=16, clip_frames=5, buckets=buckets, resize="pad")
+    _, plain = clips_of(paths["plain"], size=16, clip_frames=5, buckets=buckets, resize="pad")
+    assert meta.plan.bucket == (32, 16) and rotated[0].frames.shape == (5, 32, 16, 3)
+    assert psnr(rotated[0].frames, np.rot90(plain[0].frames, k=1, axes=(1, 2))) > 25
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00" * 4096, b"not a video at all" * 100])
@@ -216,7 +221,7 @@ def test_decoding_stops_at_max_clips_and_skips_converting_gaps(wide, monkeypatch
     import lfqtok.pipeline.video as video
 
     decoded, converted = [], []
-    real_frames, real_rgb = video._pyav_frames, video._pyav_to_rgb
+    real_frames, real_rgb = video._pyav_frames, video.frame_to_rgb
 
     def counting_frames(*args):
         for frame in real_frames(*args):
@@ -228,7 +233,7 @@ def test_decoding_stops_at_max_clips_and_skips_converting_gaps(wide, monkeypatch
         return real_rgb(frame, *args)
 
     monkeypatch.setattr(video, "_pyav_frames", counting_frames)
-    monkeypatch.setattr(video, "_pyav_to_rgb", counting_rgb)
+    monkeypatch.setattr(video, "frame_to_rgb", counting_rgb)
     meta, clips = iter_clips(str(wide), ClipSpec(size=16, clip_frames=9, max_clips=1), decoder="pyav")
     assert len(list(clips)) == 1 and decoded == list(range(9)) and len(converted) == 9  # a long video costs the same
     decoded.clear()

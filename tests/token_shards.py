@@ -34,14 +34,20 @@ def write_token_dir(
     codebook_size: int = 1000,
     seed: int = 0,
     stats: bool = True,
+    shapes: list[tuple[int, ...]] | None = None,
+    labels: bool = False,
 ) -> dict[tuple[str, int], np.ndarray]:
     """Shards of `sizes[i]` samples each; sample i has 1 + i % 3 clips of `shape` uint16 tokens.
 
+    `shapes`: mixed shapes as a `--buckets` run writes them: the sample's bucket is shapes[(s + i) % len], its json
+    says "bucket", the manifest lists "buckets" and has token_shape null. `labels`: "class" and "label" in the json.
     Returns {(key, clip): tokens (t, h, w)} for every clip written."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     manifest = {"format": "lfqtok-tokens", "format_version": 1, "codebook_size": codebook_size, "num_codebooks": 1,
                 "token_dtype": "uint16", "bit_order": "msb_first", "token_shape": list(shape)}
+    if shapes:
+        manifest |= {"token_shape": None, "buckets": [[8 * h, 8 * w] for _, h, w in shapes], "token_shapes": [list(x) for x in shapes]}
     (root / "lfqtok.json").write_text(json.dumps(manifest))
     written: dict[tuple[str, int], np.ndarray] = {}
     for s, n in enumerate(sizes):
@@ -49,8 +55,13 @@ def write_token_dir(
         with tarfile.open(root / f"{s:05d}.tar", "w") as tar:
             for i in range(n):
                 key = f"s{s}_{i}"
-                tokens = rng.integers(0, codebook_size, (1 + i % 3, *shape)).astype(np.uint16)
+                this = shapes[(s + i) % len(shapes)] if shapes else shape
+                tokens = rng.integers(0, codebook_size, (1 + i % 3, *this)).astype(np.uint16)
                 meta = {"source": f"videos/{key}.mp4", "tokens_shape": list(tokens.shape)}
+                if shapes:
+                    meta["bucket"] = [8 * this[1], 8 * this[2]]
+                if labels:
+                    meta |= {"class": f"class{i % 2}", "label": i % 2}
                 add_member(tar, f"{key}.json", json.dumps(meta).encode())
                 add_member(tar, f"{key}.tokens.npy", npy_bytes(tokens))
                 add_member(tar, f"{key}.txt", f"caption of {key}".encode())

@@ -40,6 +40,7 @@ from ..io.shards import META_MEMBER, TOKENS_MEMBER, expand_paths, load_npy, read
 BOS, EOS, SEP, PAD = 0, 1, 2, 3  # special ids are codebook_size + these
 NUM_SPECIAL = 4
 HANDLERS = ("raise", "warn")
+ITEM_KEYS = ("label", "class", "bucket")  # sample json fields that items carry when a sample has them
 READ_BUFFER = 1 << 20  # bytes per read of a shard: fewer reads, each a GIL release a worker must win back
 
 Handler = str | Callable[[InputError], Any]
@@ -126,8 +127,8 @@ def collate(items: Sequence[dict[str, Any]]) -> Any:
             odd = next((it for it in items if tuple(it[k].shape) != tuple(v.shape)), None)
             if odd is not None:
                 raise UsageError(f"cannot batch {k} of shapes {tuple(v.shape)} ({first.get('key', 'item 0')}) and "
-                                 f"{tuple(odd[k].shape)} ({odd.get('key', 'a later item')}): use flat=True with seq_len "
-                                 "to pack them, or batch token shards of one shape")
+                                 f"{tuple(odd[k].shape)} ({odd.get('key', 'a later item')}): batch them in the dataset "
+                                 "(batch_size=, which groups by shape), or pack them (flat=True with seq_len)")
             dtype = numpy_dtype(v.dtype) if torch.is_tensor(v) else np.dtype(np.int64)
             if dtype is not None:
                 specs[k] = ((len(items), *v.shape), dtype)
@@ -182,6 +183,7 @@ class _Clip:
     clip: int = 0
     source: str = ""
     shard: str = ""
+    labels: dict[str, Any] | None = None  # the sample json's ITEM_KEYS that it has (label, class, bucket)
 
 
 @dataclass(slots=True)
@@ -237,7 +239,7 @@ class _Watch:
             if not isinstance(shape, list) or not shape:
                 raise InputError(f"{where}: {key}.json has no tokens_shape, which a resume or packing needs")
             first, self.ordinal = self.ordinal, self.ordinal + int(shape[0])
-            self.want = not self.dry and not set(range(first, self.ordinal)) <= self.done
+            self.want = not self.dry and not all(i in self.done for i in range(first, self.ordinal))  # (done: set or range)
         else:
             self.want = not self.dry
         return _Meta(meta if isinstance(meta, dict) else {}, True, first)
@@ -251,7 +253,21 @@ def _int64(tokens: np.ndarray) -> torch.Tensor:
 
 
 def _clip_item(rec: _Clip, convert: Callable[[np.ndarray], Any]) -> dict[str, Any]:
-    return {"tokens": convert(rec.tokens), "key": rec.key, "clip": rec.clip, "source": rec.source, "shard": rec.shard}
+    item = {"tokens": convert(rec.tokens), "key": rec.key, "clip": rec.clip, "source": rec.source, "shard": rec.shard}
+    return item | rec.labels if rec.labels else item
+
+
+def _by_shape(units: Iterator[tuple[dict | None, list[_Clip]]], size: int) -> Iterator[tuple[list[dict | None], list[_Clip]]]:
+    """Items -> batches of `size` items of one token shape (never padded across shapes), in the order they fill;
+    at the end the partial ones, in the order their shapes first came. Holds at most `size` items per shape."""
+    open_: dict[tuple[int, ...], tuple[list[dict | None], list[_Clip]]] = {}
+    for item, finished in units:
+        batch, recs = open_.setdefault(finished[0].shape, ([], []))
+        batch.append(item)
+        recs.extend(finished)
+        if len(batch) == size:
+            yield open_.pop(finished[0].shape)
+    yield from open_.values()
 
 
 class _Packer:
@@ -294,7 +310,7 @@ class _Packer:
         segments = torch.repeat_interleave(torch.arange(len(pieces)), torch.tensor(sizes))
         positions = torch.cat([torch.arange(start, stop) for _, _, start, stop, _ in pieces] + [torch.zeros(pad, dtype=torch.long)])
         documents = [{"key": r.key, "clip": r.clip, "source": r.source, "shard": r.shard, "start": start, "stop": stop,
-                      "length": length} for r, _, start, stop, length in pieces]
+                      "length": length, **(r.labels or {})} for r, _, start, stop, length in pieces]
         item = {"tokens": tokens, "segment_ids": torch.cat([segments, torch.full((pad,), -1)]), "positions": positions,
                 "documents": documents}
         return item, finished
@@ -325,6 +341,12 @@ class _Shard:
             return None
         return tuple(m["token_shape"]) + ((m["num_codebooks"],) if m.get("num_codebooks", 1) > 1 else ())
 
+    def bucket_shapes(self) -> list[tuple[int, ...]]:
+        """The token shape of each bucket of a `--buckets` run (the manifest's `token_shapes`), else none."""
+        m = self.manifest or {}
+        extra = (m["num_codebooks"],) if m.get("num_codebooks", 1) > 1 else ()
+        return [tuple(shape) + extra for shape in m.get("token_shapes") or []]
+
 
 class TokenDataset(IterableDataset):
     """Token shards as a torch IterableDataset: every clip exactly once per epoch over ranks and DataLoader workers.
@@ -340,7 +362,9 @@ class TokenDataset(IterableDataset):
       batch them with `collate_fn=lfqtok.dataset.collate`.
     `batch_size`: yield batches of that many items instead (as `collate` makes them; each worker's last batch may
     be shorter), for `DataLoader(ds, batch_size=None, num_workers=...)`: batches made in the workers reach the
-    main process through reused shared memory (`lfqtok.dataset.handoff`), the fastest way to read with workers.
+    main process through reused shared memory (`lfqtok.dataset.handoff`), the fastest way to read with workers. Mixed token
+    shapes (buckets, fit: the manifests say so) are batched within one shape, never padded across shapes.
+    Items carry the sample json's `label`, `class` and `bucket` when it has them.
     The order is a function of (seed, epoch, world_size, num_workers): `shuffle` > 0 shuffles the shard order per
     epoch and keeps a buffer of that many clips per worker. `skip`: items this rank already consumed in the epoch
     (a resume), placed among workers as a DataLoader with `loader_batch_size` takes them; consumed items' tokens
@@ -407,6 +431,10 @@ class TokenDataset(IterableDataset):
         self.shuffle, self.seed, self.epoch, self.skip = shuffle, seed, epoch, skip
         self.batch_size, self.handler, self.even_ranks = batch_size, handler, even_ranks
         self._counted: dict[tuple[int, int, int], list[list[int]]] = {}
+        self._sized: dict[tuple[int, int, int], list[list[list[int]]]] = {}
+        shapes = {s.clip_shape() for s in shards}
+        mixed = len(shapes) > 1 or any(m and m.get("token_shape", ()) is None for m in manifests.values())
+        self._grouped = exists(batch_size) and not exists(seq_len) and mixed  # batches made within one token shape
         self.loader_batch_size = batch_size or loader_batch_size or 1
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self._check_fits()
@@ -439,7 +467,7 @@ class TokenDataset(IterableDataset):
         return [min(rows)] * len(rows) if self.even_ranks else rows
 
     def __iter__(self) -> Iterator[Any]:
-        if not exists(self.batch_size):
+        if not exists(self.batch_size) or self._grouped:
             return self._epoch()
         from webdataset.filters import batched
 
@@ -451,23 +479,49 @@ class TokenDataset(IterableDataset):
         """This worker's items of the epoch, after the `skip` already consumed."""
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        role, skip = worker_resume(self.skip, workers, worker, self.loader_batch_size)
+        if self._grouped:  # units are batches of one shape: skip whole batches
+            role, skip = self._batch_resume(workers, worker)
+        else:
+            role, skip = worker_resume(self.skip, workers, worker, self.loader_batch_size)
         slots, slot = self.world_size * workers, self.rank * workers + role
         plan = self._plan(slots, slot)
         seed = self._seed(slots, slot)
         stop = self._even_share(workers)[role] if self.even_ranks else None
         if not skip:
-            for item, _ in itertools.islice(self._items(self._records(plan), random.Random(seed)), stop):
-                yield item
+            for unit, _ in itertools.islice(self._units(self._records(plan), random.Random(seed)), stop):
+                yield collate(unit) if self._grouped else unit
             return
         done, totals = self._consumed(plan, skip, seed)
-        stream = itertools.islice(self._items(self._records(plan, done, totals), random.Random(seed)), stop)
-        for n, (item, _) in enumerate(stream):
-            if n >= skip and item is None:  # (a skipped block may be real: it holds the head of a split sequence)
+        stream = itertools.islice(self._units(self._records(plan, done, totals), random.Random(seed)), stop)
+        for n, (unit, _) in enumerate(stream):
+            if n >= skip and (unit is None or (self._grouped and any(item is None for item in unit))):
+                # (a skipped block may be real: it holds the head of a split sequence)
                 raise InputError(f"resume: the shards changed since the epoch started (item {n} of this worker), "
                                  "or a _stats.json disagrees with its shard")
             if n >= skip:
-                yield item
+                yield collate(unit) if self._grouped else unit
+
+    def _units(self, records: Iterator[_Clip], rng: random.Random) -> Iterator[tuple[Any, list[_Clip]]]:
+        """What a worker delivers: items, or (mixed token shapes with batch_size) lists of items of one shape."""
+        items = self._items(records, rng)
+        return _by_shape(items, self.batch_size) if self._grouped else items
+
+    def _batch_resume(self, workers: int, worker: int) -> tuple[int, int]:
+        """(role, batches to skip) of worker `worker` when batches are made within one shape (sizes vary): the
+        DataLoader's turns over the roles' batches replayed until they add up to `skip` items."""
+        if not self.skip:
+            return worker, 0
+        sizes = self._sizes(workers)[self.rank]
+        taken, total, n = [0] * workers, 0, 0
+        while total < self.skip and any(taken[r] < len(sizes[r]) for r in range(workers)):
+            for r in range(workers):
+                if total < self.skip and taken[r] < len(sizes[r]):
+                    total, taken[r], n = total + sizes[r][taken[r]], taken[r] + 1, n + 1
+        if total > self.skip:
+            raise UsageError(f"skip {self.skip} is not at a batch boundary of this epoch (batches of one token shape "
+                             "vary in size): pass the number of items of the batches consumed")
+        role = (worker + n) % workers
+        return role, taken[role]
 
     def _seed(self, slots: int, slot: int) -> str:
         return f"lfqtok:{self.seed}:{self.epoch}:{slot}:{slots}"
@@ -476,6 +530,8 @@ class TokenDataset(IterableDataset):
         """Items of each (rank, worker role) this epoch, from dry runs: _stats.json counts, else the samples' json
         (no tokens read); computed once per epoch and number of workers."""
         key = (self.seed, self.epoch, workers)
+        if self._grouped:
+            return [[len(sizes) for sizes in row] for row in self._sizes(workers)]
         if key not in self._counted:
             slots = self.world_size * workers
             self._counted[key] = [[sum(1 for _ in self._items(self._records(self._plan(slots, s), totals={}, dry=True),
@@ -483,8 +539,20 @@ class TokenDataset(IterableDataset):
                                    for s in range(rank * workers, (rank + 1) * workers)] for rank in range(self.world_size)]
         return self._counted[key]
 
+    def _sizes(self, workers: int) -> list[list[list[int]]]:
+        """Batches of one shape: the size of each batch of each (rank, worker role) this epoch, from dry runs."""
+        key = (self.seed, self.epoch, workers)
+        if key not in self._sized:
+            slots = self.world_size * workers
+            self._sized[key] = [[[len(batch) for batch, _ in self._units(self._records(self._plan(slots, s), totals={}, dry=True),
+                                                                         random.Random(self._seed(slots, s)))]
+                                 for s in range(rank * workers, (rank + 1) * workers)] for rank in range(self.world_size)]
+        return self._sized[key]
+
     def _batches(self, workers: int) -> list[list[int]]:
         """Batches of each (rank, worker role) this epoch: its items in batches of loader_batch_size."""
+        if self._grouped:
+            return self._counts(workers)
         return [[-(-n // self.loader_batch_size) for n in row] for row in self._counts(workers)]
 
     def _even_share(self, workers: int) -> list[int]:
@@ -493,6 +561,8 @@ class TokenDataset(IterableDataset):
         batches = self._batches(workers)
         fewest = min(sum(row) for row in batches)
         shares = round_robin(fewest, batches[self.rank])
+        if self._grouped:
+            return shares  # units are batches
         return [min(n, k * self.loader_batch_size) for n, k in zip(self._counts(workers)[self.rank], shares)]
 
     def _known_codebook_size(self) -> int:
@@ -539,7 +609,7 @@ class TokenDataset(IterableDataset):
         totals: dict[int, int] = {}
         open_parts: dict[int, set[int]] = {}  # parts consumed in part; a part consumed whole becomes a range (O(1))
         known = 0
-        for n, (_, finished) in enumerate(self._items(self._records(plan, totals=totals, dry=True), random.Random(seed))):
+        for n, (_, finished) in enumerate(self._units(self._records(plan, totals=totals, dry=True), random.Random(seed))):
             for rec in finished:
                 open_parts.setdefault(rec.part, done.setdefault(rec.part, set())).add(rec.ordinal)
             if finished or len(totals) != known:
@@ -561,7 +631,8 @@ class TokenDataset(IterableDataset):
                 totals[part] = count
                 yield from (_Clip(part, i, shard.clip_shape() or ()) for i in range(count))
                 continue
-            if not dry and exists(totals) and part in totals and len(used) == totals[part]:
+            shape_known = shard.clip_shape() is not None or not self._grouped  # placeholders need their shapes
+            if not dry and exists(totals) and part in totals and len(used) == totals[part] and shape_known:
                 yield from (_Clip(part, i, shard.clip_shape() or ()) for i in range(totals[part]))
                 continue
             n = 0
@@ -573,7 +644,7 @@ class TokenDataset(IterableDataset):
 
     def _known_clips(self, shard: _Shard, k: int) -> int | None:
         """A whole shard's clip count from its _stats.json, when the shapes it needs are known without opening it."""
-        if k != 1 or (exists(self.seq_len) and shard.clip_shape() is None):
+        if k != 1 or ((exists(self.seq_len) or self._grouped) and shard.clip_shape() is None):
             return None
         stats = shard.stats()
         return int(stats["clips"]) if stats and isinstance(stats.get("clips"), int) else None
@@ -610,7 +681,7 @@ class TokenDataset(IterableDataset):
         data = sample.get(TOKENS_MEMBER)
         if data is None:
             shape = meta.meta.get("tokens_shape")
-            if meta.first < 0 or not (dry or set(range(meta.first, meta.first + shape[0])) <= used):
+            if meta.first < 0 or not (dry or all(i in used for i in range(meta.first, meta.first + shape[0]))):
                 raise InputError(f"{shard.path}: sample {key} has no .tokens.npy member: not a token shard")
             yield from (_Clip(part, meta.first + c, tuple(shape[1:])) for c in range(shape[0]))
             return
@@ -618,9 +689,10 @@ class TokenDataset(IterableDataset):
         if arr.ndim < 4 or arr.dtype.kind not in "iu":
             raise InputError(f"{shard.path}:{key}: tokens must be integers (clips, t, h, w) [+ (c)], got {arr.dtype} {arr.shape}")
         source, shape = str(meta.meta.get("source") or ""), tuple(arr.shape[1:])
+        labels = {k: meta.meta[k] for k in ITEM_KEYS if k in meta.meta} or None
         for c, clip in enumerate(arr):
             ordinal = meta.first + c if meta.first >= 0 else -1
-            yield _Clip(part, ordinal, shape, None if ordinal in used else clip, key, c, source, shard.path)
+            yield _Clip(part, ordinal, shape, None if ordinal in used else clip, key, c, source, shard.path, labels)
 
     def _handle(self, exc: InputError) -> None:
         if self.handler == "raise":
@@ -647,8 +719,8 @@ class TokenDataset(IterableDataset):
         if not exists(self.seq_len) or self.split_sequences:
             return
         for shard in {id(s.manifest): s for s in self._shards}.values():
-            shape = shard.clip_shape()
-            length = flat_length(shape, self.bos, self.eos, self.frame_sep) if shape else 0
+            shapes = [shard.clip_shape()] if shard.clip_shape() else shard.bucket_shapes()
+            length = max((flat_length(shape, self.bos, self.eos, self.frame_sep) for shape in shapes), default=0)
             if length > self.seq_len:
                 raise UsageError(f"a clip's flat sequence has {length} tokens, more than seq_len {self.seq_len}: "
                                  "raise seq_len or let sequences split")

@@ -13,7 +13,7 @@ import math
 import re
 import struct
 import zlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -50,7 +50,8 @@ def exists(v: Any) -> bool:
 
 class VideoWriter:
     """mp4 (libx264, yuv420p) or gif (PyAV's gif encoder) of uint8 RGB frames appended clip by clip; with a
-    source (`sides` 2) its frames are left of the reconstruction."""
+    source (`sides` 2) its frames are left of the reconstruction. yuv420p needs even sides: an odd-sized picture
+    (the valid region of a padded frame) gets one black row or column at the bottom or right."""
 
     def __init__(self, path: Path, fmt: str, fps: float, width: int, height: int, sides: int):
         import av
@@ -64,13 +65,17 @@ class VideoWriter:
         else:
             self.stream = self.container.add_stream("gif", rate=rate)
             self.stream.pix_fmt = "rgb8"
-        self.stream.width, self.stream.height = width * sides, height
+        even = fmt == "mp4"
+        self.stream.width, self.stream.height = width * sides + (even and width * sides % 2), height + (even and height % 2)
         self.pts = 0
 
     def write(self, rec: np.ndarray, src: np.ndarray | None) -> None:
         """One clip (T, H, W, 3) and its source frames (or None: grey in their place when `sides` is 2)."""
         if self.sides == 2:
             rec = np.concatenate([src if exists(src) else np.full_like(rec, MISSING_GREY), rec], axis=2)
+        extra = (self.stream.height - rec.shape[1], self.stream.width - rec.shape[2])
+        if any(extra):
+            rec = np.pad(rec, ((0, 0), (0, extra[0]), (0, extra[1]), (0, 0)))
         for frame in rec:
             video_frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             video_frame.pts = self.pts
@@ -190,8 +195,9 @@ class Preview:
     writer: Any = None
 
     def add(self, rec: np.ndarray) -> None:
-        """One decoded clip (T, H, W, 3) uint8."""
+        """One decoded clip (T, H, W, 3) uint8: shown and scored on its valid region (the picture without pad)."""
         src = self._source_clip(rec)
+        rec, src = valid_region(rec, self.sample.meta), valid_region(src, self.sample.meta)
         if exists(src):
             self.quality.add(rec, src)
         if not exists(self.writer):
@@ -253,6 +259,20 @@ class Preview:
             return VideoWriter(self.path, self.fmt, playback_fps(self.sample), w, h, sides)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+
+def valid_region(frames: np.ndarray | None, meta: dict[str, Any]) -> np.ndarray | None:
+    """Frames (T, H, W, 3) cut to the sample's `valid` box [top, left, height, width] (`--resize pad`), if any."""
+    valid = meta.get("valid")
+    if frames is None or not (isinstance(valid, list) and len(valid) == 4):
+        return frames
+    top, left, h, w = (int(v) for v in valid)
+    return frames[:, top : top + h, left : left + w]
+
+
+def preview_format(sample: Sample, fmt: str) -> str:
+    """`fmt`, except PNG for samples of single-frame clips (images): a one-frame video is no preview."""
+    return "png" if sample.tokens.ndim >= 4 and sample.tokens.shape[1] == 1 else fmt
 
 
 def playback_fps(sample: Sample) -> float:
@@ -415,7 +435,7 @@ def _existing_file(path: str, cwd: str | None) -> str | None:
     return None
 
 
-def open_source(sample: Sample, size: int, clip_frames: int, tars: TarSources | None = None) -> tuple[Iterator[Any] | None, str | None]:
+def open_source(sample: Sample, size: int | tuple[int, int], clip_frames: int, tars: TarSources | None = None) -> tuple[Iterator[Any] | None, str | None]:
     """The source video's clips cut like at encode time (manifest clip settings), or None and why not."""
     if exists(sample.generated):
         return None, None
@@ -425,8 +445,7 @@ def open_source(sample: Sample, size: int, clip_frames: int, tars: TarSources | 
     from ..pipeline.video import ClipSpec, iter_clips
 
     settings = (sample.manifest or {}).get("clip") or {"size": size, "clip_frames": clip_frames}
-    known = {f.name for f in fields(ClipSpec)}
-    spec = ClipSpec(**{k: v for k, v in settings.items() if k in known})
+    spec = ClipSpec.from_settings(settings)
     try:
         _, clips = iter_clips(source, spec)
     except VideoError as exc:
@@ -507,11 +526,13 @@ def decode_samples(
     for sample in samples:
         t, h, w = sample.tokens.shape[1:4]
         c = tok.config
-        source, note = open_source(sample, h * c.spatial_compression, 1 + (t - 1) * c.temporal_compression, tars)
+        size = h * c.spatial_compression if h == w else (h * c.spatial_compression, w * c.spatial_compression)
+        source, note = open_source(sample, size, 1 + (t - 1) * c.temporal_compression, tars)
         name = unique_name(sample.key, names)
-        renamed = f"written as {name}.{fmt}: an earlier input has the key {sample.key}" if name != sample.key else None
+        kind = preview_format(sample, fmt)
+        renamed = f"written as {name}.{kind}: an earlier input has the key {sample.key}" if name != sample.key else None
         notes = [n for n in (model_note, to_bit_order(sample, tok), note, renamed) if n]
-        previews.append(Preview(sample, out / f"{name}.{fmt}", fmt, compare, source, notes))
+        previews.append(Preview(sample, out / f"{name}.{kind}", kind, compare, source, notes))
     rows: dict[int, dict] = {}
     left = [len(s.tokens) for s in samples]
     for refs, ids in iter_batches(samples, batch_size):

@@ -222,18 +222,21 @@ class CodeCounts:
 
 @dataclass
 class ShardCounts:
-    """What one shard task returns: its histogram, sample count and (by='source') per-sample rows."""
+    """What one shard task returns: its histogram, sample count, (by='source') per-sample rows and (buckets)
+    per-bucket totals."""
 
     path: str
     counts: CodeCounts
     num_samples: int
     sources: list[dict[str, Any]]
+    buckets: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # (H, W) -> [samples, clips, tokens]
 
 
-def count_shard(path: str, codebook_size: int | None, by_source: bool) -> ShardCounts:
-    """Stream one tar: every sample's tokens into one `CodeCounts` (memory: one histogram + ~1M tokens)."""
-    counts, samples, sources = CodeCounts(codebook_size), 0, []
-    want = {TOKENS_MEMBER, META_MEMBER} if by_source else {TOKENS_MEMBER}
+def count_shard(path: str, codebook_size: int | None, by_source: bool, by_bucket: bool = False) -> ShardCounts:
+    """Stream one tar: every sample's tokens into one `CodeCounts` (memory: one histogram + ~1M tokens); with
+    `by_bucket`, samples, clips and tokens per bucket of the samples' json."""
+    counts, samples, sources, buckets = CodeCounts(codebook_size), 0, [], {}
+    want = {TOKENS_MEMBER, META_MEMBER} if by_source or by_bucket else {TOKENS_MEMBER}
     for key, sample in iter_members(Path(path), want):
         if TOKENS_MEMBER not in sample:
             continue
@@ -243,8 +246,12 @@ def count_shard(path: str, codebook_size: int | None, by_source: bool) -> ShardC
         samples += 1
         if by_source:
             sources.append(_source_row(key, path, tokens, sample.get(META_MEMBER)))
+        if by_bucket:
+            bucket = json.loads(sample[META_MEMBER]).get("bucket") if META_MEMBER in sample else None
+            row = buckets.setdefault(tuple(bucket) if isinstance(bucket, list) else (), [0, 0, 0])
+            row[0], row[1], row[2] = row[0] + 1, row[1] + len(tokens), row[2] + int(tokens.size)
     counts.flush()
-    return ShardCounts(path, counts, samples, sources)
+    return ShardCounts(path, counts, samples, sources, buckets)
 
 
 def _source_row(key: str, path: str, tokens: np.ndarray, meta: bytes | None) -> dict[str, Any]:
@@ -254,7 +261,7 @@ def _source_row(key: str, path: str, tokens: np.ndarray, meta: bytes | None) -> 
             "entropy_bits": entropy_bits(n)}
 
 
-def _count_task(args: tuple[str, int | None, bool]) -> ShardCounts:
+def _count_task(args: tuple[str, int | None, bool, bool]) -> ShardCounts:
     return count_shard(*args)
 
 
@@ -335,7 +342,8 @@ def token_stats(
 ) -> dict:
     """Codebook usage of token dirs / tars / brace patterns: DESIGN §5 keys, bit-pair MI, usage by token index t.
 
-    `by` "shard" | "source" adds `per_shard` / `per_source` rows; `plot` writes a PNG (needs matplotlib).
+    `by` "shard" | "source" adds `per_shard` / `per_source` rows; `plot` writes a PNG (needs matplotlib). Shards of a
+    `--buckets` run (the manifest lists them) add `per_bucket`: samples, clips and tokens of each bucket.
     Without a manifest the codebook size is the next power of two above the largest code (`codebook_size_inferred`).
     """
     if by not in BY:
@@ -350,12 +358,16 @@ def token_stats(
     order = manifest.get("bit_order", "msb_first") if manifest else "msb_first"
     if order not in BIT_ORDERS:
         raise InputError(f"the manifest's bit_order {order!r} is not one of {', '.join(BIT_ORDERS)}")
-    tasks = [(str(p), size, by == "source") for p in tars]
+    listed = [tuple(b) for b in manifest.get("buckets") or []] if manifest else []
+    tasks = [(str(p), size, by == "source", bool(listed)) for p in tars]
     total, samples, shard_rows, sources = CodeCounts(size), 0, {}, []
+    buckets: dict[tuple[int, ...], list[int]] = {b: [0, 0, 0] for b in listed}
     for part in _run(tasks, workers or min(len(tasks), os.cpu_count() or 1)):
         total.merge(part.counts)
         samples += part.num_samples
         sources += part.sources
+        for bucket, row in part.buckets.items():
+            buckets[bucket] = [a + b for a, b in zip(buckets.get(bucket, [0, 0, 0]), row)]
         if by == "shard":
             shard_rows[part.path] = {"shard": part.path, "num_samples": part.num_samples, **usage_summary(*part.counts.select())}
     codebook_size = size or next_pow2(total.max_code + 1)
@@ -372,6 +384,9 @@ def token_stats(
     if total.c > 1:
         result["per_codebook"] = [code_metrics(*total.select(c=c), codebook_size, top, order) for c in range(total.c)]
     result["usage_by_position"] = [{"t": t, **usage_summary(*total.select(t=t), codebook_size)} for t in range(total.t)]
+    if listed:  # --buckets runs: totals per bucket, in the manifest's order (samples without one last, bucket null)
+        result["per_bucket"] = [{"bucket": list(b) or None, "num_samples": n, "num_clips": c, "num_tokens": t}
+                                for b, (n, c, t) in buckets.items()]
     if by == "shard":
         result["per_shard"] = [{**shard_rows[str(p)], "utilization": shard_rows[str(p)]["used_codes"] / codebook_size} for p in tars]
     if by == "source":
@@ -391,7 +406,7 @@ def _common_manifest(tars: Sequence[Path]) -> dict | None:
     return manifests[0] if manifests else None
 
 
-def _run(tasks: list[tuple[str, int | None, bool]], workers: int) -> Iterator[ShardCounts]:
+def _run(tasks: list[tuple[str, int | None, bool, bool]], workers: int) -> Iterator[ShardCounts]:
     """Shard results as they finish: in-process for one worker, else a process pool with bounded tasks in flight."""
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_count_task, tasks)

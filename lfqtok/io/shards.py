@@ -119,8 +119,8 @@ def build_manifest(
     tokenizer_sha256: str,
     tokenizer_config: dict,
     clip_frames: int,
-    size: int,
-    token_shape: Sequence[int],
+    size: int | Sequence[int],
+    token_shape: Sequence[int] | None,
     extra: dict,
     bit_order: str = "msb_first",
     window_frames: int | None = None,
@@ -129,6 +129,7 @@ def build_manifest(
 
     `bit_order` is the tokenizer's ("lsb_first" for Open-MAGVIT2). A non-causal tokenizer names the clip length
     it encodes as independent windows: the manifest then says `"causal": false, "window_frames": N` (absent: causal).
+    `size` is S (`--size S`) or [H, W]; `token_shape` is None when videos get shapes of their own (buckets, fit).
     """
     if bit_order not in BIT_ORDERS:
         raise UsageError(f"bit_order must be one of {', '.join(BIT_ORDERS)}, got {bit_order!r}")
@@ -141,8 +142,8 @@ def build_manifest(
         "bit_order": bit_order,
         "tokenizer": {"name": tokenizer_name, "sha256": tokenizer_sha256, "config": tokenizer_config},
         "clip_frames": int(clip_frames),
-        "size": int(size),
-        "token_shape": [int(n) for n in token_shape],
+        "size": int(size) if isinstance(size, int) else [int(n) for n in size],
+        "token_shape": [int(n) for n in token_shape] if token_shape is not None else None,
         **({"causal": False, "window_frames": int(window_frames)} if window_frames is not None else {}),
     }
     clash = sorted(set(extra) & set(core))

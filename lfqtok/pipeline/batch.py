@@ -1,4 +1,4 @@
-"""Batch stage: clips from many videos -> fixed-size uint8 batches in a few reused (pinned) buffers.
+"""Batch stage: clips from many videos -> fixed-size uint8 batches of one clip shape in a few reused (pinned) buffers.
 
 The buffers are recycled through a queue, so the batcher blocks when the encoder is behind: memory stays
 at `num_buffers` batches whatever the decode speed.
@@ -6,6 +6,7 @@ at `num_buffers` batches whatever the decode speed.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from dataclasses import dataclass
@@ -31,7 +32,12 @@ class Batch:
 
 
 class ClipBatcher:
-    """Packs clips into batches of `batch_size`; call `release(batch)` once the batch's frames are consumed."""
+    """Packs clips into batches of `batch_size` clips of one shape; call `release(batch)` once its frames are consumed.
+
+    Clips of different shapes (buckets, `--resize fit`, images beside videos) never share a batch: each shape
+    has its own open batch, in a buffer sized for `clip_shape`, the largest clip (T, H, W, 3) of the run. At most
+    `num_buffers - 1` batches are open at once: a clip of yet another shape first closes the oldest (a short
+    batch), so a buffer is always with the encoder or free and memory stays at `num_buffers` buffers."""
 
     def __init__(
         self,
@@ -42,32 +48,48 @@ class ClipBatcher:
         num_buffers: int = 3,
         abort: threading.Event | None = None,  # set by a failed consumer: stop waiting for a buffer
     ):
+        if num_buffers < 2:
+            raise ValueError(f"num_buffers must be >= 2 (one batch fills while one is encoded), got {num_buffers}")
         self.batch_size = batch_size
+        self.capacity = math.prod(clip_shape)  # elements of the largest clip
         self.abort = abort or threading.Event()
         self.buffers = [
-            torch.empty((batch_size, *clip_shape), dtype=torch.uint8, pin_memory=pin_memory) for _ in range(num_buffers)
+            torch.empty(batch_size * self.capacity, dtype=torch.uint8, pin_memory=pin_memory) for _ in range(num_buffers)
         ]
         self.free: queue.Queue[int] = queue.Queue()
         for slot in range(num_buffers):
             self.free.put(slot)
-        self.slot: int | None = None
-        self.refs: list[Any] = []
+        self.max_open = num_buffers - 1
+        self.open: dict[tuple[int, ...], tuple[int, list[Any]]] = {}  # shape -> (slot, refs), oldest first
 
-    def add(self, clip: np.ndarray, ref: Any) -> Batch | None:
-        """Copy one (T, H, W, 3) clip into the current buffer; return the batch when it is full."""
-        if self.slot is None:
-            self.slot = self._next_free()
-        np.copyto(self.buffers[self.slot][len(self.refs)].numpy(), clip)  # (clips from Ray's store are read-only)
-        self.refs.append(ref)
-        return self.flush() if len(self.refs) == self.batch_size else None
+    def add(self, clip: np.ndarray, ref: Any) -> list[Batch]:
+        """Copy one (T, H, W, 3) clip into its shape's buffer; return the batches this closes (full, or the oldest
+        open one making room for a new shape), in the order to encode them."""
+        shape = tuple(clip.shape)
+        closed: list[Batch] = []
+        if shape not in self.open:
+            if math.prod(shape) > self.capacity:
+                raise ValueError(f"clip of shape {shape} is larger than the batcher's buffers ({self.capacity} values a clip)")
+            if len(self.open) >= self.max_open:
+                closed.append(self._close(next(iter(self.open))))
+            self.open[shape] = (self._next_free(), [])
+        slot, refs = self.open[shape]
+        np.copyto(self._view(slot, shape, self.batch_size)[len(refs)].numpy(), clip)  # (clips from Ray's store are read-only)
+        refs.append(ref)
+        if len(refs) == self.batch_size:
+            closed.append(self._close(shape))
+        return closed
 
-    def flush(self) -> Batch | None:
-        """The partly filled batch, if any (at the end of the stream)."""
-        if self.slot is None or not self.refs:
-            return None
-        batch = Batch(self.buffers[self.slot][: len(self.refs)], self.refs, self.slot)
-        self.slot, self.refs = None, []
-        return batch
+    def flush(self) -> list[Batch]:
+        """The partly filled batches, oldest first (at the end of the stream)."""
+        return [self._close(shape) for shape in list(self.open)]
+
+    def _view(self, slot: int, shape: tuple[int, ...], n: int) -> torch.Tensor:
+        return self.buffers[slot][: n * math.prod(shape)].view(n, *shape)
+
+    def _close(self, shape: tuple[int, ...]) -> Batch:
+        slot, refs = self.open.pop(shape)
+        return Batch(self._view(slot, shape, len(refs)), refs, slot)
 
     def _next_free(self) -> int:
         """Wait for a buffer the encoder has finished with (backpressure), unless the run is aborting."""

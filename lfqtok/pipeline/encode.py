@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +21,7 @@ from ..errors import LfqtokError, UsageError
 from .pool import validate_pool
 from ..io.shards import build_manifest, prepare_output
 from .sources import list_items, plan_shards, validate_split
+from .shapes import MIN_MULTIPLE, PRESET, frame_dims, parse_buckets, parse_size, preset_buckets
 from .video import ClipSpec, resolve_decoder, validate_spec
 from .worker import ProgressFn, ShardEncoder, decode_workers
 
@@ -32,12 +33,14 @@ class EncodeConfig:
     """Everything `lfqtok encode` takes; saved into the manifest so a rerun can check it resumes the same run."""
 
     model: str = "default"  # "default" (embedded), a .safetensors path or an Open-MAGVIT2 .ckpt (lfqtok/tokenizers/convert.py)
-    size: int = 128  # short side scaled to this, then center crop size x size
+    size: int | str | tuple[int, int] = 128  # S: short side S, centre crop S x S; "HxW" / (H, W): see resize
     clip_frames: int = 17  # frames per clip, 1 + 4k; a non-causal tokenizer's window length exactly
     clip_stride: int | None = None  # sampled frames between clip starts; None: clip_frames (no overlap)
     fps: float | None = None  # resample to this frame rate first; None keeps the source rate
     max_clips: int | None = None  # at most this many clips per video
     pad_short: bool = True  # a video shorter than one clip is padded with its last frame (else: a failure)
+    resize: str = "crop"  # crop | pad | fit onto the size (lfqtok/pipeline/shapes.py)
+    buckets: str | Sequence[Sequence[int]] | None = None  # "HxW,HxW,..." or "auto": each video to the nearest aspect
     batch_size: int = 16  # clips per encoder batch
     workers: int | None = None  # decode processes; None: all cores but one (at most 16)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -52,14 +55,23 @@ class EncodeConfig:
     decoder: str | None = None  # each video's first decoder: auto | pyav | decord; None: $LFQTOK_DECODER, else auto
     verbose: bool = False  # let Ray's own log lines through to the terminal (--engine ray)
 
-    def clip_spec(self) -> ClipSpec:
+    def clip_spec(self, multiple: int = MIN_MULTIPLE) -> ClipSpec:
+        """The clip settings, shapes parsed; `multiple` is the tokenizer's spatial factor (`--buckets auto` uses it)."""
+        size = parse_size(self.size)
+        buckets = parse_buckets(self.buckets)
+        if buckets == PRESET:
+            h, w = frame_dims(size)
+            buckets = preset_buckets(h * w, multiple)
         return ClipSpec(
-            size=self.size,
+            size=size,
             clip_frames=self.clip_frames,
             clip_stride=self.clip_stride,
             fps=self.fps,
             max_clips=self.max_clips,
             pad_short=self.pad_short,
+            resize=self.resize,
+            buckets=buckets,
+            multiple=multiple,
         )
 
     def num_workers(self) -> int:
@@ -83,11 +95,12 @@ class EncodeConfig:
         else:
             resolve_device(self.device)
 
-    def shard_encoder(self, out: str | Path) -> ShardEncoder:
-        """The shard worker these options make, writing into `out` (engines adapt its device and workers)."""
+    def shard_encoder(self, out: str | Path, spec: ClipSpec | None = None) -> ShardEncoder:
+        """The shard worker these options make, writing into `out` (engines adapt its device and workers); `spec`:
+        the clip settings for the run's tokenizer (`clip_spec(multiple)`), else those of the default factor."""
         return ShardEncoder(
             out=str(out),
-            spec=self.clip_spec(),
+            spec=spec or self.clip_spec(),
             model=self.model,
             device=self.device,
             batch_size=self.batch_size,
@@ -131,6 +144,17 @@ class EncodeSummary:
 # the entry point
 
 
+def shape_manifest(spec: ClipSpec, tok) -> dict[str, Any]:
+    """The manifest keys of the shape options, only when used: `resize`, `buckets` and their `token_shapes`."""
+    if spec.shapes.legacy:
+        return {}
+    keys: dict[str, Any] = {"resize": spec.resize}
+    if spec.buckets:
+        keys["buckets"] = [list(b) for b in spec.buckets]
+        keys["token_shapes"] = [list(tok.token_shape(spec.clip_frames, *b)) for b in spec.buckets]
+    return keys
+
+
 def check_window(tok, config: EncodeConfig) -> None:
     """A non-causal tokenizer encodes clips as independent windows of the length it was trained on: only that one."""
     if not tok.causal and config.clip_frames != tok.window_frames:
@@ -165,6 +189,8 @@ def encode_dataset(
     started = time.perf_counter()
     tok = load_tokenizer(config.model, device="cpu")
     check_window(tok, config)
+    spec = config.clip_spec(tok.config.spatial_compression)
+    validate_spec(spec)  # the sizes again, against this tokenizer's spatial factor
     manifest = build_manifest(
         codebook_size=tok.codebook_size,
         num_codebooks=tok.num_codebooks,
@@ -172,13 +198,14 @@ def encode_dataset(
         tokenizer_sha256=tok.sha256,
         tokenizer_config=tok.config.to_dict(),
         clip_frames=config.clip_frames,
-        size=config.size,
-        token_shape=list(tok.token_shape(config.clip_frames, config.size, config.size)),
+        size=spec.size if isinstance(spec.size, int) else list(spec.size),
+        token_shape=list(tok.token_shape(config.clip_frames, *uniform)) if (uniform := spec.shapes.uniform) else None,
         bit_order=tok.bit_order,
         window_frames=None if tok.causal else tok.window_frames,
         extra={
+            **shape_manifest(spec, tok),
             "lfqtok_version": __version__,
-            "clip": {k: v for k, v in asdict(config.clip_spec()).items()},
+            "clip": spec.settings(),
             "samples_per_shard": config.samples_per_shard,
             "inputs": [str(i) for i in inputs],
             "cwd": os.getcwd(),  # sources are stored as given: decode resolves relative ones against this
@@ -188,7 +215,7 @@ def encode_dataset(
     finished = prepare_output(out, manifest, config.overwrite)
     jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
     todo = [job for job in jobs if job.index not in finished]
-    encoder = config.shard_encoder(out)
+    encoder = config.shard_encoder(out, spec)
     results = run_jobs(encoder, todo, config.engine, ray_address=config.ray_address, verbose=config.verbose, on_progress=on_progress)
     failures = [f for r in results for f in r.failures]
     summary = EncodeSummary(

@@ -1,10 +1,11 @@
-"""Decode stage for one video: sampled, resized, center-cropped uint8 RGB clips, streamed window by window.
+"""Decode stage for one video: sampled, resized, cropped or padded uint8 RGB clips, streamed window by window.
 
 decord (resize at decode, read sequentially in small chunks) where it is known to read right, PyAV otherwise
 and whenever decord fails, even mid-video (PyAV then goes on from the same frame). Memory does not depend on
-the video's length or resolution: frames are scaled to short side `size` as they are decoded (swscale, whose
-filters widen with the scale factor, so down-scaling is antialiased: decord's bilinear, PyAV's AREA), only the
-frames a clip needs are kept, and each window is dropped once yielded.
+the video's length or resolution: frames are scaled as they are decoded (swscale, whose filters widen with the
+scale factor, so down-scaling is antialiased: decord's bilinear, PyAV's AREA) to the size `shapes.layout` gives,
+then cropped or padded by `shapes.place`; only the frames a clip needs are kept, and each window is dropped once
+yielded. `frame_to_rgb` is the one PyAV frame -> RGB path (videos, and decoded images as one-frame videos).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import av
 import numpy as np
 
 from ..errors import UsageError, VideoError
+from .shapes import Layout, Plan, Shapes, Size, place, short_side
 
 try:  # decord has no wheels for some platforms; PyAV alone decodes everything, only slower
     import decord
@@ -43,21 +45,49 @@ DECODERS = ("auto", "pyav", "decord")  # auto: decord where it reads right (DECO
 class ClipSpec:
     """How clips are cut from a video; part of the token manifest, so a resumed run must use the same."""
 
-    size: int = 128  # short side scaled to size, then center crop size x size (multiple of 8)
+    size: Size = 128  # S: short side scaled to S, then center crop S x S; (H, W): see `resize` (multiples of 8)
     clip_frames: int = 17  # frames per clip, 1 + 4k (the tokenizer is causal with 4x temporal compression)
     clip_stride: int | None = None  # sampled frames between clip starts; None = clip_frames (no overlap)
     fps: float | None = None  # resample to this rate first (nearest frame to k / fps); None = native rate
     max_clips: int | None = None  # at most this many clips per video
     pad_short: bool = True  # video shorter than one clip: pad by repeating its last frame, else fail
+    resize: str = "crop"  # crop | pad | fit onto the size (lfqtok/pipeline/shapes.py)
+    buckets: tuple[tuple[int, int], ...] | None = None  # (H, W) shapes; each video goes to the nearest in aspect
+    multiple: int = 8  # the tokenizer's spatial factor: every frame side is a multiple of it
 
     @property
     def stride(self) -> int:
         return self.clip_stride if self.clip_stride is not None else self.clip_frames
 
+    @property
+    def shapes(self) -> Shapes:
+        return Shapes(self.size, self.resize, self.buckets, self.multiple)
+
+    def settings(self) -> dict[str, Any]:
+        """What the manifest records under "clip": the fields of `--size S` runs as always; the shape options only
+        when used (so `--size S` manifests stay as they were)."""
+        base = {"size": self.size, "clip_frames": self.clip_frames, "clip_stride": self.clip_stride, "fps": self.fps,
+                "max_clips": self.max_clips, "pad_short": self.pad_short}
+        if self.shapes.legacy:
+            return base
+        shaped = {"size": self.size if isinstance(self.size, int) else list(self.size), "resize": self.resize,
+                  "multiple": self.multiple}
+        return {**base, **shaped, **({"buckets": [list(b) for b in self.buckets]} if self.buckets else {})}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> "ClipSpec":
+        """The spec a manifest's "clip" settings describe (unknown keys ignored)."""
+        known = {k: v for k, v in settings.items() if k in cls.__dataclass_fields__}
+        if isinstance(known.get("size"), list):
+            known["size"] = tuple(known["size"])
+        if known.get("buckets") is not None:
+            known["buckets"] = tuple(tuple(b) for b in known["buckets"])
+        return cls(**known)
+
 
 @dataclass
 class Clip:
-    """One clip: frames (T, S, S, 3) uint8 RGB and the source frame index of each (padding repeats the last)."""
+    """One clip: frames (T, H, W, 3) uint8 RGB and the source frame index of each (padding repeats the last)."""
 
     frames: np.ndarray
     frame_indices: list[int]
@@ -72,12 +102,13 @@ class VideoMeta:
     num_frames: int | None
     orig_size: tuple[int, int]  # (width, height) as displayed, after rotation
     decoder: str  # "decord" or "pyav" (the one that decoded the last frames)
+    plan: Plan | None = None  # the video's frame shape, crop/pad box and bucket
 
 
 def validate_spec(spec: ClipSpec) -> None:
     """Raise UsageError for a spec no video could satisfy; called once, before any work."""
+    spec.shapes.validate()
     checks = [
-        (spec.size >= 8 and spec.size % 8 == 0, f"--size must be a positive multiple of 8, got {spec.size}"),
         (spec.clip_frames >= 1 and (spec.clip_frames - 1) % 4 == 0, f"--clip-frames must be 1 + 4k (1, 5, 9, 17, ...), got {spec.clip_frames}"),
         (spec.clip_stride is None or spec.clip_stride >= 1, f"--clip-stride must be >= 1, got {spec.clip_stride}"),
         (spec.fps is None or spec.fps > 0, f"--fps must be > 0, got {spec.fps}"),
@@ -154,20 +185,7 @@ def _probe(video: str | bytes) -> _Probe:
         )
 
 
-def _scaled_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """(w, h) with the short side = size and the aspect ratio kept."""
-    if width <= height:
-        return size, max(size, round(height * size / width))
-    return max(size, round(width * size / height)), size
-
-
-def _center_crop(frame: np.ndarray, size: int) -> np.ndarray:
-    h, w = frame.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return frame[top : top + size, left : left + size]
-
-
-# decoders: each is a sequential stream of _Frame plus a function turning one into a (S, S, 3) array
+# decoders: each is a sequential stream of _Frame plus a function turning one into an (H, W, 3) array
 
 
 def _decord_frames(video: str | bytes, width: int, height: int, start: int, threads: int) -> Iterator[_Frame]:
@@ -227,12 +245,17 @@ def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[_Fram
             raise VideoError(f"decode failed after frame {index}: {_reason(exc)}") from None
 
 
-def _pyav_to_rgb(frame: av.VideoFrame, size: int | None, rotation: int, crop: bool = True) -> np.ndarray:
-    """One PyAV frame -> (S, S, 3) uint8: scaled at conversion (AREA), rotated for display, alpha over black.
+LayoutFn = Callable[[int, int], Layout]  # displayed (width, height) -> where the frame goes
 
-    `size` None: the frame at its native size, rotated, uncropped; `crop` False: short side S, uncropped."""
+
+def frame_to_rgb(frame: av.VideoFrame, place_frame: Plan | LayoutFn | None, rotation: int = 0) -> np.ndarray:
+    """One PyAV frame -> (H, W, 3) uint8: scaled by swscale at conversion (`to_ndarray(width, height,
+    interpolation="AREA")` to the layout's scaled size), rotated for display (`rotation` counter-clockwise
+    degrees), alpha composited over black, then cropped / padded (`shapes.place`). `place_frame`: a video's Plan,
+    a function of the displayed (width, height), or None for the frame at its native size."""
     display = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
-    w, h = _scaled_size(*display, size) if size else display
+    lay = place_frame.for_frame(*display) if isinstance(place_frame, Plan) else place_frame(*display) if place_frame else None
+    h, w = lay.scaled if lay else (display[1], display[0])
     if rotation in (90, 270):
         w, h = h, w
     alpha = frame.format.has_palette or frame.format.name.startswith(ALPHA_FORMATS)
@@ -240,17 +263,16 @@ def _pyav_to_rgb(frame: av.VideoFrame, size: int | None, rotation: int, crop: bo
     if alpha:
         rgb = (rgb[..., :3].astype(np.uint16) * rgb[..., 3:] + 127) // 255
     rgb = np.rot90(rgb, k=rotation // 90) if rotation else rgb
-    return np.ascontiguousarray(_center_crop(rgb, size) if size and crop else rgb, dtype=np.uint8)
+    return place(rgb, lay) if lay else np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
 class _Decoder:
     """A frame stream that starts on decord when it can and continues on PyAV if decord fails.
 
-    Frames come out scaled to short side `size` and center-cropped (uncropped when `crop` is False), or at
-    native size when `size` is None."""
+    Frames come out placed by `layout_of` (displayed (width, height) -> Layout), or at native size when None."""
 
-    def __init__(self, video: str | bytes, probe: _Probe, size: int | None, threads: int, prefer: str, crop: bool = True):
-        self.video, self.probe, self.size, self.threads, self.crop = video, probe, size, threads, crop
+    def __init__(self, video: str | bytes, probe: _Probe, layout_of: LayoutFn | None, threads: int, prefer: str):
+        self.video, self.probe, self.layout_of, self.threads = video, probe, layout_of, threads
         short = probe.approx_frames is not None and probe.approx_frames <= DECORD_MAX_FRAMES  # memory: see constant
         readable = decord is not None and probe.codec in DECORD_CODECS and probe.rotation == 0 and short
         self.use_decord = (prefer == "decord" and decord is not None) or (prefer == "auto" and readable)
@@ -259,12 +281,12 @@ class _Decoder:
     def frames(self) -> Iterator[_Frame]:
         next_index = 0
         if self.use_decord:
-            native = (self.probe.width, self.probe.height)
-            w, h = _scaled_size(*native, self.size) if self.size else native
+            lay = self.layout_of(self.probe.width, self.probe.height) if self.layout_of else None  # unrotated only
+            h, w = lay.scaled if lay else (self.probe.height, self.probe.width)
             try:
                 for frame in _decord_frames(self.video, w, h, 0, max(self.threads, 0)):
                     next_index = frame.index + 1
-                    yield frame._replace(data=_center_crop(frame.data, self.size) if self.size and self.crop else frame.data)
+                    yield frame._replace(data=place(frame.data, lay) if lay else frame.data)
                 return
             except (decord.DECORDError, VideoError, RuntimeError, ValueError):
                 self.name = "pyav"  # decord failed (open, a bad size, the end of a short stream): PyAV goes on
@@ -273,7 +295,7 @@ class _Decoder:
     def to_rgb(self, frame: _Frame) -> np.ndarray:
         if isinstance(frame.data, np.ndarray):
             return np.ascontiguousarray(frame.data)
-        return _pyav_to_rgb(frame.data, self.size, self.probe.rotation, self.crop)
+        return frame_to_rgb(frame.data, self.layout_of, self.probe.rotation)
 
 
 # sampling and windows
@@ -300,7 +322,7 @@ def _sample(frames: Iterator[_Frame], fps: float | None) -> Iterator[_Frame]:
 def _windows(sampled: Iterator[_Frame], spec: ClipSpec, to_rgb: Callable[[_Frame], np.ndarray]) -> Iterator[Clip]:
     """Clips of clip_frames sampled frames, one every stride; converts only frames that some clip uses."""
     t, stride = spec.clip_frames, spec.stride
-    buffer: deque[tuple[int, np.ndarray]] = deque()  # (source index, (S, S, 3)) from the next clip's start on
+    buffer: deque[tuple[int, np.ndarray]] = deque()  # (source index, (H, W, 3)) from the next clip's start on
     clips = 0
     last: tuple[int, np.ndarray | None] = (-1, None)  # the last converted frame, reused when fps repeats it
     for position, frame in enumerate(sampled):
@@ -310,7 +332,7 @@ def _windows(sampled: Iterator[_Frame], spec: ClipSpec, to_rgb: Callable[[_Frame
             last = (frame.index, to_rgb(frame))
         buffer.append(last)
         if len(buffer) == t:
-            yield Clip(np.stack([f for _, f in buffer]), [i for i, _ in buffer], 0)  # (T, S, S, 3)
+            yield Clip(np.stack([f for _, f in buffer]), [i for i, _ in buffer], 0)  # (T, H, W, 3)
             clips += 1
             if spec.max_clips is not None and clips >= spec.max_clips:
                 return
@@ -322,6 +344,24 @@ def _windows(sampled: Iterator[_Frame], spec: ClipSpec, to_rgb: Callable[[_Frame
         pad = t - len(buffer)
         window = list(buffer) + [buffer[-1]] * pad
         yield Clip(np.stack([f for _, f in window]), [i for i, _ in window], pad)
+
+
+# still images (decoded elsewhere): the scaling, crop and pad every video frame gets, so an image is tokenized
+# exactly as a 1-frame video of it would be
+
+
+def image_scaled_size(width: int, height: int, spec: ClipSpec) -> tuple[int, int]:
+    """(w, h) an image of width x height is scaled to before its crop or pad: the least it may be decoded down to."""
+    h, w = spec.shapes.plan(width, height).layout.scaled
+    return w, h
+
+
+def resize_image(rgb: np.ndarray, spec: ClipSpec) -> np.ndarray:
+    """One still image (H, W, 3) uint8 RGB, upright -> the model input (H', W', 3) uint8 by the video frames' path
+    (`frame_to_rgb` with the image's `spec.shapes.plan`, which also gives its frame size, valid box and bucket)."""
+    height, width = rgb.shape[:2]
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
+    return frame_to_rgb(frame, spec.shapes.plan(width, height))
 
 
 def resolve_decoder(decoder: str | None = None) -> str:
@@ -344,7 +384,7 @@ def iter_frames(
     Raises VideoError with a one-line reason for a video that cannot be read.
     """
     probe = _probe(video)
-    frames = _Decoder(video, probe, size, threads, resolve_decoder(decoder), crop=False)
+    frames = _Decoder(video, probe, (lambda w, h: short_side(w, h, size)) if size else None, threads, resolve_decoder(decoder))
     for frame in frames.frames():
         yield frames.to_rgb(frame)
 
@@ -352,7 +392,9 @@ def iter_frames(
 def iter_clips(
     video: str | bytes, spec: ClipSpec, *, threads: int = 0, decoder: str | None = None
 ) -> tuple[VideoMeta, Iterator[Clip]]:
-    """A video (a path or its bytes) -> its meta and a lazy iterator of clips (T, S, S, 3) uint8 RGB.
+    """A video (a path or its bytes) -> its meta and a lazy iterator of clips (T, H, W, 3) uint8 RGB.
+
+    The frame shape is `spec.shapes.plan` of the first frame's displayed size (`meta.plan`: size, box, bucket).
 
     Raises VideoError with a one-line reason for an unreadable, empty or unsupported video; the iterator may
     raise it too (a stream that breaks mid-way). `threads`: decoder threads, 0 lets the decoder choose.
@@ -360,9 +402,10 @@ def iter_clips(
     failure); None reads $LFQTOK_DECODER (default "auto"), the switch to force PyAV everywhere.
     """
     probe = _probe(video)
-    decoder = _Decoder(video, probe, spec.size, threads, resolve_decoder(decoder))
     display = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
-    meta = VideoMeta(fps=probe.fps, num_frames=probe.num_frames, orig_size=display, decoder=decoder.name)
+    plan = spec.shapes.plan(*display)
+    decoder = _Decoder(video, probe, plan.for_frame, threads, resolve_decoder(decoder))
+    meta = VideoMeta(fps=probe.fps, num_frames=probe.num_frames, orig_size=display, decoder=decoder.name, plan=plan)
 
     def clips() -> Iterator[Clip]:
         produced = 0

@@ -24,6 +24,7 @@ from ..errors import LfqtokError
 from .pool import ClipEvent, DecodePool, DoneEvent, FailEvent
 from ..io.shards import ShardWriter
 from .sources import ShardJob, VideoItem
+from .shapes import Plan
 from .video import ClipSpec
 
 ProgressFn = Callable[["Counters"], None]
@@ -128,11 +129,11 @@ class ShardEncoder:
         tok = self.tokenizer
         spec = self.spec
         storage = token_dtype(tok.codebook_size)
-        assembler = _ShardAssembler(Path(self.out), jobs, storage, counters)
+        assembler = _ShardAssembler(Path(self.out), jobs, storage, counters, shaped=not spec.shapes.legacy)
         items = [item for job in jobs for item in job.items]
         abort = threading.Event()
         on_cuda = next(tok.parameters()).device.type == "cuda"
-        batcher = ClipBatcher(self.batch_size, (spec.clip_frames, spec.size, spec.size, 3), pin_memory=on_cuda, abort=abort)
+        batcher = ClipBatcher(self.batch_size, (spec.clip_frames, *spec.shapes.largest, 3), pin_memory=on_cuda, abort=abort)
         gpu_q: queue.Queue[Batch | None] = queue.Queue()
         write_q: queue.Queue[Any] = queue.Queue()
         errors: list[BaseException] = []
@@ -149,17 +150,15 @@ class ShardEncoder:
                     if isinstance(event, ClipEvent):
                         clip = event.clip  # the frames go into the batch; only where they came from travels on
                         ref = (event.item, event.clip_index, _ClipOrigin(clip.frame_indices, clip.padded))
-                        batch = batcher.add(clip.frames, ref)
-                        if batch is not None:
+                        for batch in batcher.add(clip.frames, ref):
                             gpu_q.put(batch)
                     else:
                         write_q.put(event)
                     if on_progress is not None:
                         on_progress(counters)
                 if not abort.is_set():
-                    last = batcher.flush()
-                    if last is not None:
-                        gpu_q.put(last)
+                    for batch in batcher.flush():
+                        gpu_q.put(batch)
         except BatcherAborted:
             pass
         except BaseException:
@@ -249,6 +248,12 @@ def _writer_loop(write_q: queue.Queue, assembler: "_ShardAssembler") -> None:
 # assembling samples and shards
 
 
+def shape_fields(plan: Plan) -> dict[str, Any]:
+    """A sample's json fields of a run with shape options: frame size, valid (unpadded) box, bucket."""
+    fields = {"frame_size": list(plan.layout.frame), "valid": list(plan.layout.valid)}
+    return fields | ({"bucket": list(plan.bucket)} if plan.bucket is not None else {})
+
+
 @dataclass
 class _ClipOrigin:
     """Where a clip's frames came from: all the writer keeps of a clip besides its tokens."""
@@ -273,8 +278,9 @@ class _Pending:
 class _ShardAssembler:
     """Collects each video's clip tokens and writes samples shard by shard, in the jobs' item order."""
 
-    def __init__(self, out: Path, jobs: Sequence[ShardJob], storage: np.dtype, counters: Counters):
+    def __init__(self, out: Path, jobs: Sequence[ShardJob], storage: np.dtype, counters: Counters, shaped: bool = False):
         self.out, self.jobs, self.storage, self.counters = out, list(jobs), storage, counters
+        self.shaped = shaped  # shape options in use: samples record their frame size, valid box and bucket
         self.owner: list[tuple[int, int]] = [(j, i) for j, job in enumerate(self.jobs) for i in range(len(job.items))]
         self.pending: dict[int, _Pending] = {}
         self.next_item = [0] * len(self.jobs)  # per job: local index of the next sample to write
@@ -345,6 +351,7 @@ class _ShardAssembler:
             "num_frames": done.meta.num_frames,
             "orig_size": list(done.meta.orig_size),
             "decoder": done.meta.decoder,
+            **(shape_fields(done.meta.plan) if self.shaped and done.meta.plan is not None else {}),
             "tokens_shape": list(tokens.shape),
         }
         self._writer(j).write(item.key, tokens, meta, done.extras)
