@@ -324,6 +324,21 @@ def _windows(sampled: Iterator[_Frame], spec: ClipSpec, to_rgb: Callable[[_Frame
         yield Clip(np.stack([f for _, f in window]), [i for i, _ in window], pad)
 
 
+# still images (lfqtok/images.py): the scaling and crop every video frame gets, so an image is tokenized exactly
+# as a 1-frame video of it would be
+
+
+def image_scaled_size(width: int, height: int, spec: ClipSpec) -> tuple[int, int]:
+    """(w, h) an image of width x height is scaled to before its crop: the least a JPEG may be decoded down to."""
+    return _scaled_size(width, height, spec.size)
+
+
+def resize_image(rgb: np.ndarray, spec: ClipSpec) -> np.ndarray:
+    """One still image (H, W, 3) uint8 RGB, upright -> the model input (S, S, 3) uint8, by the video frames' path:
+    wrapped as a PyAV frame, scaled by swscale (AREA) to short side S, centre-cropped."""
+    return _pyav_to_rgb(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24"), spec.size, 0)
+
+
 def resolve_decoder(decoder: str | None = None) -> str:
     """The decoder to start with: `decoder`, else $LFQTOK_DECODER (the user's switch), else "auto"; UsageError if
     it is none of auto, pyav, decord. Encode resolves it once, in the driver, and hands it to every worker."""
