@@ -29,19 +29,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageError
 from .video import Clip, ClipSpec, VideoMeta, image_scaled_size, resize_image
 
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp"})
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP")  # the only Pillow parsers tried (JPEG also opens cameras' multi-picture MPO files)
 MAX_PIXELS = 89_478_485  # Pillow's own bomb-warning threshold (1 GiB at 12 bytes a pixel): larger images are refused
 DECODER = "pillow"  # the sample json's "decoder" for images
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grey PNGs open as one of these
 _ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, zlib.error)  # what Pillow raises on bad data
-
-
-def is_image_name(name: str) -> bool:
-    """Whether a file name (or ".ext") ends with an image extension, in any case."""
-    _, dot, ext = name.rpartition(".")
-    return bool(dot) and ext.lower() in IMAGE_EXTENSIONS
 
 
 def _reason(exc: BaseException) -> str:
