@@ -62,8 +62,8 @@ def _open(image: str | bytes) -> Image.Image:
     width, height = im.size
     if width * height > MAX_PIXELS:
         im.close()
-        raise ImageError(f"image has {width}x{height} = {width * height:,} pixels (from its header), over the "
-                         f"{MAX_PIXELS:,} pixel limit: refused as a possible decompression bomb")
+        raise ImageError(f"image has {width * height:,} pixels (from its header), over the {MAX_PIXELS:,} pixel "
+                         f"limit: refused as a possible decompression bomb ({width}x{height})")
     return im
 
 

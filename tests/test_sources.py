@@ -37,10 +37,11 @@ def tree(tmp_path):
     return tmp_path / "data"
 
 
-def test_directory_is_searched_recursively_for_videos_only(tree):
+def test_directory_is_searched_recursively_for_videos_and_images_only(tree):
     items = list_items([str(tree)])
-    assert [Path(i.source).relative_to(tree).as_posix() for i in items] == ["a.MOV", "b.mp4", "sub/deep/c.webm", "sub/x.y.mkv"]
-    assert [i.key for i in items] == ["a", "b", "sub_deep_c", "sub_x_y"]
+    assert [Path(i.source).relative_to(tree).as_posix() for i in items] == ["a.MOV", "b.mp4", "cover.jpg", "sub/deep/c.webm", "sub/x.y.mkv"]
+    assert [i.key for i in items] == ["a", "b", "cover", "sub_deep_c", "sub_x_y"]
+    assert [i.is_image for i in items] == [False, False, True, False, False]
     assert all(i.path == i.source and i.member is None and i.extras == () for i in items)
     assert items.skipped == 0
 
@@ -48,7 +49,7 @@ def test_directory_is_searched_recursively_for_videos_only(tree):
 def test_listing_is_sorted_deduplicated_and_stable(tree):
     first = list_items([str(tree / "sub"), str(tree), str(tree / "b.mp4")])
     again = list_items([str(tree), str(tree / "b.mp4"), str(tree / "sub")])
-    assert first == again and len(first) == 4
+    assert first == again and len(first) == 5
 
 
 def test_explicit_file_is_a_video_whatever_its_extension(tree):
