@@ -295,3 +295,20 @@ def test_an_open_magvit2_image_model_tokenizes_images(tmp_path):
     [(_, tokens, meta)] = list(lfqtok.read_tokens(tmp_path / "tok"))
     assert tokens.shape == (1, 1, 4, 4) and meta["tokens_shape"] == [1, 1, 4, 4]
     assert json.loads((tmp_path / "tok" / "lfqtok.json").read_text())["bit_order"] == "lsb_first"
+
+
+def test_cli_class_folders_and_hflip(tmp_path, class_tree, model):
+    from typer.testing import CliRunner
+
+    from lfqtok.cli import app
+
+    args = ["encode", str(class_tree), "-o", str(tmp_path / "tok"), "--model", model, "--size", str(SIZE), "--workers", "0",
+            "--device", "cpu", "--class-folders", "--hflip", "--json"]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    manifest = json.loads((tmp_path / "tok" / "lfqtok.json").read_text())
+    assert manifest["classes"] == ["n01_cat", "n02_dog", "n03_fox"] and manifest["hflip"] is True
+    assert sum(name.endswith(".tokens_flip.npy") for name in members(tmp_path / "tok" / "00000.tar")) == 4
+    refused = CliRunner().invoke(app, ["encode", str(class_tree), "-o", str(tmp_path / "omv2"), "--model", omv2(tmp_path),
+                                       "--size", str(SIZE), "--device", "cpu"])
+    assert refused.exit_code == 2 and "cannot tokenize images" in refused.output and "Traceback" not in refused.output
