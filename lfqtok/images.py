@@ -23,6 +23,7 @@ import io
 import re
 import warnings
 import zlib
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 

@@ -312,3 +312,22 @@ def test_cli_class_folders_and_hflip(tmp_path, class_tree, model):
     refused = CliRunner().invoke(app, ["encode", str(class_tree), "-o", str(tmp_path / "omv2"), "--model", omv2(tmp_path),
                                        "--size", str(SIZE), "--device", "cpu"])
     assert refused.exit_code == 2 and "cannot tokenize images" in refused.output and "Traceback" not in refused.output
+
+
+def test_lists_single_files_and_tars_give_classes_from_their_own_roots(tmp_path, class_tree):
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{class_tree.name}/n02_dog/a.png\n")
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        data = encoded(PHOTO, "PNG")
+        info = tarfile.TarInfo("n09_owl/e.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    write(tmp_path / class_tree.name / "n02_dog" / "a.png", encoded(PHOTO, "PNG"))
+    items = list_items([f"@{listing}", str(shard)], class_folders=True)
+    assert [(i.key, i.class_name, i.label) for i in items] == [("n09_owl_e", "n09_owl", 0), ("train_n02_dog_a", "train", 1)]
+    assert items.classes == ["n09_owl", "train"]
+    single = list_items([str(class_tree / "n03_fox" / "d.bmp")])
+    assert [(i.key, i.is_image) for i in single] == [("d", True)]
+    with pytest.raises(InputError, match="is not under an input directory or list"):
+        list_items([str(class_tree / "n03_fox" / "d.bmp")], class_folders=True)
