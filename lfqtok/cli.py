@@ -94,7 +94,7 @@ def _split_keys(keys: Optional[str]) -> Optional[list[str]]:
 @app.command()
 @_one_line_errors
 def encode(
-    inputs: Annotated[list[str], typer.Argument(help="Video dirs, files, @list.txt, or tar shards (brace patterns ok).")],
+    inputs: Annotated[list[str], typer.Argument(help="Dirs, video or image files, @list.txt, or tar shards (brace patterns ok).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the token shards.")],
     model: Annotated[str, typer.Option(help="'default' (embedded), a .safetensors checkpoint, or an Open-MAGVIT2 video .ckpt.")] = "default",
     size: Annotated[str, typer.Option(help="S: short side scaled to S, centre crop S x S; HxW (e.g. 128x224): see --resize.")] = "128",
@@ -116,10 +116,12 @@ def encode(
     engine: Annotated[str, typer.Option(help="local | ray")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address ('auto' joins a running one).")] = None,
     video_timeout: Annotated[float, typer.Option(help="Seconds a video may decode without progress before it fails.")] = 60.0,
+    class_folders: Annotated[bool, typer.Option("--class-folders", help="ImageNet-style ROOT/CLASS/...: sample json gets 'class' and 'label' (index into the manifest's sorted 'classes').")] = False,
+    hflip: Annotated[bool, typer.Option("--hflip", help="Images: also write the tokens of the mirrored model input ({key}.tokens_flip.npy).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's own log lines too (--engine ray; LFQTOK_DEBUG=1 does as well).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
-    """Encode videos into WebDataset token shards (OUT/lfqtok.json, OUT/00000.tar, OUT/00000_stats.json, ...)."""
+    """Encode videos and images into WebDataset token shards (OUT/lfqtok.json, OUT/00000.tar, OUT/00000_stats.json, ...)."""
     from .pipeline.encode import EncodeConfig, encode_dataset
     from .progress import EncodeProgress
 
@@ -128,6 +130,7 @@ def encode(
         pad_short=pad_short, batch_size=batch_size, workers=workers, device=device,
         samples_per_shard=samples_per_shard, overwrite=overwrite, strict=strict, num_shards=num_shards,
         shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout, verbose=verbose or DEBUG,
+        class_folders=class_folders, hflip=hflip,
     )
     with EncodeProgress(err) as progress, _library_warnings():
         summary = encode_dataset(inputs, out, config, on_progress=progress.update)

@@ -21,6 +21,10 @@ class VideoError(LfqtokError):
     """One video could not be decoded; an encode run records it and goes on."""
 
 
+class ImageError(LfqtokError):
+    """One image could not be decoded (truncated, corrupt, not an image, too many pixels); recorded like a video."""
+
+
 class ModelError(LfqtokError):
     """A tokenizer checkpoint that is missing, corrupt or does not match the tokens."""
 

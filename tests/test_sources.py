@@ -37,12 +37,21 @@ def tree(tmp_path):
     return tmp_path / "data"
 
 
-def test_directory_is_searched_recursively_for_videos_only(tree):
+def test_directory_is_searched_recursively_for_videos_and_its_posters_stay_out(tree):
+    """A video dataset lists exactly as before images were read: a cover.jpg beside the videos is no sample."""
     items = list_items([str(tree)])
     assert [Path(i.source).relative_to(tree).as_posix() for i in items] == ["a.MOV", "b.mp4", "sub/deep/c.webm", "sub/x.y.mkv"]
     assert [i.key for i in items] == ["a", "b", "sub_deep_c", "sub_x_y"]
-    assert all(i.path == i.source and i.member is None and i.extras == () for i in items)
+    assert all(i.path == i.source and i.member is None and i.extras == () and not i.is_image for i in items)
     assert items.skipped == 0
+
+
+def test_a_directory_of_no_video_gives_its_images_and_a_named_image_is_always_taken(tree, tmp_path):
+    for name in ("x.png", "deep/y.JPEG", "z.webp", "notes.txt"):
+        touch(tmp_path / "photos" / name)
+    items = list_items([str(tmp_path / "photos"), str(tree / "cover.jpg")])
+    assert sorted(i.key for i in items) == ["cover", "deep_y", "x", "z"]
+    assert all(i.is_image for i in items)
 
 
 def test_listing_is_sorted_deduplicated_and_stable(tree):

@@ -32,8 +32,9 @@ MANIFEST_NAME = "lfqtok.json"
 FORMAT = "lfqtok-tokens"
 FORMAT_VERSION = 1
 TOKENS_MEMBER = "tokens.npy"
+FLIP_MEMBER = "tokens_flip.npy"  # --hflip: the tokens of the horizontally flipped model input (images)
 META_MEMBER = "json"
-RESERVED_EXTRAS = {"json": "src.json", "tokens.npy": "src.tokens.npy"}  # passthrough names that would clash
+RESERVED_EXTRAS = {"json": "src.json", "tokens.npy": "src.tokens.npy", FLIP_MEMBER: f"src.{FLIP_MEMBER}"}  # passthrough names that would clash
 INFO_KEYS = {"lfqtok_version", "inputs", "cwd", "tokenizer.name"}  # manifest keys that may differ on a resume
 STALE_TMP_SECONDS = 600.0  # a .tmp file untouched this long belongs to no live writer (others may share OUT)
 SHARD_RE = re.compile(r"^\d{5}\.tar$")
@@ -259,14 +260,19 @@ class ShardWriter:
         self.abort()
         return False
 
-    def write(self, key: str, tokens: np.ndarray, meta: dict, extras: dict[str, bytes] | None = None) -> None:
-        """One sample: `{key}.tokens.npy` (clips, t, h, w) [+ (c)], `{key}.json` (meta), `{key}.{ext}` extras."""
+    def write(self, key: str, tokens: np.ndarray, meta: dict, extras: dict[str, bytes] | None = None,
+              flip_tokens: np.ndarray | None = None) -> None:
+        """One sample: `{key}.tokens.npy` (clips, t, h, w) [+ (c)], `{key}.json` (meta), `{key}.{ext}` extras, and
+        with `flip_tokens` (the same shape) `{key}.tokens_flip.npy`."""
         if not key or "." in key or key in self.keys:
             raise UsageError(f"sample key {key!r} is empty, has a dot or is already in shard {self.index:05d}")
         arr = self._storage(np.asarray(tokens), key)
-        npy = io.BytesIO()
-        np.save(npy, arr, allow_pickle=False)
-        sample = {"__key__": key, TOKENS_MEMBER: npy.getvalue()}
+        sample = {"__key__": key, TOKENS_MEMBER: _npy(arr)}
+        if flip_tokens is not None:
+            flip = self._storage(np.asarray(flip_tokens), key)
+            if flip.shape != arr.shape:
+                raise UsageError(f"flipped tokens of {key!r} are {flip.shape}, not the tokens' {arr.shape}")
+            sample[FLIP_MEMBER] = _npy(flip)
         sample[META_MEMBER] = json.dumps({**meta, "tokens_shape": list(arr.shape)}).encode()
         for ext, data in (extras or {}).items():
             sample[RESERVED_EXTRAS.get(ext, ext)] = bytes(data)
@@ -323,6 +329,12 @@ class ShardWriter:
                 raise _oserror(exc, self.tmp) from None
             self._tar = TarWriter(self._file, encoder=False, mtime=MEMBER_MTIME)
         return self._tar
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, arr, allow_pickle=False)
+    return buffer.getvalue()
 
 
 # reading

@@ -54,6 +54,8 @@ class EncodeConfig:
     video_timeout: float = 60.0  # seconds one video may decode without progress before its worker is killed
     decoder: str | None = None  # each video's first decoder: auto | pyav | decord; None: $LFQTOK_DECODER, else auto
     verbose: bool = False  # let Ray's own log lines through to the terminal (--engine ray)
+    class_folders: bool = False  # ImageNet-style ROOT/CLASS/...: each sample json gets "class" and "label"
+    hflip: bool = False  # images also get the tokens of their mirrored model input ({key}.tokens_flip.npy)
 
     def clip_spec(self, multiple: int = MIN_MULTIPLE) -> ClipSpec:
         """The clip settings, shapes parsed; `multiple` is the tokenizer's spatial factor (`--buckets auto` uses it)."""
@@ -107,6 +109,7 @@ class EncodeConfig:
             workers=self.workers,
             video_timeout=self.video_timeout,
             decoder=resolve_decoder(self.decoder),  # here, once: every worker, local or remote, starts with the same
+            hflip=self.hflip,
         )
 
 
@@ -155,8 +158,14 @@ def shape_manifest(spec: ClipSpec, tok) -> dict[str, Any]:
     return keys
 
 
-def check_window(tok, config: EncodeConfig) -> None:
-    """A non-causal tokenizer encodes clips as independent windows of the length it was trained on: only that one."""
+def check_window(tok, config: EncodeConfig, images: bool = False) -> None:
+    """A non-causal tokenizer encodes clips as independent windows of the length it was trained on: only that one,
+    so no image (a 1-frame clip) either."""
+    if not tok.causal and images:
+        raise UsageError(
+            f"{tok.name} is not causal: it encodes only {tok.window_frames}-frame windows, so it cannot tokenize images "
+            "(1-frame clips): use a causal video tokenizer (the default) or an image tokenizer"
+        )
     if not tok.causal and config.clip_frames != tok.window_frames:
         raise UsageError(
             f"{tok.name} is not causal: it encodes videos as independent windows of {tok.window_frames} frames "
@@ -172,7 +181,7 @@ def encode_dataset(
     on_progress: ProgressFn | None = None,
     **options: Any,
 ) -> EncodeSummary:
-    """Encode videos (dirs, files, @lists, tar shards) into token shards under `out` (DESIGN.md §4).
+    """Encode videos and images (dirs, files, @lists, tar shards) into token shards under `out` (DESIGN.md §4).
 
     `options` override fields of `config` (e.g. `size=256`). Resumes: shards whose `_stats.json` exists are
     skipped and left untouched. Raises `LfqtokError` subclasses for anything a user can fix; failed videos
@@ -181,16 +190,18 @@ def encode_dataset(
     config = replace(config or EncodeConfig(), **options)
     config.validate()
     out = Path(out)
-    items = list_items([str(i) for i in inputs])
+    items = list_items([str(i) for i in inputs], class_folders=config.class_folders)
     if not items:
-        raise UsageError(f"no videos found in {', '.join(map(str, inputs))}")
+        raise UsageError(f"no videos or images found in {', '.join(map(str, inputs))}")
+    images = sum(item.is_image for item in items)
     from ..tokenizers.model import load_tokenizer
 
     started = time.perf_counter()
     tok = load_tokenizer(config.model, device="cpu")
-    check_window(tok, config)
+    check_window(tok, config, images=images > 0)
     spec = config.clip_spec(tok.config.spatial_compression)
     validate_spec(spec)  # the sizes again, against this tokenizer's spatial factor
+    frames = 1 if images == len(items) else config.clip_frames  # an image-only run's clips have 1 frame
     manifest = build_manifest(
         codebook_size=tok.codebook_size,
         num_codebooks=tok.num_codebooks,
@@ -199,7 +210,7 @@ def encode_dataset(
         tokenizer_config=tok.config.to_dict(),
         clip_frames=config.clip_frames,
         size=spec.size if isinstance(spec.size, int) else list(spec.size),
-        token_shape=list(tok.token_shape(config.clip_frames, *uniform)) if (uniform := spec.shapes.uniform) else None,
+        token_shape=list(tok.token_shape(frames, *uniform)) if (uniform := spec.shapes.uniform) and images in (0, len(items)) else None,
         bit_order=tok.bit_order,
         window_frames=None if tok.causal else tok.window_frames,
         extra={
@@ -209,6 +220,8 @@ def encode_dataset(
             "samples_per_shard": config.samples_per_shard,
             "inputs": [str(i) for i in inputs],
             "cwd": os.getcwd(),  # sources are stored as given: decode resolves relative ones against this
+            **({"classes": items.classes} if config.class_folders else {}),  # sample json "label" indexes this
+            **({"hflip": True} if config.hflip else {}),
         },
     )
     del tok  # the encode processes load their own copy: a large model is not held twice while they run

@@ -22,6 +22,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import LfqtokError, UsageError
+from .images import image_clip
 from .sources import VideoItem, read_extras, read_video_bytes
 from .video import Clip, ClipSpec, VideoMeta, iter_clips, resolve_decoder
 
@@ -80,9 +81,15 @@ def validate_pool(workers: int, timeout: float) -> None:
 
 
 def decode_item(index: int, item: VideoItem, spec: ClipSpec, decoder: str = "auto", threads: int = 0) -> Iterator[Event]:
-    """One video's events: its ClipEvents, then one DoneEvent or FailEvent (a bad video is an event, not a raise)."""
+    """One video's events: its ClipEvents, then one DoneEvent or FailEvent (a bad video is an event, not a raise).
+    An image is one 1-frame clip (`images.image_clip`, whatever the decoder)."""
     try:
         extras = read_extras(item)
+        if item.is_image:
+            meta, clip = image_clip(read_video_bytes(item), spec)
+            yield ClipEvent(index, 0, clip)
+            yield DoneEvent(index, meta, 1, extras)
+            return
         meta, clips = iter_clips(read_video_bytes(item), spec, threads=threads, decoder=decoder)
         count = 0
         for clip in clips:

@@ -1,8 +1,13 @@
-"""Read stage: inputs (directories, video files, @lists, WebDataset tar shards) -> sorted VideoItems -> ShardJobs.
+"""Read stage: inputs (directories, video and image files, @lists, WebDataset tar shards) -> sorted VideoItems ->
+ShardJobs.
 
 Listing never opens a video: directories are walked with os.scandir, tars are indexed from their headers, so a
 million inputs list in seconds. Keys are the path relative to its input root (or the tar sample key), with
 [A-Za-z0-9_-] only; colliding keys all get a short hash of their source, so a key never depends on order.
+Images (jpg, jpeg, png, webp, bmp) are items too: files given one by one (or listed), and the images of a directory
+or tar input that holds no video (a video dataset's posters and thumbnails stay out, as they always did).
+With `class_folders`, each item's class is the first path component under its input root (ImageNet-style folders)
+and its label the class's index in the sorted list of all classes (`ItemList.classes`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from ..errors import InputError, UsageError
 VIDEO_EXTENSIONS = frozenset(
     "mp4 m4v mov mkv webm avi gif mpg mpeg mpe m2v ts mts m2ts wmv asf flv f4v 3gp 3g2 ogv ogg vob mxf y4m divx".split()
 )
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp"})  # still images: 1-frame clips (images.py)
 COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 
 # items
@@ -44,12 +50,21 @@ class VideoItem:
     path: str  # the file to open: the video, or the tar holding it
     member: Member | None = None  # the video member when path is a tar
     extras: tuple[Member, ...] = ()  # other members of the same tar sample (txt, json, cls, ...)
+    class_name: str | None = None  # its class folder (`list_items(class_folders=True)`), else None
+    label: int | None = None  # the index of class_name in the sorted classes of the whole input
+
+    @property
+    def is_image(self) -> bool:
+        """A still image (a 1-frame clip), not a video: by the extension of its file or tar member."""
+        return is_image_name(self.member.name if self.member is not None else self.path)
 
 
 class ItemList(list):
-    """`list_items`' result: the items, plus `skipped`, the number of tar samples without a video member."""
+    """`list_items`' result: the items, plus `skipped`, the number of tar samples without a video or image member,
+    and `classes`, the sorted class names (`class_folders`; else empty)."""
 
     skipped: int = 0
+    classes: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,12 @@ def _is_video(name: str) -> bool:
     """Whether a file name (or ".ext") ends with a video extension, in any case."""
     stem, dot, ext = name.rpartition(".")
     return bool(dot) and ext.lower() in VIDEO_EXTENSIONS
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name (or ".ext") ends with an image extension, in any case."""
+    stem, dot, ext = name.rpartition(".")
+    return bool(dot) and ext.lower() in IMAGE_EXTENSIONS
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -98,8 +119,12 @@ def _expand(pattern: str) -> list[str]:
     return list(braceexpand.braceexpand(pattern))
 
 
+def _is_media(name: str) -> bool:
+    return _is_video(name) or is_image_name(name)
+
+
 def _walk(root: str, prefix: str = "") -> Iterator[tuple[str, str]]:
-    """(path, path relative to the walk's root) of video files under root, recursively, following no links
+    """(path, path relative to the walk's root) of video and image files under root, recursively, following no links
     to directories (no cycles); one scandir per directory and no stat per file."""
     try:
         entries = list(os.scandir(root))
@@ -108,7 +133,7 @@ def _walk(root: str, prefix: str = "") -> Iterator[tuple[str, str]]:
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(entry.path, f"{prefix}{entry.name}/")
-        elif _is_video(entry.name) and entry.is_file():
+        elif _is_media(entry.name) and entry.is_file():
             yield entry.path, prefix + entry.name
 
 
@@ -159,6 +184,7 @@ class _Raw:
     path: str
     member: Member | None = None
     extras: tuple[Member, ...] = ()
+    rel: str | None = None  # its path under its input root (a tar sample: its key), where its class folder is
 
 
 def _leaves(inputs: Sequence[str], root: str | None = None) -> Iterator[tuple[str, str | None]]:
@@ -173,49 +199,67 @@ def _leaves(inputs: Sequence[str], root: str | None = None) -> Iterator[tuple[st
 
 def _list_file(path: str, root: str | None) -> _Raw:
     rel = os.path.relpath(path, root) if root is not None else ".."
-    base = rel if not rel.startswith("..") else os.path.basename(path)
-    return _Raw(_sanitize(os.path.splitext(base)[0]), path, path)
+    inside = not rel.startswith("..")
+    base = rel if inside else os.path.basename(path)
+    return _Raw(_sanitize(os.path.splitext(base)[0]), path, path, rel=rel.replace(os.sep, "/") if inside else None)
 
 
 def _list_tar(path: str, prefix: bool, out: list[_Raw]) -> int:
-    """Append the tar's samples that hold a video; return how many hold none."""
+    """Append the tar's samples that hold a video (a video sample's jpg passes through as before); in a tar of no
+    video at all, its samples that hold an image. Return how many samples are left out."""
     stem = os.path.basename(path)[: -len(".tar")]
+    samples = list(_tar_samples(path))
+    videos = any(_is_video(f".{ext}") for _, members in samples for ext, _ in members)
+    wanted = _is_video if videos else is_image_name
     skipped = 0
-    for key, members in _tar_samples(path):
-        videos = [m for ext, m in members if _is_video(f".{ext}")]
-        if not videos:
+    for key, members in samples:
+        media = [m for ext, m in members if wanted(f".{ext}")]
+        if not media:
             skipped += 1
             continue
-        video = videos[0]
-        extras = tuple(m for _, m in members if m is not video)
-        out.append(_Raw(_sanitize(f"{stem}/{key}" if prefix else key), f"{path}:{video.name}", path, video, extras))
+        main = media[0]
+        extras = tuple(m for _, m in members if m is not main)
+        out.append(_Raw(_sanitize(f"{stem}/{key}" if prefix else key), f"{path}:{main.name}", path, main, extras, key))
     return skipped
 
 
-def _assign_keys(raws: list) -> list[VideoItem]:
-    """Every key shared by several items gets a hash of its source (order-independent); converts in place."""
+def _class_of(raw: _Raw) -> str:
+    """The first path component under the item's input root; InputError for an item outside any class folder."""
+    head, slash, _ = (raw.rel or "").partition("/")
+    if not slash or not head:
+        where = "is not under an input directory or list" if raw.rel is None else "is not in a class folder"
+        raise InputError(f"{raw.source} {where}: with --class-folders every input is ROOT/CLASS/..., "
+                         "the class being the first folder under the input directory (or the list's, or inside the tar)")
+    return head
+
+
+def _assign_keys(raws: list, classes: dict[str, int] | None = None) -> list[VideoItem]:
+    """Every key shared by several items gets a hash of its source (order-independent); converts in place.
+    `classes`: class name -> label, for class folders."""
     counts = Counter(r.base for r in raws)
     for i, raw in enumerate(raws):
         key = f"{raw.base}_{_short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
-        raws[i] = VideoItem(key, raw.source, raw.path, raw.member, raw.extras)
+        name = _class_of(raw) if classes is not None else None
+        raws[i] = VideoItem(key, raw.source, raw.path, raw.member, raw.extras, name, None if name is None else classes[name])
     return raws
 
 
-def list_items(inputs: Sequence[str]) -> ItemList:
+def list_items(inputs: Sequence[str], class_folders: bool = False) -> ItemList:
     """Inputs -> VideoItems sorted by (path, member offset), duplicates removed; InputError before any work.
 
-    `result.skipped` counts tar samples without a video member (skipped, not failures).
+    `result.skipped` counts tar samples without a video or image member (skipped, not failures). `class_folders`:
+    every item gets the class its folder names and that class's label (`result.classes`, sorted).
     """
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a million small acyclic objects: the cycle collector would rescan them over and over
     try:
-        return _list_items(inputs)
+        return _list_items(inputs, class_folders)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _list_items(inputs: Sequence[str]) -> ItemList:
+def _list_items(inputs: Sequence[str], class_folders: bool = False) -> ItemList:
     leaves = list(_leaves([inputs] if isinstance(inputs, str) else inputs))
     for path, _ in leaves:
         if not os.path.exists(path):
@@ -229,15 +273,19 @@ def _list_items(inputs: Sequence[str]) -> ItemList:
         if tar:
             skipped += _list_tar(path, sum(is_tar) > 1, raws)
         elif os.path.isdir(path):
-            raws.extend(_Raw(_sanitize(rel.rpartition(".")[0]), p, p) for p, rel in _walk(path))
+            found = list(_walk(path))
+            media = [f for f in found if _is_video(f[0])] or found  # videos' posters and thumbnails stay out, as always
+            raws.extend(_Raw(_sanitize(rel.rpartition(".")[0]), p, p, rel=rel) for p, rel in media)
         else:
             raws.append(_list_file(path, root))
     # duplicates (a file under two inputs) keep the key from the outermost root, whatever the input order
     raws.sort(key=lambda r: (r.path, r.member.offset if r.member else -1, -len(r.base), r.base))
     result = ItemList(r for i, r in enumerate(raws) if i == 0 or (r.path, r.member) != (raws[i - 1].path, raws[i - 1].member))
     del raws
-    _assign_keys(result)
+    classes = sorted({_class_of(r) for r in result}) if class_folders else None
+    _assign_keys(result, {name: label for label, name in enumerate(classes)} if classes is not None else None)
     result.skipped = skipped
+    result.classes = classes or []
     return result
 
 

@@ -356,12 +356,13 @@ def image_scaled_size(width: int, height: int, spec: ClipSpec) -> tuple[int, int
     return w, h
 
 
-def resize_image(rgb: np.ndarray, spec: ClipSpec) -> np.ndarray:
+def resize_image(rgb: np.ndarray, spec: ClipSpec, plan: Plan | None = None) -> np.ndarray:
     """One still image (H, W, 3) uint8 RGB, upright -> the model input (H', W', 3) uint8 by the video frames' path
-    (`frame_to_rgb` with the image's `spec.shapes.plan`, which also gives its frame size, valid box and bucket)."""
+    (`frame_to_rgb` with the image's plan, which also gives its frame size, valid box and bucket). `plan`: made
+    from the image's full size when it was decoded smaller (JPEG draft); by default, from `rgb`'s size."""
     height, width = rgb.shape[:2]
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb, dtype=np.uint8), format="rgb24")
-    return frame_to_rgb(frame, spec.shapes.plan(width, height))
+    return frame_to_rgb(frame, plan or spec.shapes.plan(width, height))
 
 
 def resolve_decoder(decoder: str | None = None) -> str:

@@ -107,6 +107,7 @@ class ShardEncoder:
     workers: int | None = None  # decode processes; None: all cores but one, at most 16
     video_timeout: float = 60.0  # seconds one video may decode without progress before its try is killed
     decoder: str = "auto"  # each video's first decoder; `decoder_attempts` says what a retry uses
+    hflip: bool = False  # images also get the tokens of their horizontally flipped model input (tokens_flip.npy)
     pool_factory: PoolFactory = DecodePool  # (spec, workers, timeout=, decoder=) -> pool; Ray: RayDecodePool
     _tokenizer: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -129,11 +130,12 @@ class ShardEncoder:
         tok = self.tokenizer
         spec = self.spec
         storage = token_dtype(tok.codebook_size)
-        assembler = _ShardAssembler(Path(self.out), jobs, storage, counters, shaped=not spec.shapes.legacy)
+        assembler = _ShardAssembler(Path(self.out), jobs, storage, counters, shaped=not spec.shapes.legacy, hflip=self.hflip)
         items = [item for job in jobs for item in job.items]
+        frames = 1 if all(item.is_image for item in items) else spec.clip_frames  # images: 1-frame clips
         abort = threading.Event()
         on_cuda = next(tok.parameters()).device.type == "cuda"
-        batcher = ClipBatcher(self.batch_size, (spec.clip_frames, *spec.shapes.largest, 3), pin_memory=on_cuda, abort=abort)
+        batcher = ClipBatcher(self.batch_size, (frames, *spec.shapes.largest, 3), pin_memory=on_cuda, abort=abort)
         gpu_q: queue.Queue[Batch | None] = queue.Queue()
         write_q: queue.Queue[Any] = queue.Queue()
         errors: list[BaseException] = []
@@ -152,6 +154,10 @@ class ShardEncoder:
                         ref = (event.item, event.clip_index, _ClipOrigin(clip.frame_indices, clip.padded))
                         for batch in batcher.add(clip.frames, ref):
                             gpu_q.put(batch)
+                        if self.hflip and items[event.item].is_image:  # the model input mirrored: (T, H, W, 3)
+                            flipped = (event.item, event.clip_index, _ClipOrigin(clip.frame_indices, clip.padded, True))
+                            for batch in batcher.add(clip.frames[:, :, ::-1], flipped):
+                                gpu_q.put(batch)
                     else:
                         write_q.put(event)
                     if on_progress is not None:
@@ -226,9 +232,10 @@ def _encoder_loop(gpu_q: queue.Queue, write_q: queue.Queue, tok, batcher: ClipBa
             ) from None
         finally:
             batcher.release(batch)
-        counters.clips += len(batch.refs)
-        counters.frames += len(batch.refs) * batch.frames.shape[1]
-        counters.tokens += tokens.size
+        clips = sum(not origin.flipped for _, _, origin in batch.refs)  # as the shard stats count: flips aside
+        counters.clips += clips
+        counters.frames += clips * batch.frames.shape[1]
+        counters.tokens += clips * tokens[0].size
         write_q.put((batch.refs, tokens))
 
 
@@ -260,26 +267,32 @@ class _ClipOrigin:
 
     frame_indices: list[int]
     padded: int
+    flipped: bool = False  # the tokens of the mirrored clip (--hflip)
 
 
 @dataclass
 class _Pending:
     """One video between its first clip and its write."""
 
+    flip: bool = False  # its flipped clips are expected too (--hflip, an image)
     clips: dict[int, tuple[Any, np.ndarray]] = field(default_factory=dict)
+    flips: dict[int, np.ndarray] = field(default_factory=dict)
     done: DoneEvent | None = None
     error: str | None = None
 
     @property
     def complete(self) -> bool:
-        return self.error is not None or (self.done is not None and len(self.clips) >= self.done.num_clips)
+        if self.error is not None:
+            return True
+        n = self.done.num_clips if self.done is not None else None
+        return n is not None and len(self.clips) >= n and (not self.flip or len(self.flips) >= n)
 
 
 class _ShardAssembler:
     """Collects each video's clip tokens and writes samples shard by shard, in the jobs' item order."""
 
-    def __init__(self, out: Path, jobs: Sequence[ShardJob], storage: np.dtype, counters: Counters, shaped: bool = False):
-        self.out, self.jobs, self.storage, self.counters = out, list(jobs), storage, counters
+    def __init__(self, out: Path, jobs: Sequence[ShardJob], storage: np.dtype, counters: Counters, shaped: bool = False, hflip: bool = False):
+        self.out, self.jobs, self.storage, self.counters, self.hflip = out, list(jobs), storage, counters, hflip
         self.shaped = shaped  # shape options in use: samples record their frame size, valid box and bucket
         self.owner: list[tuple[int, int]] = [(j, i) for j, job in enumerate(self.jobs) for i in range(len(job.items))]
         self.pending: dict[int, _Pending] = {}
@@ -294,7 +307,10 @@ class _ShardAssembler:
         j, local = self.owner[item]
         if local < self.next_item[j]:
             return  # a late clip of a video that already failed and was recorded
-        self._get(item).clips[clip_index] = (clip, tokens)
+        if clip.flipped:
+            self._get(item).flips[clip_index] = tokens
+        else:
+            self._get(item).clips[clip_index] = (clip, tokens)
         self._advance(item)
 
     def done(self, event: DoneEvent) -> None:
@@ -317,7 +333,10 @@ class _ShardAssembler:
     # helpers
 
     def _get(self, item: int) -> _Pending:
-        return self.pending.setdefault(item, _Pending())
+        if item not in self.pending:
+            j, local = self.owner[item]
+            self.pending[item] = _Pending(flip=self.hflip and self.jobs[j].items[local].is_image)
+        return self.pending[item]
 
     def _advance(self, item: int) -> None:
         j = self.owner[item][0]
@@ -354,7 +373,10 @@ class _ShardAssembler:
             **(shape_fields(done.meta.plan) if self.shaped and done.meta.plan is not None else {}),
             "tokens_shape": list(tokens.shape),
         }
-        self._writer(j).write(item.key, tokens, meta, done.extras)
+        if item.class_name is not None:
+            meta.update({"class": item.class_name, "label": item.label})
+        flips = np.stack([pending.flips[i] for i in range(done.num_clips)]).astype(self.storage, copy=False) if pending.flip else None
+        self._writer(j).write(item.key, tokens, meta, done.extras, flip_tokens=flips)
         stats["samples"] += 1
         stats["clips"] += tokens.shape[0]
         stats["tokens"] += int(tokens.size)

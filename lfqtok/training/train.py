@@ -233,6 +233,8 @@ def load_videos(config: TrainConfig) -> tuple[list[Tensor], list[tuple[str, str]
     """
     videos, skipped = [], []
     for item in list_items(config.inputs):
+        if item.is_image:
+            continue  # stills train through `photos`, as camera moves
         try:
             video = decode_video(read_video_bytes(item), config.short_side, config.max_frames_per_video)
         except VideoError as exc:
