@@ -332,3 +332,17 @@ def test_lists_single_files_and_tars_give_classes_from_their_own_roots(tmp_path,
     assert [(i.key, i.is_image) for i in single] == [("d", True)]
     with pytest.raises(InputError, match="is not under an input directory or list"):
         list_items([str(class_tree / "n03_fox" / "d.bmp")], class_folders=True)
+
+
+def test_decode_compares_an_image_with_its_source_and_writes_a_png_at_its_aspect(tmp_path, model):
+    """`decode --compare` of image tokens: a PNG preview, PSNR against the source decoded as encode decoded it,
+    and with `--resize pad` the preview is the valid region, at the image's own aspect."""
+    write(tmp_path / "in" / "p.jpg", encoded(PHOTO, "JPEG", quality=95))
+    encode([tmp_path / "in"], tmp_path / "tok", model, size="16x16", resize="pad")
+    [row] = lfqtok.decode_samples([tmp_path / "tok"], tmp_path / "prev", model=model, compare=True)
+    assert row["output"].endswith(".png") and row["psnr"] is not None and row["psnr"] > 5
+    [(_, _, meta)] = list(lfqtok.read_tokens(tmp_path / "tok"))
+    top, left, h, w = meta["valid"]
+    assert (h, w) == (11, 16)  # 50 x 70 contained in 16 x 16
+    with Image.open(row["output"]) as preview:
+        assert preview.size[0] == w  # source above reconstruction, each the valid region

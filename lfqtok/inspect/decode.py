@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..io.codec import from_storage, reverse_bits
-from ..errors import InputError, ModelError, OutputError, UsageError, VideoError
+from ..errors import ImageError, InputError, ModelError, OutputError, UsageError, VideoError
 from .metrics import QualityMeter
 from ..io.shards import BIT_ORDERS, expand_paths, read_manifest, read_tokens
 from ..pipeline.sources import Member, read_member, tar_members
@@ -436,19 +436,24 @@ def _existing_file(path: str, cwd: str | None) -> str | None:
 
 
 def open_source(sample: Sample, size: int | tuple[int, int], clip_frames: int, tars: TarSources | None = None) -> tuple[Iterator[Any] | None, str | None]:
-    """The source video's clips cut like at encode time (manifest clip settings), or None and why not."""
+    """The source's clips cut like at encode time (manifest clip settings; an image: its one clip, decoded as
+    encode decodes it), or None and why not."""
     if exists(sample.generated):
         return None, None
     source = source_video(sample.meta.get("source"), (sample.manifest or {}).get("cwd"), tars)
     if source is None:
         return None, f"source {sample.meta.get('source')!r} is not readable: no psnr"
+    from ..pipeline.images import DECODER as IMAGE_DECODER, image_clip
     from ..pipeline.video import ClipSpec, iter_clips
 
     settings = (sample.manifest or {}).get("clip") or {"size": size, "clip_frames": clip_frames}
     spec = ClipSpec.from_settings(settings)
     try:
-        _, clips = iter_clips(source, spec)
-    except VideoError as exc:
+        if sample.meta.get("decoder") == IMAGE_DECODER:
+            clips = iter([image_clip(source, spec)[1]])
+        else:
+            _, clips = iter_clips(source, spec)
+    except (VideoError, ImageError) as exc:
         return None, f"source unreadable ({exc}): no psnr"
     return clips, None
 
