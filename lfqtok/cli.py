@@ -143,8 +143,8 @@ def encode(
 def _encode_table(summary) -> None:
     table = Table(title=f"lfqtok encode -> {summary.out}", show_header=False)
     rows = [
-        ("videos ok", f"{summary.videos_ok:,}"),
-        ("videos failed", f"{summary.videos_failed:,}"),
+        ("samples ok (videos, images)", f"{summary.videos_ok:,}"),
+        ("samples failed", f"{summary.videos_failed:,}"),
         ("clips", f"{summary.clips:,}"),
         ("tokens", f"{summary.tokens:,}"),
         ("shards written / skipped (already done)", f"{summary.shards_written} / {summary.shards_skipped}"),

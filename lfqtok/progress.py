@@ -1,4 +1,4 @@
-"""Rich progress display for `lfqtok encode` on stderr: videos, clips, frames/s, tokens/s, failures, ETA."""
+"""Rich progress display for `lfqtok encode` on stderr: samples (videos, images), clips, frames/s, tokens/s, failures, ETA."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class EncodeProgress:
             TextColumn("[bold]encode"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("videos"),
+            TextColumn("samples"),
             TextColumn("{task.fields[clips]:,} clips"),
             TextColumn("{task.fields[fps]:,.1f} frames/s"),
             TextColumn("{task.fields[tps]:,.0f} tokens/s"),
