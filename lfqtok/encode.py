@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
+from . import __version__, storage
 from .device import resolve_device
 from .engines import ENGINES, run_jobs
 from .errors import LfqtokError, UsageError
@@ -31,7 +31,7 @@ from .worker import ProgressFn, ShardEncoder, decode_workers
 class EncodeConfig:
     """Everything `lfqtok encode` takes; saved into the manifest so a rerun can check it resumes the same run."""
 
-    model: str = "default"  # "default" (embedded), a .safetensors path or an Open-MAGVIT2 .ckpt (lfqtok/convert.py)
+    model: str = "default"  # "default" (embedded), a .safetensors path or an Open-MAGVIT2 .ckpt (lfqtok/convert.py), or a URL
     size: int = 128  # short side scaled to this, then center crop size x size
     clip_frames: int = 17  # frames per clip, 1 + 4k; a non-causal tokenizer's window length exactly
     clip_stride: int | None = None  # sampled frames between clip starts; None: clip_frames (no overlap)
@@ -51,6 +51,7 @@ class EncodeConfig:
     video_timeout: float = 60.0  # seconds one video may decode without progress before its worker is killed
     decoder: str | None = None  # each video's first decoder: auto | pyav | decord; None: $LFQTOK_DECODER, else auto
     verbose: bool = False  # let Ray's own log lines through to the terminal (--engine ray)
+    storage_options: dict | None = field(default=None, repr=False)  # fsspec options for URLs; never saved anywhere
 
     def clip_spec(self) -> ClipSpec:
         return ClipSpec(
@@ -94,6 +95,7 @@ class EncodeConfig:
             workers=self.workers,
             video_timeout=self.video_timeout,
             decoder=resolve_decoder(self.decoder),  # here, once: every worker, local or remote, starts with the same
+            storage_options=self.storage_options,
         )
 
 
@@ -140,6 +142,13 @@ def check_window(tok, config: EncodeConfig) -> None:
         )
 
 
+def _model_name(model: str) -> str:
+    """The manifest's `tokenizer.name`: 'default', a resolved path, or the URL as users may see it."""
+    if model == "default":
+        return model
+    return storage.redact(model) if storage.is_url(model) else str(Path(model).resolve())
+
+
 def encode_dataset(
     inputs: Sequence[str | Path],
     out: str | Path,
@@ -148,7 +157,8 @@ def encode_dataset(
     on_progress: ProgressFn | None = None,
     **options: Any,
 ) -> EncodeSummary:
-    """Encode videos (dirs, files, @lists, tar shards) into token shards under `out` (DESIGN.md §4).
+    """Encode videos (dirs, files, @lists, tar shards; paths or URLs) into token shards under `out` (DESIGN.md §4),
+    a directory or a URL prefix.
 
     `options` override fields of `config` (e.g. `size=256`). Resumes: shards whose `_stats.json` exists are
     skipped and left untouched. Raises `LfqtokError` subclasses for anything a user can fix; failed videos
@@ -156,19 +166,24 @@ def encode_dataset(
     """
     config = replace(config or EncodeConfig(), **options)
     config.validate()
-    out = Path(out)
-    items = list_items([str(i) for i in inputs])
+    out = storage.location(out)
+    for url in (str(out), config.model):  # a missing protocol package or a read-only OUT: now, not after listing
+        if storage.is_url(url):
+            storage.filesystem(url, config.storage_options)
+    if storage.is_url(out):
+        storage.check_writable(str(out))
+    items = list_items([str(i) for i in inputs], config.storage_options)
     if not items:
-        raise UsageError(f"no videos found in {', '.join(map(str, inputs))}")
+        raise UsageError(f"no videos found in {', '.join(storage.redact(str(i)) for i in inputs)}")
     from .model import load_tokenizer
 
     started = time.perf_counter()
-    tok = load_tokenizer(config.model, device="cpu")
+    tok = load_tokenizer(config.model, device="cpu", storage_options=config.storage_options)
     check_window(tok, config)
     manifest = build_manifest(
         codebook_size=tok.codebook_size,
         num_codebooks=tok.num_codebooks,
-        tokenizer_name=config.model if config.model == "default" else str(Path(config.model).resolve()),
+        tokenizer_name=_model_name(config.model),
         tokenizer_sha256=tok.sha256,
         tokenizer_config=tok.config.to_dict(),
         clip_frames=config.clip_frames,
@@ -180,19 +195,19 @@ def encode_dataset(
             "lfqtok_version": __version__,
             "clip": {k: v for k, v in asdict(config.clip_spec()).items()},
             "samples_per_shard": config.samples_per_shard,
-            "inputs": [str(i) for i in inputs],
+            "inputs": [storage.redact(str(i)) for i in inputs],
             "cwd": os.getcwd(),  # sources are stored as given: decode resolves relative ones against this
         },
     )
     del tok  # the encode processes load their own copy: a large model is not held twice while they run
-    finished = prepare_output(out, manifest, config.overwrite)
+    finished = prepare_output(out, manifest, config.overwrite, config.storage_options)
     jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
     todo = [job for job in jobs if job.index not in finished]
     encoder = config.shard_encoder(out)
     results = run_jobs(encoder, todo, config.engine, ray_address=config.ray_address, verbose=config.verbose, on_progress=on_progress)
     failures = [f for r in results for f in r.failures]
     summary = EncodeSummary(
-        out=str(out),
+        out=storage.redact(str(out)),
         shards_written=len(results),
         shards_skipped=len(jobs) - len(todo),
         videos_ok=sum(r.samples for r in results),

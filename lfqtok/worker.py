@@ -24,10 +24,11 @@ from .errors import LfqtokError
 from .pool import ClipEvent, DecodePool, DoneEvent, FailEvent
 from .shards import ShardWriter
 from .sources import ShardJob, VideoItem
+from .storage import Location, Options, location
 from .video import ClipSpec
 
 ProgressFn = Callable[["Counters"], None]
-PoolFactory = Callable[..., Any]  # (spec, workers, timeout=, decoder=) -> context manager with .run(items) -> events
+PoolFactory = Callable[..., Any]  # (spec, workers, timeout=, decoder=, storage_options=) -> context manager with .run(items) -> events
 MAX_DEFAULT_WORKERS = 16  # decode processes by default: all cores but one, at most this many
 
 
@@ -98,15 +99,16 @@ class ShardEncoder:
     (its device, its share of decode workers, Ray decode tasks as the pool).
     """
 
-    out: str | Path  # the token directory (its manifest is written already)
+    out: str | Path  # the token directory or URL prefix (its manifest is written already)
     spec: ClipSpec  # how clips are cut from each video
-    model: str = "default"  # "default" (embedded) or a .safetensors path
+    model: str = "default"  # "default" (embedded), a .safetensors path or URL (fetched once per machine)
     device: str = "auto"  # one device: auto | cpu | cuda | cuda:N (engines spread work over several)
     batch_size: int = 16  # clips per encoder batch
     workers: int | None = None  # decode processes; None: all cores but one, at most 16
     video_timeout: float = 60.0  # seconds one video may decode without progress before its try is killed
     decoder: str = "auto"  # each video's first decoder; `decoder_attempts` says what a retry uses
-    pool_factory: PoolFactory = DecodePool  # (spec, workers, timeout=, decoder=) -> pool; Ray: RayDecodePool
+    pool_factory: PoolFactory = DecodePool  # (spec, workers, timeout=, decoder=, storage_options=) -> pool; Ray: RayDecodePool
+    storage_options: Options = field(default=None, repr=False)  # for URLs (inputs, model, out); may hold secrets
     _tokenizer: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -117,7 +119,7 @@ class ShardEncoder:
         if self._tokenizer is None:
             from .model import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self.model, device=self.device)
+            self._tokenizer = load_tokenizer(self.model, device=self.device, storage_options=self.storage_options)
         return self._tokenizer
 
     def __call__(self, jobs: Sequence[ShardJob], on_progress: ProgressFn | None = None) -> list[ShardResult]:
@@ -128,7 +130,7 @@ class ShardEncoder:
         tok = self.tokenizer
         spec = self.spec
         storage = token_dtype(tok.codebook_size)
-        assembler = _ShardAssembler(Path(self.out), jobs, storage, counters)
+        assembler = _ShardAssembler(location(self.out), jobs, storage, counters, self.storage_options)
         items = [item for job in jobs for item in job.items]
         abort = threading.Event()
         on_cuda = next(tok.parameters()).device.type == "cuda"
@@ -141,7 +143,9 @@ class ShardEncoder:
             _Stage("writer", _writer_loop, write_q, assembler, abort, errors),
         ]
         try:
-            pool = self.pool_factory(spec, decode_workers(self.workers), timeout=self.video_timeout, decoder=self.decoder)
+            pool = self.pool_factory(
+                spec, decode_workers(self.workers), timeout=self.video_timeout, decoder=self.decoder, storage_options=self.storage_options
+            )
             with pool:
                 for event in pool.run(items):
                     if abort.is_set():
@@ -273,8 +277,9 @@ class _Pending:
 class _ShardAssembler:
     """Collects each video's clip tokens and writes samples shard by shard, in the jobs' item order."""
 
-    def __init__(self, out: Path, jobs: Sequence[ShardJob], storage: np.dtype, counters: Counters):
+    def __init__(self, out: Location, jobs: Sequence[ShardJob], storage: np.dtype, counters: Counters, storage_options: Options = None):
         self.out, self.jobs, self.storage, self.counters = out, list(jobs), storage, counters
+        self.storage_options = storage_options
         self.owner: list[tuple[int, int]] = [(j, i) for j, job in enumerate(self.jobs) for i in range(len(job.items))]
         self.pending: dict[int, _Pending] = {}
         self.next_item = [0] * len(self.jobs)  # per job: local index of the next sample to write
@@ -362,7 +367,7 @@ class _ShardAssembler:
 
     def _writer(self, j: int) -> ShardWriter:
         if j not in self.writers:
-            self.writers[j] = ShardWriter(self.out, self.jobs[j].index, self.storage)
+            self.writers[j] = ShardWriter(self.out, self.jobs[j].index, self.storage, self.storage_options)
         return self.writers[j]
 
     def _finish(self, j: int) -> None:
