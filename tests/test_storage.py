@@ -94,3 +94,86 @@ def test_encode_from_and_to_a_bucket_equals_a_local_encode(tmp_path, videos, mod
     assert manifest["inputs"] == [f"{s3}/videos"] and manifest["size"] == SIZE
     again = lfqtok.encode_dataset([f"{s3}/videos"], f"{s3}/tok", model=model, samples_per_shard=2, **OPTIONS)
     assert (again.shards_written, again.shards_skipped) == (0, 2)
+
+
+def test_token_dataset_stats_and_decode_read_the_bucket(tmp_path, videos, model, s3):
+    from lfqtok.dataset import TokenDataset
+    from lfqtok.decode import decode_samples
+    from lfqtok.stats import token_stats
+
+    upload(videos, f"{s3}/videos")
+    lfqtok.encode_dataset([str(videos)], tmp_path / "tok", model=model, samples_per_shard=2, **OPTIONS)
+    lfqtok.encode_dataset([f"{s3}/videos"], f"{s3}/tok", model=model, samples_per_shard=2, **OPTIONS)
+    local = [(k, t.tolist()) for k, t, _ in read_tokens(tmp_path / "tok")]
+    assert [(k, t.tolist()) for k, t, _ in read_tokens(f"{s3}/tok")] == local
+    clips = lambda inputs: [(i["tokens"].tolist(), i["key"], i["clip"]) for i in TokenDataset(inputs)]
+    assert clips(f"{s3}/tok") == clips(str(tmp_path / "tok")) and clips(f"{s3}/tok")
+    drop = lambda r: {k: v for k, v in r.items() if k not in ("per_shard",)}
+    assert drop(token_stats([f"{s3}/tok"], workers=1)) == drop(token_stats([str(tmp_path / "tok")], workers=1))
+    rows = decode_samples([f"{s3}/tok"], tmp_path / "previews", limit=2, fmt="png", model=model, device="cpu")
+    assert len(rows) == 2 and all(Path(r["output"]).is_file() for r in rows)
+    assert all(r["psnr"] is not None for r in rows)  # the sources were re-read from the bucket
+
+
+def test_a_model_url_is_fetched_once_into_the_cache(tmp_path, model, s3, monkeypatch):
+    from lfqtok.model import load_tokenizer
+
+    monkeypatch.setenv("LFQTOK_CACHE", str(tmp_path / "cache"))
+    upload(Path(model).parent, f"{s3}/models")
+    url = f"{s3}/models/{Path(model).name}"
+    tok = load_tokenizer(url)
+    assert tok.sha256 == load_tokenizer(model).sha256
+    [cached] = (tmp_path / "cache" / "models").glob("*/*.safetensors")
+    assert cached.parent.name == tok.sha256 and cached.name == Path(model).name
+    mtime = cached.stat().st_mtime_ns
+    load_tokenizer(url)
+    assert cached.stat().st_mtime_ns == mtime  # found again, not fetched again
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_storage_mistakes_are_one_line_and_never_show_the_secret(tmp_path, videos, model, s3):
+    upload(videos, f"{s3}/videos")
+    encode = lambda src, out, *more: run_cli("encode", src, "-o", out, "--model", model, "--size", str(SIZE),
+                                             "--clip-frames", str(FRAMES), "--workers", "0", "--device", "cpu", *more)
+    code, output = encode(f"{s3}/videos", "s3://no-such-bucket-lfqtok/tok")
+    assert code == 1 and "no-such-bucket-lfqtok" in output and "bucket" in output.lower()
+    code, output = encode(f"{s3}/nothing-here", f"{s3}/tok")
+    assert code == 1 and "nothing-here: no such file or directory" in output
+    code, output = encode(f"{s3}/videos", "gs://some-bucket/tok")
+    assert code == 2 and "lfqtok[gcs]" in output and "gcsfs" in output
+    code, output = encode(f"{s3}/videos", "https://example.com/tok")
+    assert code == 2 and "read-only" in output
+    code, output = encode(f"{s3}/videos", f"{s3}/tok", "--storage-options", "{not json")
+    assert code == 2 and "--storage-options" in output
+    secret = '{"secret": "%s", "key": "lfqtok-test-key"}' % S3_SECRET
+    code, output = encode(f"{s3}/videos", f"{s3}/tok", "--storage-options", secret, "--json")
+    assert code == 0, output
+    for command in (("stats", f"{s3}/tok", "--json", "--storage-options", secret),
+                    ("decode", f"{s3}/tok", "-o", str(tmp_path / "prev"), "--format", "png", "--limit", "1",
+                     "--model", model, "--device", "cpu", "--json", "--storage-options", secret)):
+        code, more = run_cli(*command)
+        assert code == 0, more
+        output += more
+    fs, path = storage.filesystem(f"{s3}/tok")
+    written = b"".join(fs.cat_file(p) for p in fs.find(path))
+    assert S3_SECRET not in output and S3_SECRET.encode() not in written
+    assert len(output.splitlines()) > 3  # the outputs were there to search
+
+
+def test_wrong_credentials_are_one_line(tmp_path, videos, model, monkeypatch):
+    proc, endpoint = start_s3_server(INITIAL_NO_AUTH_ACTION_COUNT="0")  # this server checks every request's keys
+    try:
+        use_s3_server(monkeypatch, endpoint)
+        code, output = run_cli("encode", str(videos), "-o", "s3://some-bucket/tok", "--model", model, "--size", str(SIZE),
+                               "--clip-frames", str(FRAMES), "--workers", "0", "--device", "cpu")
+        assert code == 1 and "access denied" in output and "s3://some-bucket/tok" in output
+        assert len(output.strip().splitlines()) == 1 and S3_SECRET not in output
+        code, output = run_cli("stats", "s3://some-bucket/tok")
+        assert code == 1 and "access denied" in output and len(output.strip().splitlines()) == 1
+    finally:
+        proc.kill()
+        proc.wait()
