@@ -318,7 +318,7 @@ class _Shard:
                 return json.loads(storage.read_bytes(url, self.options)) if url else None
             except FileNotFoundError:
                 return None
-            except (OSError, ValueError) as exc:
+            except storage.errors() as exc:
                 raise InputError(f"cannot read {storage.redact(url)}: {storage.describe(exc)}") from None
         path = Path(self.path)
         path = path.with_name(path.name[: -len(".tar")] + "_stats.json") if path.name.endswith(".tar") else None

@@ -408,7 +408,7 @@ def source_video(source: Any, cwd: str | None = None, tars: TarSources | None = 
             return tars.read(tar, member)
         try:
             return storage.read_bytes(source, tars.options)
-        except (OSError, ValueError, UsageError):
+        except (UsageError, *storage.errors()):
             return None
     found = _existing_file(source, cwd)
     if found:

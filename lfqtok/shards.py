@@ -90,7 +90,7 @@ def write_json_atomic(path: Location, obj: Any, shared: bool = False, storage_op
     if storage.is_url(path):
         try:
             storage.write_bytes(path, _json_text(obj).encode(), storage_options)
-        except (OSError, ValueError) as exc:
+        except storage.errors() as exc:
             raise storage.storage_error(OutputError, "write", path, exc) from None
         return
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp") if shared else _tmp(path)
@@ -223,7 +223,7 @@ def _list_output(out: Location, storage_options: Options) -> list[str]:
         storage.check_writable(out)
         try:
             return storage.list_names(out, storage_options)
-        except (OSError, ValueError) as exc:
+        except storage.errors() as exc:
             raise storage.storage_error(OutputError, "list", out, exc) from None
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -259,7 +259,7 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
     elif storage.is_url(out):
         try:
             storage.abort_stale_uploads(out, STALE_TMP_SECONDS, storage_options)
-        except (OSError, ValueError) as exc:
+        except storage.errors() as exc:
             raise storage.storage_error(OutputError, "clean up stale uploads under", out, exc) from None
     else:
         now = time.time()
@@ -289,7 +289,7 @@ def _remove(out: Location, names: Sequence[str], storage_options: Options = None
     if storage.is_url(out):
         try:
             storage.remove([storage.join(out, n) for n in names], storage_options)
-        except (OSError, ValueError) as exc:
+        except storage.errors() as exc:
             raise storage.storage_error(OutputError, "remove old shards under", out, exc) from None
         return
     for name in names:
@@ -340,7 +340,7 @@ class ShardWriter:
             sample[RESERVED_EXTRAS.get(ext, ext)] = bytes(data)
         try:
             self._open().write(sample)
-        except (OSError, ValueError) as exc:
+        except storage.errors() as exc:
             self.abort()
             raise self._error(exc, self.tmp) from None
         self.keys.add(key)
@@ -357,7 +357,7 @@ class ShardWriter:
                 os.fsync(self._file.fileno())
                 self._file.close()
                 os.replace(self.tmp, self.path)
-        except (OSError, ValueError) as exc:
+        except storage.errors() as exc:
             self.abort()
             raise self._error(exc, self.path) from None
         self.finished = True
@@ -375,7 +375,7 @@ class ShardWriter:
             try:
                 if closable is not None:
                     closable.close()  # closed once here, so nothing flushes into a removed file later
-            except (OSError, ValueError):
+            except storage.errors():
                 pass  # the temp file goes anyway
         _discard(self.tmp)
         self.finished = True  # nothing left to clean up
@@ -391,7 +391,7 @@ class ShardWriter:
             if hasattr(self._file, "discard"):
                 self._file.discard()  # S3: abort the multipart upload and drop the buffer
             self._file.closed = True  # never closed (completed) later, e.g. by garbage collection
-        except (OSError, ValueError):
+        except storage.errors():
             pass  # an upload left incomplete is invisible, and `prepare_output` aborts stale ones
 
     def _error(self, exc: BaseException, path: Location) -> OutputError:
@@ -413,7 +413,7 @@ class ShardWriter:
                     self._file = storage.open_file(self.path, "wb", self.storage_options, block_size=storage.PART_SIZE)
                 else:
                     self._file = open(self.tmp, "wb")
-            except (OSError, ValueError) as exc:
+            except storage.errors() as exc:
                 raise self._error(exc, self.tmp) from None
             self._tar = TarWriter(self._file, encoder=False, mtime=MEMBER_MTIME)
         return self._tar
@@ -460,7 +460,7 @@ def _remote_shards(url: str, storage_options: Options) -> list[str]:
         if found.get("type") != "directory":
             return [url]
         names = storage.list_names(url, storage_options)
-    except (OSError, ValueError) as exc:
+    except storage.errors() as exc:
         raise storage.storage_error(InputError, "read", url, exc) from None
     if MANIFEST_NAME in names:
         done = {int(n[:5]) for n in names if _STATS_RE.match(n)}

@@ -270,7 +270,7 @@ def _kind(path: str, options: Options) -> str:
         return "dir" if os.path.isdir(path) else "file" if os.path.exists(path) else "missing"
     try:
         found = storage.info(path, options)
-    except (OSError, ValueError) as exc:
+    except storage.errors() as exc:
         raise storage.storage_error(InputError, "read", path, exc) from None
     return "missing" if found is None else "dir" if found.get("type") == "directory" else "file"
 
@@ -279,7 +279,7 @@ def _walk_url(url: str, options: Options) -> Iterator[tuple[str, str]]:
     """`_walk` for a prefix: (URL, relative path) of its video objects, from one recursive listing."""
     try:
         yield from ((u, rel) for u, rel in storage.walk_files(url, options) if _is_video(rel))
-    except (OSError, ValueError) as exc:
+    except storage.errors() as exc:
         raise storage.storage_error(InputError, "list", url, exc) from None
 
 
@@ -349,7 +349,7 @@ def read_member(path: str, member: Member, options: Options = None) -> bytes:
             with open(path, "rb") as f:
                 f.seek(member.offset)
                 data = f.read(member.size)
-    except (OSError, ValueError) as exc:
+    except storage.errors() as exc:
         if storage.is_url(path):
             raise storage.storage_error(InputError, "read", f"{path}:{member.name}", exc) from None
         raise InputError(f"{path}:{member.name}: cannot read ({exc.strerror or exc})") from None
@@ -369,7 +369,7 @@ def read_video_bytes(item: VideoItem, options: Options = None) -> str | bytes:
         return item.path
     try:
         return storage.read_bytes(item.path, options)
-    except (OSError, ValueError) as exc:
+    except storage.errors() as exc:
         raise storage.storage_error(InputError, "read", item.path, exc) from None
 
 
@@ -393,7 +393,7 @@ def _fetch(item: VideoItem, options: Options) -> VideoItem:
         data = storage.read_bytes(item.path, options, start, end)
         cut = lambda m: data[m.offset - start : m.offset - start + m.size]
         return replace(item, fetched=Fetched(cut(item.member), tuple((_split_key(m.name)[1], cut(m)) for m in item.extras)))
-    except (LfqtokError, OSError, ValueError):
+    except (LfqtokError, *storage.errors()):
         return item  # read again by the decoder, whose failure is that video's recorded error
 
 

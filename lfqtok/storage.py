@@ -9,7 +9,9 @@ of a URL is `redact(url)`: no user info, no query string.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -128,6 +130,19 @@ def filesystem(url: str, options: Options = None) -> tuple[Any, str]:
     except TypeError as exc:
         raise UsageError(f"{redact(url)}: storage options not accepted by {scheme}:// ({exc})") from None
     return fs, path
+
+
+@functools.lru_cache(maxsize=None)
+def errors() -> tuple[type[BaseException], ...]:
+    """What a store's client raises for a failed request (not always an OSError: botocore's connection errors,
+    aiohttp's), for `except storage.errors()` around remote I/O."""
+    found: list[type[BaseException]] = [OSError, ValueError]
+    for module, name in (("botocore.exceptions", "BotoCoreError"), ("aiohttp", "ClientError")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
 
 
 def describe(exc: BaseException) -> str:
@@ -257,7 +272,7 @@ def fetch_cached(url: Location, options: Options = None) -> Location:
     fs, inner = filesystem(str(url), options)
     try:
         meta = fs.info(inner)
-    except (OSError, ValueError) as exc:
+    except errors() as exc:
         raise storage_error(InputError, "read model", url, exc) from None
     version = json.dumps([redact(url), meta.get("ETag") or meta.get("etag"), meta.get("size")], default=str)
     index = cache_dir() / "urls" / f"{hashlib.sha256(version.encode()).hexdigest()}.json"
@@ -279,7 +294,7 @@ def fetch_cached(url: Location, options: Options = None) -> Location:
         final = models / digest.hexdigest() / name(url)
         final.parent.mkdir(exist_ok=True)
         os.replace(tmp, final)  # several processes of one machine may fetch at once: each renames a whole copy
-    except (OSError, ValueError) as exc:
+    except errors() as exc:
         Path(tmp).unlink(missing_ok=True)
         raise storage_error(InputError, "fetch model", url, exc) from None
     index.parent.mkdir(exist_ok=True)

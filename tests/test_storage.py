@@ -177,3 +177,133 @@ def test_wrong_credentials_are_one_line(tmp_path, videos, model, monkeypatch):
     finally:
         proc.kill()
         proc.wait()
+
+
+def _check_committed(out: str) -> list[str]:
+    """Every shard with a `_stats.json` has a whole tar holding as many samples as its stats say; returns the stats."""
+    names = storage.list_names(out)
+    done = [n for n in names if n.endswith("_stats.json")]
+    for name in done:
+        stats = json.loads(storage.read_bytes(f"{out}/{name}"))
+        tar = f"{out}/{name[:5]}.tar"
+        assert len(list(read_tokens(tar))) == stats["samples"]
+    return done
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_rerun_gives_the_same_shards(tmp_path, videos, model, s3):
+    upload(videos, f"{s3}/videos")
+    lfqtok.encode_dataset([str(videos)], tmp_path / "whole", model=model, samples_per_shard=1, **OPTIONS)
+    out = f"{s3}/killed"
+    script = (
+        "import sys, lfqtok; lfqtok.encode_dataset([sys.argv[1]], sys.argv[2], model=sys.argv[3], size=%d, "
+        "clip_frames=%d, workers=1, batch_size=1, device='cpu', samples_per_shard=1)" % (SIZE, FRAMES)
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, f"{s3}/videos", out, model])
+    deadline = time.time() + 60
+    while not [n for n in storage.list_names(out) if n.endswith("_stats.json")] and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = _check_committed(out)  # no shard looks finished that is not
+    assert 1 <= len(killed) < 4, killed
+    before = {n: storage.read_bytes(f"{out}/{n}") for n in killed}
+    rerun = lfqtok.encode_dataset([f"{s3}/videos"], out, model=model, samples_per_shard=1, **OPTIONS)
+    assert rerun.shards_skipped == len(killed)
+    assert {n: storage.read_bytes(f"{out}/{n}") for n in killed} == before  # committed shards untouched
+    roots = (str(videos), f"{s3}/videos")
+    assert contents(out, roots) == contents(tmp_path / "whole", roots)
+    fs, path = storage.filesystem(out)
+    assert not fs.list_multipart_uploads(path.partition("/")[0])  # leftovers aborted (moto dates them 2010: stale)
+
+
+class _Proxy:
+    """A TCP forwarder to the S3 server that cuts the network (every connection dropped, new ones refused) right
+    after it passed on the answer to the first PUT of a `_stats.json` (one shard committed), and can be restored:
+    a network cut mid-run with the server's data kept."""
+
+    def __init__(self, upstream: str):
+        import socket
+        import threading
+
+        self.upstream = ("127.0.0.1", int(upstream.rsplit(":", 1)[1]))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.conns: list = []
+        self.open, self.armed, self.spent = True, False, False  # spent: it cuts once
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            server = socket.create_connection(self.upstream)
+            self.conns += [client, server]
+            for a, b, up in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=(a, b, up), daemon=True).start()
+
+    def _pump(self, a, b, up: bool) -> None:
+        try:
+            while data := a.recv(65536):
+                if up and data.startswith(b"PUT ") and b"_stats.json" in data.split(b"\r\n", 1)[0] and not self.spent:
+                    self.armed = True
+                if not self.open:
+                    break
+                b.sendall(data)
+                if not up and self.armed and self.open and b" 200 OK" in data:  # the PUT's answer, not its 100 Continue
+                    self.cut()
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        """Every connection dropped, new ones refused at once."""
+        import socket
+
+        self.open, self.armed, self.spent = False, False, True
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        self.open = True
+
+
+@pytest.mark.slow
+def test_a_network_cut_mid_upload_fails_the_run_in_one_line_and_loses_nothing(tmp_path, videos, model, s3, s3_server, monkeypatch):
+    from lfqtok.errors import LfqtokError
+
+    upload(videos, f"{s3}/videos")
+    lfqtok.encode_dataset([str(videos)], tmp_path / "whole", model=model, samples_per_shard=1, **OPTIONS)
+    proxy = _Proxy(s3_server)
+    use_s3_server(monkeypatch, proxy.endpoint)
+    out = f"{s3}/cut"
+    once = {"config_kwargs": {"retries": {"max_attempts": 1}}}  # botocore's own retries off: the test fails fast
+    with pytest.raises(LfqtokError) as failed:
+        lfqtok.encode_dataset([f"{s3}/videos"], out, model=model, samples_per_shard=1, storage_options=once, **OPTIONS)
+    assert not proxy.open
+    assert len(str(failed.value).splitlines()) == 1 and out in str(failed.value) and S3_SECRET not in str(failed.value)
+    proxy.restore()
+    committed = _check_committed(out)
+    assert committed, "the shard finished before the cut is kept"
+    before = {n: storage.read_bytes(f"{out}/{n}") for n in committed}
+    lfqtok.encode_dataset([f"{s3}/videos"], out, model=model, samples_per_shard=1, **OPTIONS)
+    assert {n: storage.read_bytes(f"{out}/{n}") for n in committed} == before
+    roots = (str(videos), f"{s3}/videos")
+    assert contents(out, roots) == contents(tmp_path / "whole", roots)
