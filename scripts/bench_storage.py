@@ -1,0 +1,145 @@
+"""Benchmark encoding from and to object storage against the same videos on local disk, in one run.
+
+    python scripts/bench_storage.py VIDEO_DIR [--model default] [--size 64] [--max-clips 2] [--latency-ms 20] [--repeat 2]
+
+Starts moto's S3 server on 127.0.0.1 behind a proxy that delays every request by --latency-ms (localhost has no
+network latency; a cloud bucket has tens of ms per request), uploads VIDEO_DIR to it, then runs in subprocesses:
+- local: `lfqtok.encode_dataset(VIDEO_DIR -> a local dir)`;
+- remote: the same videos from `s3://bench/videos/` to `s3://bench/tokens-N/` (read-ahead, streamed upload);
+- remote x4: four copies of the videos from the bucket, for peak RSS against dataset size.
+Prints frames/s of each (best of --repeat), the remote/local ratio and each run's peak RSS (the encode process;
+decode workers are separate processes whose memory does not grow with the dataset either).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RUN = """
+import json, resource, sys, time
+import lfqtok
+t = time.perf_counter()
+s = lfqtok.encode_dataset(json.loads(sys.argv[1]), sys.argv[2], **json.loads(sys.argv[3]))
+seconds = time.perf_counter() - t
+print(json.dumps({"seconds": seconds, "frames": s.frames, "videos": s.videos_ok, "failed": s.videos_failed,
+                  "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server() -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("moto server did not start")
+
+
+def delaying_proxy(upstream: int, latency: float) -> int:
+    """A TCP forwarder that holds each request `latency` seconds before passing it on (one round trip's worth)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def pump(a: socket.socket, b: socket.socket, delay: float) -> None:
+        try:
+            while data := a.recv(1 << 16):
+                if delay and (data[:4] in (b"GET ", b"PUT ", b"HEAD", b"POST", b"DELE")):
+                    time.sleep(delay)
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def accept() -> None:
+        while True:
+            client, _ = listener.accept()
+            server = socket.create_connection(("127.0.0.1", upstream))
+            threading.Thread(target=pump, args=(client, server, latency), daemon=True).start()
+            threading.Thread(target=pump, args=(server, client, 0.0), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def encode(inputs: list[str], out: str, options: dict) -> dict:
+    done = subprocess.run([sys.executable, "-c", RUN, json.dumps(inputs), out, json.dumps(options)],
+                          capture_output=True, text=True, env=os.environ)
+    if done.returncode != 0:
+        raise SystemExit(f"encode failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("videos", type=Path)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--clip-frames", type=int, default=17)
+    parser.add_argument("--max-clips", type=int, default=2)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+
+    server, port = start_server()
+    try:
+        proxy = delaying_proxy(port, args.latency_ms / 1000)
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{proxy}", AWS_ACCESS_KEY_ID="bench",
+                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        import s3fs
+
+        fs = s3fs.S3FileSystem()
+        fs.mkdir("bench")
+        files = sorted(p for p in args.videos.rglob("*") if p.is_file())
+        size = sum(p.stat().st_size for p in files)
+        for copy in range(4):
+            for p in files:
+                fs.pipe_file(f"bench/videos/{copy}/{p.relative_to(args.videos).as_posix()}", p.read_bytes())
+        options = {"model": args.model, "size": args.size, "clip_frames": args.clip_frames, "max_clips": args.max_clips,
+                   "device": "cpu", "samples_per_shard": 4}
+        runs: dict[str, list[dict]] = {"local": [], "remote": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            n = 0
+            for _ in range(args.repeat):  # interleaved, so a busy moment of the shared machine hits both
+                n += 1
+                runs["local"].append(encode([str(args.videos)], f"{tmp}/local-{n}", options))
+                runs["remote"].append(encode(["s3://bench/videos/0"], f"s3://bench/tokens-{n}", options))
+            x4 = encode(["s3://bench/videos"], "s3://bench/tokens-x4", options)
+        best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
+        fps = {k: r["frames"] / r["seconds"] for k, r in best.items()}
+        print(f"{len(files)} files ({size / 2**20:.1f} MiB), size {args.size}, {args.clip_frames}-frame clips, "
+              f"max {args.max_clips} clips/video, {args.latency_ms:g} ms per request, best of {args.repeat}, {os.cpu_count()} CPUs")
+        print(f"{'run':<22}{'videos':>8}{'frames':>8}{'seconds':>9}{'frames/s':>10}{'peak RSS MiB':>14}")
+        for name, r in (("local disk", best["local"]), ("s3 -> s3", best["remote"]), ("s3 -> s3, 4x videos", x4)):
+            print(f"{name:<22}{r['videos']:>8}{r['frames']:>8}{r['seconds']:>9.2f}{r['frames'] / r['seconds']:>10.1f}{r['rss_mib']:>14.0f}")
+        print(f"remote / local throughput: {fps['remote'] / fps['local']:.3f}")
+        print(f"peak RSS 4x / 1x videos: {x4['rss_mib'] / best['remote']['rss_mib']:.3f}")
+    finally:
+        server.kill()
+        server.wait()
+
+
+if __name__ == "__main__":
+    main()
