@@ -307,3 +307,22 @@ def test_a_network_cut_mid_upload_fails_the_run_in_one_line_and_loses_nothing(tm
     assert {n: storage.read_bytes(f"{out}/{n}") for n in committed} == before
     roots = (str(videos), f"{s3}/videos")
     assert contents(out, roots) == contents(tmp_path / "whole", roots)
+
+
+@pytest.mark.slow
+def test_ray_with_inputs_model_and_out_all_urls_equals_a_local_encode(tmp_path, videos, model, s3, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("LFQTOK_CACHE", str(tmp_path / "cache"))  # the actors fetch the model into it themselves
+    upload(videos, f"{s3}/videos")
+    upload(Path(model).parent, f"{s3}/models")
+    lfqtok.encode_dataset([str(videos)], tmp_path / "local", model=model, samples_per_shard=2, **OPTIONS)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # workers inherit AWS_*
+    try:
+        summary = lfqtok.encode_dataset([f"{s3}/videos"], f"{s3}/tok", model=f"{s3}/models/{Path(model).name}",
+                                        engine="ray", samples_per_shard=2, **OPTIONS)
+    finally:
+        ray.shutdown()
+    assert summary.shards_written == 2
+    roots = (str(videos), f"{s3}/videos")
+    assert contents(f"{s3}/tok", roots) == contents(tmp_path / "local", roots)
+    assert list((tmp_path / "cache" / "models").glob("*/*.safetensors"))
