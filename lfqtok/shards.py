@@ -40,6 +40,8 @@ META_MEMBER = "json"
 RESERVED_EXTRAS = {"json": "src.json", "tokens.npy": "src.tokens.npy"}  # passthrough names that would clash
 INFO_KEYS = {"lfqtok_version", "inputs", "cwd", "tokenizer.name"}  # manifest keys that may differ on a resume
 STALE_TMP_SECONDS = 600.0  # a .tmp file untouched this long belongs to no live writer (others may share OUT)
+STALE_UPLOAD_SECONDS = 86400.0  # an S3 multipart upload started this long ago belongs to no live writer (its start
+# time never changes however long its shard takes; a bucket lifecycle rule can abort them sooner)
 SHARD_RE = re.compile(r"^\d{5}\.tar$")
 OURS_RE = re.compile(r"^(\d{5}(\.tar|_stats\.json)|lfqtok\.json\.(\d+\.)?tmp)")
 BIT_ORDERS = ("msb_first", "lsb_first")  # which index bit latent channel 0 is
@@ -258,7 +260,7 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
         write_json_atomic(path, manifest, shared=True, storage_options=storage_options)
     elif storage.is_url(out):
         try:
-            storage.abort_stale_uploads(out, STALE_TMP_SECONDS, storage_options)
+            storage.abort_stale_uploads(out, STALE_UPLOAD_SECONDS, storage_options)
         except storage.errors() as exc:
             raise storage.storage_error(OutputError, "clean up stale uploads under", out, exc) from None
     else:

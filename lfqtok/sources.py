@@ -27,7 +27,7 @@ VIDEO_EXTENSIONS = frozenset(
     "mp4 m4v mov mkv webm avi gif mpg mpeg mpe m2v ts mts m2ts wmv asf flv f4v 3gp 3g2 ogv ogg vob mxf y4m divx".split()
 )
 COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
-READAHEAD_BYTES = 256 * 2**20  # remote video bytes fetched ahead of the decoders, at most (plus one per fetch thread)
+READAHEAD_BYTES = 64 * 2**20  # remote video bytes fetched ahead of the decoders, at most (plus one per fetch thread)
 FETCH_THREADS = 8  # remote videos fetched at once: requests overlap their latency
 
 # items
@@ -199,8 +199,8 @@ class _Raw:
 
 
 def _normpath(path: str) -> str:
-    """os.path.normpath for paths; a URL loses only a trailing '/' (its '//' must stay)."""
-    return path.rstrip("/") if storage.is_url(path) else os.path.normpath(path)
+    """os.path.normpath for paths (file:// URLs made plain); a URL loses only a trailing '/' (its '//' must stay)."""
+    return path.rstrip("/") if storage.is_url(path) else os.path.normpath(storage.location(path))
 
 
 def _leaves(inputs: Sequence[str], options: Options = None, root: str | None = None) -> Iterator[tuple[str, str | None]]:

@@ -248,9 +248,10 @@ def abort_stale_uploads(prefix: str, older_than: float, options: Options = None)
     fs, inner = filesystem(prefix, options)
     bucket, _, key = inner.partition("/")
     now = datetime.datetime.now(datetime.timezone.utc)
+    prefix = key.rstrip("/") + "/" if key.strip("/") else ""
     aborted = 0
     for upload in fs.list_multipart_uploads(bucket):
-        if upload["Key"].startswith(key.rstrip("/") + "/") and (now - upload["Initiated"]).total_seconds() > older_than:
+        if upload["Key"].startswith(prefix) and (now - upload["Initiated"]).total_seconds() > older_than:
             fs.abort_mpu(bucket, upload["Key"], upload["UploadId"])
             aborted += 1
     return aborted
