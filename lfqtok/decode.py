@@ -383,7 +383,7 @@ class TarSources:
     def read(self, tar: str, member: str) -> bytes | None:
         if tar not in self.index:
             try:
-                self.index[tar] = tar_members(tar, self.options)
+                self.index[tar] = tar_members(tar, self.options) if storage.is_url(tar) else tar_members(tar)
             except (InputError, UsageError):
                 self.index[tar] = None
         found = (self.index[tar] or {}).get(member)
