@@ -88,15 +88,21 @@ def _split_keys(keys: Optional[str]) -> Optional[list[str]]:
     return [k for k in keys.split(",") if k] if keys else None
 
 
+StorageOptions = Annotated[
+    Optional[str],
+    typer.Option(help="JSON of fsspec options for URLs (s3://, gs://, ...) beyond what the backend's own env vars and profiles give."),
+]
+
+
 # encode
 
 
 @app.command()
 @_one_line_errors
 def encode(
-    inputs: Annotated[list[str], typer.Argument(help="Dirs, video or image files, @list.txt, or tar shards (brace patterns ok).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory for the token shards.")],
-    model: Annotated[str, typer.Option(help="'default' (embedded), a .safetensors checkpoint, or an Open-MAGVIT2 video .ckpt.")] = "default",
+    inputs: Annotated[list[str], typer.Argument(help="Dirs, video or image files, @list.txt, or tar shards (brace patterns ok); paths or URLs.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output directory (or URL prefix, e.g. s3://bucket/tokens) for the token shards.")],
+    model: Annotated[str, typer.Option(help="'default' (embedded), a .safetensors checkpoint, or an Open-MAGVIT2 video .ckpt (path or URL).")] = "default",
     size: Annotated[str, typer.Option(help="S: short side scaled to S, centre crop S x S; HxW (e.g. 128x224): see --resize.")] = "128",
     resize: Annotated[str, typer.Option(help="crop (cover, centre crop) | pad (contain, black bars) | fit (each video's own aspect).")] = "crop",
     buckets: Annotated[Optional[str], typer.Option(help="HxW,HxW,... or 'auto' (common aspects at SIZE's pixels): each video to the nearest aspect.")] = None,
@@ -120,10 +126,12 @@ def encode(
     hflip: Annotated[bool, typer.Option("--hflip", help="Images: also write the tokens of the mirrored model input ({key}.tokens_flip.npy).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's own log lines too (--engine ray; LFQTOK_DEBUG=1 does as well).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Encode videos and images into WebDataset token shards (OUT/lfqtok.json, OUT/00000.tar, OUT/00000_stats.json, ...)."""
     from .pipeline.encode import EncodeConfig, encode_dataset
     from .progress import EncodeProgress
+    from .io.storage import parse_options
 
     config = EncodeConfig(
         model=model, size=size, resize=resize, buckets=buckets, clip_frames=clip_frames, clip_stride=clip_stride, fps=fps, max_clips=max_clips,
@@ -131,6 +139,7 @@ def encode(
         samples_per_shard=samples_per_shard, overwrite=overwrite, strict=strict, num_shards=num_shards,
         shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout, verbose=verbose or DEBUG,
         class_folders=class_folders, hflip=hflip,
+        storage_options=parse_options(storage_options),
     )
     with EncodeProgress(err) as progress, _library_warnings():
         summary = encode_dataset(inputs, out, config, on_progress=progress.update)
@@ -164,7 +173,7 @@ def _encode_table(summary) -> None:
 @app.command()
 @_one_line_errors
 def decode(
-    tokens: Annotated[list[str], typer.Argument(help="Token dirs (an encode OUT), token tar files, or .npy arrays of generated ids.")],
+    tokens: Annotated[list[str], typer.Argument(help="Token dirs (an encode OUT), token tar files (paths or URLs), or .npy arrays of generated ids.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the previews.")],
     keys: Annotated[Optional[str], typer.Option(help="Comma-separated sample keys to decode.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Decode at most N samples.")] = 4,
@@ -173,11 +182,16 @@ def decode(
     model: Annotated[Optional[str], typer.Option(help="Override the tokenizer named in the manifest (.safetensors or Open-MAGVIT2 .ckpt; .npy ids need it).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per sample on stdout.")] = False,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Decode token samples (or generated ids in .npy files) back to video previews, with PSNR/SSIM against the source when it is readable."""
     from .inspect.decode import decode_samples
+    from .io.storage import parse_options
 
-    rows = decode_samples(tokens, out, keys=_split_keys(keys), limit=limit, fmt=fmt, compare=compare, model=model, device=device)
+    rows = decode_samples(
+        tokens, out, keys=_split_keys(keys), limit=limit, fmt=fmt, compare=compare, model=model, device=device,
+        storage_options=parse_options(storage_options),
+    )
     if json_out:
         _print_json(rows)
         return
@@ -199,17 +213,19 @@ def decode(
 @app.command()
 @_one_line_errors
 def stats(
-    tokens: Annotated[list[str], typer.Argument(help="Token dirs (an encode OUT) or token tar files.")],
+    tokens: Annotated[list[str], typer.Argument(help="Token dirs (an encode OUT) or token tar files: paths or URLs.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print the statistics as JSON on stdout.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG: code frequencies, bit balance, usage by position.")] = None,
     top: Annotated[int, typer.Option(help="How many of the most frequent codes to list.")] = 10,
     by: Annotated[Optional[str], typer.Option(help="Also break down per 'shard' or per 'source'.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Reader processes [default: cores].")] = None,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Codebook utilization, entropy, perplexity, per-bit balance and code-usage histograms of token shards."""
     from .inspect.stats import token_stats
+    from .io.storage import parse_options
 
-    result = token_stats(tokens, top=top, workers=workers, by=by, plot=plot)
+    result = token_stats(tokens, top=top, workers=workers, by=by, plot=plot, storage_options=parse_options(storage_options))
     if json_out:
         _print_json(result)
         return
@@ -234,13 +250,15 @@ def stats(
 @app.command()
 @_one_line_errors
 def info(
-    model: Annotated[str, typer.Argument(help="'default', a .safetensors checkpoint, or an Open-MAGVIT2 video .ckpt.")] = "default",
+    model: Annotated[str, typer.Argument(help="'default', a .safetensors checkpoint, or an Open-MAGVIT2 video .ckpt (path or URL).")] = "default",
     json_out: Annotated[bool, typer.Option("--json", help="Print as JSON on stdout.")] = False,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Describe a tokenizer: its config, codebook, bit order, sha256 and the token shape of a default clip."""
     from .tokenizers.model import load_tokenizer
+    from .io.storage import parse_options
 
-    tok = load_tokenizer(model, device="cpu")
+    tok = load_tokenizer(model, device="cpu", storage_options=parse_options(storage_options))
     data = {
         "name": tok.name,
         "sha256": tok.sha256,
@@ -268,17 +286,19 @@ def info(
 @app.command()
 @_one_line_errors
 def convert(
-    checkpoint: Annotated[Path, typer.Argument(help="An Open-MAGVIT2 video or image tokenizer checkpoint (upstream's .ckpt).")],
+    checkpoint: Annotated[str, typer.Argument(help="An Open-MAGVIT2 video or image tokenizer checkpoint (upstream's .ckpt; path or URL).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="The lfqtok safetensors checkpoint to write.")],
     raw: Annotated[bool, typer.Option(help="Take the raw weights, not the EMA ones upstream evaluates with.")] = False,
     name: Annotated[Optional[str], typer.Option(help="Tokenizer name in the metadata [default: the checkpoint's stem].")] = None,
     window_frames: Annotated[int, typer.Option(help="Video models: the clip length it was trained on (its independent encode windows).")] = 17,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Convert a foreign checkpoint once to an lfqtok safetensors checkpoint (read without running its pickle)."""
     from .tokenizers.convert import convert_checkpoint
+    from .io.storage import parse_options
 
-    summary = convert_checkpoint(checkpoint, out, raw=raw, name=name, window_frames=window_frames)
+    summary = convert_checkpoint(checkpoint, out, raw=raw, name=name, window_frames=window_frames, storage_options=parse_options(storage_options))
     if json_out:
         _print_json(vars(summary))
         return

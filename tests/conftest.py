@@ -80,3 +80,72 @@ def real_videos() -> Path:
 
 
 __all__ = ["make_video"]
+
+
+# an S3-compatible server on 127.0.0.1 (moto's standalone server, as s3fs's own tests use)
+
+S3_SECRET = "lfqtok-test-secret-Zq81"  # the secret key every S3 test uses: it must appear in no output
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_s3_server(**env: str):
+    """`python -m moto.server` on a free port (a real process, so tests can stop it); returns (process, endpoint)."""
+    import socket
+    import subprocess
+    import time
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env},
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto server did not start")
+
+
+def use_s3_server(monkeypatch, endpoint: str) -> None:
+    """Point the standard AWS variables (what every s3fs client and `lfqtok` subprocess reads) at `endpoint`."""
+    import s3fs
+
+    for name, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "lfqtok-test-key",
+                        "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # a client made for another endpoint must not be reused
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto S3 server for the session: its endpoint URL."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    proc, endpoint = start_s3_server()
+    yield endpoint
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> str:
+    """A fresh empty bucket on the test server, as "s3://bucket", with the AWS environment pointing at it."""
+    import uuid
+
+    import s3fs
+
+    use_s3_server(monkeypatch, s3_server)
+    bucket = f"lfqtok-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem().mkdir(bucket)
+    return f"s3://{bucket}"

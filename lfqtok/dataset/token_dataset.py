@@ -23,7 +23,7 @@ import os
 import random
 import tarfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from ..io import storage
 from ..errors import InputError, UsageError
 from .handoff import SharedBatch, numpy_dtype
-from ..io.shards import META_MEMBER, TOKENS_MEMBER, expand_paths, load_npy, read_manifest, split_member
+from ..io.shards import META_MEMBER, TOKENS_MEMBER, expand_paths, load_npy, open_shard, read_manifest, split_member
 
 # constants
 
@@ -323,9 +324,18 @@ class _Packer:
 class _Shard:
     path: str
     manifest: dict | None
+    options: dict | None = field(default=None, repr=False, compare=False)  # storage options of a URL
 
     def stats(self) -> dict | None:
         """Its `{stem}_stats.json` (sample and clip counts), when there is one."""
+        if storage.is_url(self.path):
+            url = self.path[: -len(".tar")] + "_stats.json" if self.path.endswith(".tar") else None
+            try:
+                return json.loads(storage.read_bytes(url, self.options)) if url else None
+            except FileNotFoundError:
+                return None
+            except storage.errors() as exc:
+                raise InputError(f"cannot read {storage.redact(url)}: {storage.describe(exc)}") from None
         path = Path(self.path)
         path = path.with_name(path.name[: -len(".tar")] + "_stats.json") if path.name.endswith(".tar") else None
         if path is None or not path.is_file():
@@ -398,6 +408,7 @@ class TokenDataset(IterableDataset):
         even_ranks: bool = False,  # every rank gives the fewest batches any rank gives (for DDP), dropping the rest
         codebook_size: int | None = None,  # for shards without a manifest (flat items need it)
         handler: Handler = "raise",
+        storage_options: dict | None = None,  # fsspec options for URL inputs (s3://, gs://, ...)
     ):
         super().__init__()
         flat = flat or exists(seq_len)
@@ -414,12 +425,13 @@ class TokenDataset(IterableDataset):
                              f"loader_batch_size {loader_batch_size} differs from batch_size {batch_size}")
         if not callable(handler) and handler not in HANDLERS:
             raise UsageError(f"handler must be one of {', '.join(HANDLERS)} or a callable, got {handler!r}")
-        manifests: dict[Path, dict | None] = {}
+        manifests: dict[Any, dict | None] = {}
         shards = []
-        for path in expand_paths(inputs):
-            if path.parent not in manifests:
-                manifests[path.parent] = read_manifest(path)
-            shards.append(_Shard(str(path), manifests[path.parent]))
+        for path in expand_paths(inputs, storage_options):
+            parent = storage.parent(path)
+            if parent not in manifests:
+                manifests[parent] = read_manifest(path, storage_options)
+            shards.append(_Shard(str(path), manifests[parent], storage_options))
         if not shards:
             raise InputError(f"no token shards in {inputs}")
         self._shards = shards
@@ -656,7 +668,7 @@ class TokenDataset(IterableDataset):
 
         watch = _Watch(k, j, used, dry, counted)
         try:
-            with open(shard.path, "rb", buffering=READ_BUFFER) as stream:
+            with open_shard(shard.path, shard.options, buffering=READ_BUFFER) as stream:
                 files = tar_file_expander([{"url": shard.path, "stream": stream}], handler=reraise_exception,
                                           select_files=watch.select)
                 for sample in group_by_keys(watch.files(files, shard.path), handler=reraise_exception):

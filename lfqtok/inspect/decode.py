@@ -20,6 +20,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..io import storage
 from ..io.codec import from_storage, reverse_bits
 from ..errors import ImageError, InputError, ModelError, OutputError, UsageError, VideoError
 from .metrics import QualityMeter
@@ -284,14 +285,14 @@ def playback_fps(sample: Sample) -> float:
 
 
 def pick_samples(paths: Sequence[str | Path] | str | Path, keys: Sequence[str] | None, limit: int | None,
-                 tokenizer: Any = None) -> list[Sample]:
+                 tokenizer: Any = None, storage_options: dict | None = None) -> list[Sample]:
     """The samples named by `keys` (all must exist), else the first `limit` (None: all), in input order: those of
     token shards, and those of `.npy` arrays of generated ids (which need the `tokenizer` they are decoded with)."""
     wanted = set(keys) if keys else None
     picked: list[Sample] = []
     manifests: dict[Path, dict | None] = {}
     for item in [paths] if isinstance(paths, (str, Path)) else paths:
-        found = generated_samples(Path(item), tokenizer) if is_npy(item) else _shard_samples(item, manifests)
+        found = generated_samples(Path(item), tokenizer) if is_npy(item) else _shard_samples(item, manifests, storage_options)
         for sample in found:
             if wanted is None or sample.key in wanted:
                 picked.append(sample)
@@ -303,12 +304,13 @@ def pick_samples(paths: Sequence[str | Path] | str | Path, keys: Sequence[str] |
     return picked
 
 
-def _shard_samples(item: str | Path, manifests: dict[Path, dict | None]) -> Iterator[Sample]:
-    for tar in expand_paths(item):
-        if tar.parent not in manifests:
-            manifests[tar.parent] = read_manifest(tar)
-        for key, tokens, meta in read_tokens(tar):
-            yield Sample(key, tokens, meta, manifests[tar.parent])
+def _shard_samples(item: str | Path, manifests: dict[Any, dict | None], storage_options: dict | None = None) -> Iterator[Sample]:
+    for tar in expand_paths(item, storage_options):
+        parent = storage.parent(tar)
+        if parent not in manifests:
+            manifests[parent] = read_manifest(tar, storage_options)
+        for key, tokens, meta in read_tokens(tar, storage_options):
+            yield Sample(key, tokens, meta, manifests[parent])
 
 
 def unique_name(key: str, taken: set[str]) -> str:
@@ -360,14 +362,15 @@ def check_ids(arr: np.ndarray, codebook_size: int, where: str) -> None:
                      f"[0, {codebook_size}) of the tokenizer")
 
 
-def load_for(samples: Sequence[Sample], model: str | None, device: str, loaded: Any = None) -> tuple[Any, str | None]:
+def load_for(samples: Sequence[Sample], model: str | None, device: str, loaded: Any = None,
+             storage_options: dict | None = None) -> tuple[Any, str | None]:
     """The tokenizer the manifest names, checked by sha256; an explicit `model` (`loaded` already) may differ (noted)."""
     from ..tokenizers.model import load_tokenizer
 
     manifest = next((s.manifest for s in samples if s.manifest), None)
     recorded = (manifest or {}).get("tokenizer") or {}
     if exists(model):
-        tok = loaded if exists(loaded) else load_tokenizer(model, device=device)
+        tok = loaded if exists(loaded) else load_tokenizer(model, device=device, storage_options=storage_options)
         if any(s.manifest is None and s.generated is None for s in samples):
             return tok, "no lfqtok.json next to the shards: tokenizer not checked"
         if manifest and tok.sha256 != recorded.get("sha256"):
@@ -376,9 +379,9 @@ def load_for(samples: Sequence[Sample], model: str | None, device: str, loaded: 
     if not manifest:
         raise ModelError("no lfqtok.json next to the token shards, so the tokenizer is unknown: pass --model")
     name = recorded.get("name")
-    if name != "default" and not (isinstance(name, str) and Path(name).is_file()):
+    if name != "default" and not (isinstance(name, str) and (storage.is_url(name) or Path(name).is_file())):
         raise ModelError(f"the tokens were made with tokenizer {name!r}, which is not 'default' nor a checkpoint file here: pass --model")
-    tok = load_tokenizer(name, device=device)
+    tok = load_tokenizer(name, device=device, storage_options=storage_options)
     if not recorded.get("sha256"):
         raise ModelError(f"the manifest records no tokenizer sha256 to check {name!r} against: pass --model to decode anyway")
     if tok.sha256 != recorded["sha256"]:
@@ -393,18 +396,19 @@ class TarSources:
     """Input tars indexed once per decode run (one pass over their headers), so a source "shard.tar:member" costs
     a seek and a read however many samples come from the same tar."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage_options: dict | None = None) -> None:
         self.index: dict[str, dict[str, Member] | None] = {}  # None: not a readable tar
+        self.options = storage_options  # for sources that are URLs
 
     def read(self, tar: str, member: str) -> bytes | None:
         if tar not in self.index:
             try:
-                self.index[tar] = tar_members(tar)
-            except InputError:
+                self.index[tar] = tar_members(tar, self.options) if storage.is_url(tar) else tar_members(tar)
+            except (InputError, UsageError):
                 self.index[tar] = None
         found = (self.index[tar] or {}).get(member)
         try:
-            return read_member(tar, found) if exists(found) else None
+            return read_member(tar, found, self.options) if exists(found) else None
         except InputError:
             return None
 
@@ -417,6 +421,15 @@ def source_video(source: Any, cwd: str | None = None, tars: TarSources | None = 
     """
     if not isinstance(source, str) or not source:
         return None
+    tars = tars or TarSources()
+    if storage.is_url(source):
+        tar, sep, member = source.rpartition(":")
+        if sep and tar.endswith(".tar") and storage.is_url(tar):
+            return tars.read(tar, member)
+        try:
+            return storage.read_bytes(source, tars.options)
+        except (UsageError, *storage.errors()):
+            return None
     found = _existing_file(source, cwd)
     if found:
         return found
@@ -424,7 +437,7 @@ def source_video(source: Any, cwd: str | None = None, tars: TarSources | None = 
     tar = _existing_file(tar, cwd) if tar else None
     if not tar:
         return None
-    return (tars or TarSources()).read(tar, member)
+    return tars.read(tar, member)
 
 
 def _existing_file(path: str, cwd: str | None) -> str | None:
@@ -500,10 +513,11 @@ def decode_samples(
     model: str | None = None,
     device: str = "auto",
     batch_size: int = 8,
+    storage_options: dict | None = None,
 ) -> list[dict]:
     """Decode token samples to `{out}/{key}.{fmt}` previews; one row per sample (DESIGN §6 keys + ssim, frames, note).
 
-    `paths`: token dirs, tars, brace patterns, and `.npy` arrays of generated ids (they need `model`; see
+    `paths`: token dirs, tars, brace patterns (paths or URLs, read with `storage_options`), and `.npy` arrays of generated ids (they need `model`; see
     `generated_samples`). PSNR/SSIM are against the source frames re-cut with the manifest's clip settings, when
     the source is readable; `compare` shows those frames beside the reconstruction. Scores are `lfqtok.inspect.metrics`
     (PSNR of identical frames: 100 dB).
@@ -519,13 +533,13 @@ def decode_samples(
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if any(map(is_npy, items)) and not exists(model):
         raise ModelError("generated token ids (.npy) need --model, the tokenizer that made them (e.g. --model default)")
-    explicit = load_tokenizer(model, device=device) if exists(model) else None
-    samples = pick_samples(items, keys, limit, explicit)
+    explicit = load_tokenizer(model, device=device, storage_options=storage_options) if exists(model) else None
+    samples = pick_samples(items, keys, limit, explicit, storage_options)
     if not samples:
         raise InputError(f"no token samples in {paths}")
-    tok, model_note = load_for(samples, model, device, explicit)
+    tok, model_note = load_for(samples, model, device, explicit, storage_options)
     out = Path(out)
-    tars = TarSources()
+    tars = TarSources(storage_options)
     previews = []
     names: set[str] = set()
     for sample in samples:

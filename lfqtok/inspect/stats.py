@@ -25,6 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..io import storage
 from ..errors import InputError, OutputError, UsageError
 from ..io.shards import BIT_ORDERS, META_MEMBER, TOKENS_MEMBER, expand_paths, iter_members, load_npy, read_manifest
 
@@ -232,12 +233,12 @@ class ShardCounts:
     buckets: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # (H, W) -> [samples, clips, tokens]
 
 
-def count_shard(path: str, codebook_size: int | None, by_source: bool, by_bucket: bool = False) -> ShardCounts:
-    """Stream one tar: every sample's tokens into one `CodeCounts` (memory: one histogram + ~1M tokens); with
-    `by_bucket`, samples, clips and tokens per bucket of the samples' json."""
+def count_shard(path: str, codebook_size: int | None, by_source: bool, by_bucket: bool = False, storage_options: dict | None = None) -> ShardCounts:
+    """Stream one tar (a path or URL): every sample's tokens into one `CodeCounts` (memory: one histogram + ~1M
+    tokens); with `by_bucket`, samples, clips and tokens per bucket of the samples' json."""
     counts, samples, sources, buckets = CodeCounts(codebook_size), 0, [], {}
     want = {TOKENS_MEMBER, META_MEMBER} if by_source or by_bucket else {TOKENS_MEMBER}
-    for key, sample in iter_members(Path(path), want):
+    for key, sample in iter_members(storage.location(path), want, storage_options):
         if TOKENS_MEMBER not in sample:
             continue
         where = f"{path}:{key}"
@@ -261,7 +262,7 @@ def _source_row(key: str, path: str, tokens: np.ndarray, meta: bytes | None) -> 
             "entropy_bits": entropy_bits(n)}
 
 
-def _count_task(args: tuple[str, int | None, bool, bool]) -> ShardCounts:
+def _count_task(args: tuple[str, int | None, bool, bool, dict | None]) -> ShardCounts:
     return count_shard(*args)
 
 
@@ -339,6 +340,7 @@ def token_stats(
     workers: int | None = None,
     by: str | None = None,
     plot: Path | None = None,
+    storage_options: dict | None = None,
 ) -> dict:
     """Codebook usage of token dirs / tars / brace patterns: DESIGN §5 keys, bit-pair MI, usage by token index t.
 
@@ -350,16 +352,16 @@ def token_stats(
         raise UsageError(f"--by must be 'shard' or 'source', got {by!r}")
     if top < 0 or (exists(workers) and workers < 1):
         raise UsageError(f"--top must be >= 0 and --workers >= 1, got {top} and {workers}")
-    tars = expand_paths(paths)
+    tars = expand_paths(paths, storage_options)
     if not tars:
         raise InputError(f"no finished token shards in {', '.join(map(str, [paths] if isinstance(paths, (str, Path)) else paths))}")
-    manifest = _common_manifest(tars)
+    manifest = _common_manifest(tars, storage_options)
     size = manifest["codebook_size"] if manifest else None
     order = manifest.get("bit_order", "msb_first") if manifest else "msb_first"
     if order not in BIT_ORDERS:
         raise InputError(f"the manifest's bit_order {order!r} is not one of {', '.join(BIT_ORDERS)}")
     listed = [tuple(b) for b in manifest.get("buckets") or []] if manifest else []
-    tasks = [(str(p), size, by == "source", bool(listed)) for p in tars]
+    tasks = [(str(p), size, by == "source", bool(listed), storage_options) for p in tars]
     total, samples, shard_rows, sources = CodeCounts(size), 0, {}, []
     buckets: dict[tuple[int, ...], list[int]] = {b: [0, 0, 0] for b in listed}
     for part in _run(tasks, workers or min(len(tasks), os.cpu_count() or 1)):
@@ -397,9 +399,9 @@ def token_stats(
     return result
 
 
-def _common_manifest(tars: Sequence[Path]) -> dict | None:
+def _common_manifest(tars: Sequence[Path | str], storage_options: dict | None = None) -> dict | None:
     """The manifest the shards share (from their directories); shards of different codebooks or bit orders are refused."""
-    manifests = [m for m in map(read_manifest, dict.fromkeys(p.parent for p in tars)) if m]
+    manifests = [m for m in (read_manifest(d, storage_options) for d in dict.fromkeys(map(storage.parent, tars))) if m]
     kinds = {(m["codebook_size"], m["num_codebooks"], m.get("bit_order", "msb_first")) for m in manifests}
     if len(kinds) > 1:
         raise InputError(f"token shards of different codebooks cannot be counted together (size, count, bit order): {sorted(kinds)}")

@@ -2,6 +2,9 @@
 
 OUT/lfqtok.json (manifest, written first), OUT/{shard:05d}.tar (WebDataset, written to a `.tmp` name, then
 renamed), OUT/{shard:05d}_stats.json (written last: a shard is finished exactly when it exists).
+OUT may be a URL (`storage.py`): object stores have no rename, so the tar is streamed to its final key in parts
+of storage.PART_SIZE (the memory it takes) and completed on `finish`; its `_stats.json`, one PUT written after
+it, is still what says the shard is finished. Readers take URLs too.
 Reading needs only tarfile + numpy (webdataset, slow to import, is loaded only by the writer).
 """
 
@@ -23,8 +26,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from .. import __version__
+from . import storage
 from .codec import token_dtype
 from ..errors import InputError, OutputError, UsageError
+from .storage import Location, Options
 
 # constants
 
@@ -37,6 +42,8 @@ META_MEMBER = "json"
 RESERVED_EXTRAS = {"json": "src.json", "tokens.npy": "src.tokens.npy", FLIP_MEMBER: f"src.{FLIP_MEMBER}"}  # passthrough names that would clash
 INFO_KEYS = {"lfqtok_version", "inputs", "cwd", "tokenizer.name"}  # manifest keys that may differ on a resume
 STALE_TMP_SECONDS = 600.0  # a .tmp file untouched this long belongs to no live writer (others may share OUT)
+STALE_UPLOAD_SECONDS = 86400.0  # an S3 multipart upload started this long ago belongs to no live writer (its start
+# time never changes however long its shard takes; a bucket lifecycle rule can abort them sooner)
 SHARD_RE = re.compile(r"^\d{5}\.tar$")
 OURS_RE = re.compile(r"^(\d{5}(\.tar|_stats\.json)|lfqtok\.json\.(\d+\.)?tmp)")
 BIT_ORDERS = ("msb_first", "lsb_first")  # which index bit latent channel 0 is
@@ -45,12 +52,12 @@ MEMBER_MTIME = 0  # fixed member mtime: equal inputs give byte-identical tars
 # helpers
 
 
-def shard_path(out: Path, index: int) -> Path:
-    return Path(out) / f"{index:05d}.tar"
+def shard_path(out: Location, index: int) -> Location:
+    return storage.join(out, f"{index:05d}.tar")
 
 
-def stats_path(out: Path, index: int) -> Path:
-    return Path(out) / f"{index:05d}_stats.json"
+def stats_path(out: Location, index: int) -> Location:
+    return storage.join(out, f"{index:05d}_stats.json")
 
 
 def _tmp(path: Path) -> Path:
@@ -74,11 +81,22 @@ def _discard(path: Path) -> None:
         pass
 
 
-def write_json_atomic(path: Path, obj: Any, shared: bool = False) -> None:
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2) + "\n"
+
+
+def write_json_atomic(path: Location, obj: Any, shared: bool = False, storage_options: Options = None) -> None:
     """JSON to `path` via a `.tmp` file, fsync and rename: readers see the old file or the whole new one.
+    A URL is one PUT, which object stores make visible whole.
 
     `shared`: several processes may write it at once (the manifest, with --num-shards parts starting together),
     so each gets its own temp name."""
+    if storage.is_url(path):
+        try:
+            storage.write_bytes(path, _json_text(obj).encode(), storage_options)
+        except storage.errors() as exc:
+            raise storage.storage_error(OutputError, "write", path, exc) from None
+        return
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp") if shared else _tmp(path)
     try:
         with open(tmp, "w") as f:
@@ -153,8 +171,10 @@ def build_manifest(
     return {**core, "lfqtok_version": __version__, **extra}
 
 
-def read_manifest(path_or_dir: str | Path) -> dict | None:
+def read_manifest(path_or_dir: str | Path, storage_options: Options = None) -> dict | None:
     """The manifest of a token dir, of the dir holding a shard, or a manifest file itself; None when absent."""
+    if storage.is_url(path_or_dir):
+        return _read_remote_manifest(str(path_or_dir), storage_options)
     path = Path(path_or_dir)
     if path.is_dir():
         path = path / MANIFEST_NAME
@@ -166,29 +186,67 @@ def read_manifest(path_or_dir: str | Path) -> dict | None:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read manifest {path}: {exc}") from None
+    return _checked_manifest(manifest, path)
+
+
+def _checked_manifest(manifest: Any, path: Location) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InputError(f"{path} is not an lfqtok token manifest (format={manifest.get('format') if isinstance(manifest, dict) else None!r})")
+        raise InputError(f"{storage.redact(path)} is not an lfqtok token manifest (format={manifest.get('format') if isinstance(manifest, dict) else None!r})")
     return manifest
 
 
-def finished_shards(out: Path) -> set[int]:
+def _read_remote_manifest(url: str, storage_options: Options) -> dict | None:
+    """`read_manifest` for a URL: the prefix's manifest, the one beside a .tar, or the manifest object itself."""
+    base = url.rstrip("/")
+    path = base if base.endswith("/" + MANIFEST_NAME) else storage.join(storage.parent(base) if base.endswith(".tar") else base, MANIFEST_NAME)
+    try:
+        data = storage.read_bytes(path, storage_options)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise storage.storage_error(InputError, "read manifest", path, exc) from None
+    try:
+        manifest = json.loads(data)
+    except ValueError as exc:
+        raise InputError(f"cannot read manifest {storage.redact(path)}: {exc}") from None
+    return _checked_manifest(manifest, path)
+
+
+_STATS_RE = re.compile(r"^\d{5}_stats\.json$")
+
+
+def finished_shards(out: Location, storage_options: Options = None) -> set[int]:
     """Indices of the shards of `out` that are finished (their `_stats.json` exists)."""
+    if storage.is_url(out):
+        return {int(n[:5]) for n in storage.list_names(str(out), storage_options) if _STATS_RE.match(n)}
     return {int(p.name[:5]) for p in Path(out).glob("[0-9][0-9][0-9][0-9][0-9]_stats.json")}
 
 
-def prepare_output(out: Path, manifest: dict, overwrite: bool) -> set[int]:
+def _list_output(out: Location, storage_options: Options) -> list[str]:
+    """The names in OUT, creating it (a local directory) first."""
+    if storage.is_url(out):
+        storage.check_writable(out)
+        try:
+            return storage.list_names(out, storage_options)
+        except storage.errors() as exc:
+            raise storage.storage_error(OutputError, "list", out, exc) from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return [p.name for p in out.iterdir()]
+    except OSError as exc:
+        raise _oserror(exc, out) from None
+
+
+def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_options: Options = None) -> set[int]:
     """Create OUT with its manifest (written first) or check the one there; returns the finished shard indices.
 
     Other settings in an existing OUT -> OutputError naming them, unless `overwrite` (then old shards go).
+    A URL OUT instead of stale temp files has stale multipart uploads (a killed writer's) aborted.
     """
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        names = [p.name for p in out.iterdir()]
-    except OSError as exc:
-        raise _oserror(exc, out) from None
-    path = out / MANIFEST_NAME
-    old = _existing_manifest(path, overwrite)
+    out = storage.location(out)
+    names = _list_output(out, storage_options)
+    path = storage.join(out, MANIFEST_NAME)
+    old = _existing_manifest(path, overwrite, storage_options)
     if old is not None and old != manifest:
         diff = _differences(old, manifest)
         if diff and not overwrite:
@@ -201,23 +259,28 @@ def prepare_output(out: Path, manifest: dict, overwrite: bool) -> set[int]:
     if old is None and not overwrite and any(SHARD_RE.match(n) or n.endswith("_stats.json") for n in names):
         raise OutputError(f"{out} holds token shards but no readable {MANIFEST_NAME}: use --overwrite to replace them")
     if old is None:
-        _remove(out, [n for n in names if _is_ours(n)])
-        write_json_atomic(path, manifest, shared=True)
+        _remove(out, [n for n in names if _is_ours(n)], storage_options)
+        write_json_atomic(path, manifest, shared=True, storage_options=storage_options)
+    elif storage.is_url(out):
+        try:
+            storage.abort_stale_uploads(out, STALE_UPLOAD_SECONDS, storage_options)
+        except storage.errors() as exc:
+            raise storage.storage_error(OutputError, "clean up stale uploads under", out, exc) from None
     else:
         now = time.time()
         _remove(out, [n for n in names if ".tmp" in n and _is_ours(n) and now - _mtime(out / n) > STALE_TMP_SECONDS])
-    return finished_shards(out)
+    return finished_shards(out, storage_options)
 
 
-def _existing_manifest(path: Path, overwrite: bool) -> dict | None:
-    if not path.exists():
+def _existing_manifest(path: Location, overwrite: bool, storage_options: Options = None) -> dict | None:
+    if not storage.is_url(path) and not path.exists():
         return None
     try:
-        return read_manifest(path)
+        return read_manifest(path, storage_options)
     except InputError:
         if overwrite:
             return None
-        raise OutputError(f"{path} is unreadable or not an lfqtok manifest: use --overwrite to replace it") from None
+        raise OutputError(f"{storage.redact(path)} is unreadable or not an lfqtok manifest: use --overwrite to replace it") from None
 
 
 def _mtime(path: Path) -> float:
@@ -227,7 +290,13 @@ def _mtime(path: Path) -> float:
         return time.time()
 
 
-def _remove(out: Path, names: Sequence[str]) -> None:
+def _remove(out: Location, names: Sequence[str], storage_options: Options = None) -> None:
+    if storage.is_url(out):
+        try:
+            storage.remove([storage.join(out, n) for n in names], storage_options)
+        except storage.errors() as exc:
+            raise storage.storage_error(OutputError, "remove old shards under", out, exc) from None
+        return
     for name in names:
         try:
             (out / name).unlink(missing_ok=True)
@@ -242,12 +311,15 @@ class ShardWriter:
     """One token shard: samples go to `{index:05d}.tar.tmp`; `finish` renames it and then writes `_stats.json`.
 
     Nothing is opened before the first sample; `abort` (or leaving the context without `finish`) removes the temp file.
+    A URL `out` (no rename): samples stream to the final key in storage.PART_SIZE parts, `finish` completes the
+    upload and then writes `_stats.json`; `abort` cancels the upload (S3: the multipart upload is aborted).
     """
 
-    def __init__(self, out: Path, index: int, token_dtype: np.dtype):
-        self.out, self.index, self.dtype = Path(out), int(index), np.dtype(token_dtype)
+    def __init__(self, out: Location, index: int, token_dtype: np.dtype, storage_options: Options = None):
+        self.out, self.index, self.dtype = storage.location(out), int(index), np.dtype(token_dtype)
+        self.remote, self.storage_options = storage.is_url(self.out), storage_options
         self.path = shard_path(self.out, self.index)
-        self.tmp = _tmp(self.path)
+        self.tmp = self.path if self.remote else _tmp(self.path)
         self.keys: set[str] = set()
         self.finished = False
         self._file = None
@@ -278,39 +350,62 @@ class ShardWriter:
             sample[RESERVED_EXTRAS.get(ext, ext)] = bytes(data)
         try:
             self._open().write(sample)
-        except OSError as exc:
+        except storage.errors() as exc:
             self.abort()
-            raise _oserror(exc, self.tmp) from None
+            raise self._error(exc, self.tmp) from None
         self.keys.add(key)
 
     def finish(self, stats: dict) -> None:
-        """Close the tar, fsync, rename .tmp -> final, then write `{index:05d}_stats.json` (the 'finished' mark)."""
+        """Close the tar, fsync, rename .tmp -> final (a URL: complete the upload), then write
+        `{index:05d}_stats.json` (the 'finished' mark)."""
         try:
             self._open().close()
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self.tmp, self.path)
-        except OSError as exc:
+            if self.remote:
+                self._file.close()  # the last part goes up and the upload completes: the object appears whole
+            else:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                os.replace(self.tmp, self.path)
+        except storage.errors() as exc:
             self.abort()
-            raise _oserror(exc, self.path) from None
+            raise self._error(exc, self.path) from None
         self.finished = True
-        write_json_atomic(stats_path(self.out, self.index), {"shard": self.index, **stats})
+        write_json_atomic(stats_path(self.out, self.index), {"shard": self.index, **stats}, storage_options=self.storage_options)
 
     def abort(self) -> None:
         """Give the shard up (a failed or interrupted run): close and remove its temp file; finished shards stay."""
         if self.finished:
             return
+        if self.remote:
+            self._discard_upload()
+            self.finished = True
+            return
         for closable in (self._tar, self._file):
             try:
                 if closable is not None:
                     closable.close()  # closed once here, so nothing flushes into a removed file later
-            except (OSError, ValueError):
+            except storage.errors():
                 pass  # the temp file goes anyway
         _discard(self.tmp)
         self.finished = True  # nothing left to clean up
 
     # helpers
+
+    def _discard_upload(self) -> None:
+        """Cancel a remote write: nothing reaches the final key (an earlier run's unfinished tar stays there
+        until this shard is written again; without its `_stats.json` no reader takes it)."""
+        if self._file is None:
+            return
+        try:
+            if hasattr(self._file, "discard"):
+                self._file.discard()  # S3: abort the multipart upload and drop the buffer
+            self._file.closed = True  # never closed (completed) later, e.g. by garbage collection
+        except storage.errors():
+            pass  # an upload left incomplete is invisible, and `prepare_output` aborts stale ones
+
+    def _error(self, exc: BaseException, path: Location) -> OutputError:
+        return storage.storage_error(OutputError, "write", path, exc) if self.remote else _oserror(exc, path)
 
     def _storage(self, arr: np.ndarray, key: str) -> np.ndarray:
         if arr.dtype.kind not in "iu":
@@ -324,9 +419,12 @@ class ShardWriter:
             from webdataset import TarWriter
 
             try:
-                self._file = open(self.tmp, "wb")
-            except OSError as exc:
-                raise _oserror(exc, self.tmp) from None
+                if self.remote:
+                    self._file = storage.open_file(self.path, "wb", self.storage_options, block_size=storage.PART_SIZE)
+                else:
+                    self._file = open(self.tmp, "wb")
+            except storage.errors() as exc:
+                raise self._error(exc, self.tmp) from None
             self._tar = TarWriter(self._file, encoder=False, mtime=MEMBER_MTIME)
         return self._tar
 
@@ -347,15 +445,19 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext
 
 
-def expand_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Token dirs (their finished shards, in order), tar files and brace patterns -> tar paths."""
+def expand_paths(paths: str | Path | Sequence[str | Path], storage_options: Options = None) -> list[Location]:
+    """Token dirs (their finished shards, in order), tar files and brace patterns -> tar paths (URLs: prefixes
+    for dirs; they stay URL strings)."""
     from braceexpand import braceexpand
 
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    tars: list[Path] = []
+    tars: list[Location] = []
     for item in items:
         for name in braceexpand(str(item)):
-            path = Path(name)
+            if storage.is_url(name):
+                tars.extend(_remote_shards(name.rstrip("/"), storage_options))
+                continue
+            path = Path(storage.location(name))
             if path.is_dir():
                 tars.extend(_dir_shards(path))
             elif path.is_file():
@@ -365,17 +467,41 @@ def expand_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     return tars
 
 
+def _remote_shards(url: str, storage_options: Options) -> list[str]:
+    """`expand_paths` for one URL: a token prefix's finished shards, a prefix's tars, or the object itself."""
+    try:
+        found = storage.info(url, storage_options)
+        if found is None:
+            raise InputError(f"token input not found: {storage.redact(url)}")
+        if found.get("type") != "directory":
+            return [url]
+        names = storage.list_names(url, storage_options)
+    except storage.errors() as exc:
+        raise storage.storage_error(InputError, "read", url, exc) from None
+    if MANIFEST_NAME in names:
+        done = {int(n[:5]) for n in names if _STATS_RE.match(n)}
+        return [shard_path(url, i) for i in sorted(done) if f"{i:05d}.tar" in names]
+    return [storage.join(url, n) for n in names if n.endswith(".tar")]
+
+
 def _dir_shards(path: Path) -> list[Path]:
     if (path / MANIFEST_NAME).is_file():
         return [shard_path(path, i) for i in sorted(finished_shards(path)) if shard_path(path, i).is_file()]
     return sorted(p for p in path.glob("*.tar") if p.is_file())
 
 
-def iter_members(path: Path, want: set[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+def open_shard(path: Location, storage_options: Options = None, buffering: int = -1):
+    """A token shard's binary stream: a local file, or a URL read sequentially in storage.PART_SIZE blocks."""
+    if storage.is_url(path):
+        return storage.open_file(path, "rb", storage_options, block_size=storage.PART_SIZE, cache_type="readahead")
+    return open(path, "rb", buffering=buffering)
+
+
+def iter_members(path: Location, want: set[str] | None = None, storage_options: Options = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {ext: bytes}) per sample of one tar, streamed; only the extensions in `want` are read when given."""
     key, sample = None, {}
     try:
-        with tarfile.open(path, "r|*") as tar:
+        with open_shard(path, storage_options) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -386,8 +512,9 @@ def iter_members(path: Path, want: set[str] | None = None) -> Iterator[tuple[str
                     key, sample = k, {}
                 if want is None or ext in want:
                     sample[ext] = tar.extractfile(info).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise InputError(f"cannot read token shard {path}: {exc}") from None
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        what = storage.describe(exc) if storage.is_url(path) else exc
+        raise InputError(f"cannot read token shard {storage.redact(path)}: {what}") from None
     if sample:
         yield key, sample
 
@@ -417,13 +544,13 @@ def load_npy(data: bytes, where: str, copy: bool = True) -> np.ndarray:
         raise InputError(f"{where}: not a readable .npy array ({exc})") from None
 
 
-def read_tokens(paths: str | Path | Sequence[str | Path]) -> Iterator[tuple[str, np.ndarray, dict]]:
-    """(key, tokens (clips, t, h, w) [+ (c)], meta) over token dirs, tar files or brace patterns, in order."""
-    for path in expand_paths(paths):
-        for key, sample in iter_members(path, {TOKENS_MEMBER, META_MEMBER}):
+def read_tokens(paths: str | Path | Sequence[str | Path], storage_options: Options = None) -> Iterator[tuple[str, np.ndarray, dict]]:
+    """(key, tokens (clips, t, h, w) [+ (c)], meta) over token dirs, tar files or brace patterns (or URLs), in order."""
+    for path in expand_paths(paths, storage_options):
+        for key, sample in iter_members(path, {TOKENS_MEMBER, META_MEMBER}, storage_options):
             if TOKENS_MEMBER not in sample:
                 continue
-            where = f"{path}:{key}"
+            where = f"{storage.redact(path)}:{key}"
             try:
                 meta = json.loads(sample[META_MEMBER]) if META_MEMBER in sample else {}
             except ValueError as exc:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from .. import __version__
 from ..device import resolve_device
+from ..io import storage
 from .engines import ENGINES, run_jobs
 from ..errors import LfqtokError, UsageError
 from .pool import validate_pool
@@ -32,7 +33,7 @@ from .worker import ProgressFn, ShardEncoder, decode_workers
 class EncodeConfig:
     """Everything `lfqtok encode` takes; saved into the manifest so a rerun can check it resumes the same run."""
 
-    model: str = "default"  # "default" (embedded), a .safetensors path or an Open-MAGVIT2 .ckpt (lfqtok/tokenizers/convert.py)
+    model: str = "default"  # "default" (embedded), a .safetensors path or an Open-MAGVIT2 .ckpt (lfqtok/tokenizers/convert.py), or a URL
     size: int | str | tuple[int, int] = 128  # S: short side S, centre crop S x S; "HxW" / (H, W): see resize
     clip_frames: int = 17  # frames per clip, 1 + 4k; a non-causal tokenizer's window length exactly
     clip_stride: int | None = None  # sampled frames between clip starts; None: clip_frames (no overlap)
@@ -56,6 +57,7 @@ class EncodeConfig:
     verbose: bool = False  # let Ray's own log lines through to the terminal (--engine ray)
     class_folders: bool = False  # ImageNet-style ROOT/CLASS/...: each sample json gets "class" and "label"
     hflip: bool = False  # images also get the tokens of their mirrored model input ({key}.tokens_flip.npy)
+    storage_options: dict | None = field(default=None, repr=False)  # fsspec options for URLs; never saved anywhere
 
     def clip_spec(self, multiple: int = MIN_MULTIPLE) -> ClipSpec:
         """The clip settings, shapes parsed; `multiple` is the tokenizer's spatial factor (`--buckets auto` uses it)."""
@@ -110,6 +112,7 @@ class EncodeConfig:
             video_timeout=self.video_timeout,
             decoder=resolve_decoder(self.decoder),  # here, once: every worker, local or remote, starts with the same
             hflip=self.hflip,
+            storage_options=self.storage_options,
         )
 
 
@@ -173,6 +176,13 @@ def check_window(tok, config: EncodeConfig, images: bool = False) -> None:
         )
 
 
+def _model_name(model: str) -> str:
+    """The manifest's `tokenizer.name`: 'default', a resolved path, or the URL as users may see it."""
+    if model == "default":
+        return model
+    return storage.redact(model) if storage.is_url(model) else str(Path(model).resolve())
+
+
 def encode_dataset(
     inputs: Sequence[str | Path],
     out: str | Path,
@@ -181,7 +191,8 @@ def encode_dataset(
     on_progress: ProgressFn | None = None,
     **options: Any,
 ) -> EncodeSummary:
-    """Encode videos and images (dirs, files, @lists, tar shards) into token shards under `out` (DESIGN.md §4).
+    """Encode videos and images (dirs, files, @lists, tar shards; paths or URLs) into token shards under `out`
+    (DESIGN.md §4), a directory or a URL prefix.
 
     `options` override fields of `config` (e.g. `size=256`). Resumes: shards whose `_stats.json` exists are
     skipped and left untouched. Raises `LfqtokError` subclasses for anything a user can fix; failed videos
@@ -189,15 +200,20 @@ def encode_dataset(
     """
     config = replace(config or EncodeConfig(), **options)
     config.validate()
-    out = Path(out)
-    items = list_items([str(i) for i in inputs], class_folders=config.class_folders)
+    out = storage.location(out)
+    for url in (str(out), config.model):  # a missing protocol package or a read-only OUT: now, not after listing
+        if storage.is_url(url):
+            storage.filesystem(url, config.storage_options)
+    if storage.is_url(out):
+        storage.check_writable(str(out))
+    items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders)
     if not items:
-        raise UsageError(f"no videos or images found in {', '.join(map(str, inputs))}")
+        raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
     images = sum(item.is_image for item in items)
     from ..tokenizers.model import load_tokenizer
 
     started = time.perf_counter()
-    tok = load_tokenizer(config.model, device="cpu")
+    tok = load_tokenizer(config.model, device="cpu", storage_options=config.storage_options)
     check_window(tok, config, images=images > 0)
     spec = config.clip_spec(tok.config.spatial_compression)
     validate_spec(spec)  # the sizes again, against this tokenizer's spatial factor
@@ -205,7 +221,7 @@ def encode_dataset(
     manifest = build_manifest(
         codebook_size=tok.codebook_size,
         num_codebooks=tok.num_codebooks,
-        tokenizer_name=config.model if config.model == "default" else str(Path(config.model).resolve()),
+        tokenizer_name=_model_name(config.model),
         tokenizer_sha256=tok.sha256,
         tokenizer_config=tok.config.to_dict(),
         clip_frames=config.clip_frames,
@@ -218,21 +234,21 @@ def encode_dataset(
             "lfqtok_version": __version__,
             "clip": spec.settings(),
             "samples_per_shard": config.samples_per_shard,
-            "inputs": [str(i) for i in inputs],
+            "inputs": [storage.redact(str(i)) for i in inputs],
             "cwd": os.getcwd(),  # sources are stored as given: decode resolves relative ones against this
             **({"classes": items.classes} if config.class_folders else {}),  # sample json "label" indexes this
             **({"hflip": True} if config.hflip else {}),
         },
     )
     del tok  # the encode processes load their own copy: a large model is not held twice while they run
-    finished = prepare_output(out, manifest, config.overwrite)
+    finished = prepare_output(out, manifest, config.overwrite, config.storage_options)
     jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
     todo = [job for job in jobs if job.index not in finished]
     encoder = config.shard_encoder(out, spec)
     results = run_jobs(encoder, todo, config.engine, ray_address=config.ray_address, verbose=config.verbose, on_progress=on_progress)
     failures = [f for r in results for f in r.failures]
     summary = EncodeSummary(
-        out=str(out),
+        out=storage.redact(str(out)),
         shards_written=len(results),
         shards_skipped=len(jobs) - len(todo),
         videos_ok=sum(r.samples for r in results),

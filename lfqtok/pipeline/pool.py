@@ -19,11 +19,12 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from ..errors import LfqtokError, UsageError
 from .images import image_clip
-from .sources import VideoItem, read_extras, read_video_bytes
+from .sources import VideoItem, iter_fetched, read_extras, read_video_bytes
+from ..io.storage import Options
 from .video import Clip, ClipSpec, VideoMeta, iter_clips, resolve_decoder
 
 POLL_SECONDS = 0.2  # how often the parent checks decode clocks while it waits for events
@@ -80,17 +81,20 @@ def validate_pool(workers: int, timeout: float) -> None:
         raise UsageError(f"--video-timeout must be > 0, got {timeout}")
 
 
-def decode_item(index: int, item: VideoItem, spec: ClipSpec, decoder: str = "auto", threads: int = 0) -> Iterator[Event]:
+def decode_item(
+    index: int, item: VideoItem, spec: ClipSpec, decoder: str = "auto", threads: int = 0, storage_options: Options = None
+) -> Iterator[Event]:
     """One video's events: its ClipEvents, then one DoneEvent or FailEvent (a bad video is an event, not a raise).
-    An image is one 1-frame clip (`images.image_clip`, whatever the decoder)."""
+    An image is one 1-frame clip (`images.image_clip`, whatever the decoder). `storage_options`: for a remote item
+    whose bytes were not read ahead."""
     try:
-        extras = read_extras(item)
+        extras = read_extras(item, storage_options)
         if item.is_image:
-            meta, clip = image_clip(read_video_bytes(item), spec)
+            meta, clip = image_clip(read_video_bytes(item, storage_options), spec)
             yield ClipEvent(index, 0, clip)
             yield DoneEvent(index, meta, 1, extras)
             return
-        meta, clips = iter_clips(read_video_bytes(item), spec, threads=threads, decoder=decoder)
+        meta, clips = iter_clips(read_video_bytes(item, storage_options), spec, threads=threads, decoder=decoder)
         count = 0
         for clip in clips:
             yield ClipEvent(index, count, clip)
@@ -171,7 +175,7 @@ class _Worker:
 class _Tasks:
     """Videos still to decode: retries first, then the items in order."""
 
-    def __init__(self, items: Sequence[VideoItem]):
+    def __init__(self, items: Iterable[VideoItem]):
         self.items, self.retry = iter(enumerate(items)), deque()
 
     def next(self) -> Task | None:
@@ -187,7 +191,8 @@ class DecodePool:
     Use as a context manager: leaving it kills every worker, also on exceptions and KeyboardInterrupt.
     `decoder`: what each video is decoded with first (None: `resolve_decoder`), PyAV alone on a retry.
     `decode` replaces the per-video function run in the workers (a picklable, module-level function; tests
-    use it to simulate hangs and crashes).
+    use it to simulate hangs and crashes). Remote items' bytes are fetched here, ahead of the workers
+    (`sources.iter_fetched`, at most READAHEAD_BYTES), with `storage_options`.
     """
 
     def __init__(
@@ -199,6 +204,7 @@ class DecodePool:
         *,
         decoder: str | None = None,
         decode: DecodeFn | None = None,
+        storage_options: Options = None,
     ):
         validate_pool(workers, timeout)
         if max_pending_clips < 1:
@@ -206,7 +212,8 @@ class DecodePool:
         self.spec, self.workers, self.timeout, self.max_pending = spec, workers, timeout, max_pending_clips
         self.decoders = decoder_attempts(resolve_decoder(decoder))
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))  # decoder threads per worker: no oversubscription
-        self.decode = decode or functools.partial(decode_item, threads=threads)
+        self.decode = decode or functools.partial(decode_item, threads=threads, storage_options=storage_options)
+        self.storage_options = storage_options
         self._ctx = mp.get_context("spawn")  # never fork a parent that may hold torch / CUDA state
         self._pool: list[_Worker] = []
 
@@ -225,10 +232,10 @@ class DecodePool:
     def run(self, items: Sequence[VideoItem]) -> Iterator[Event]:
         """Events for every item: per video its ClipEvents in order, then exactly one DoneEvent or FailEvent."""
         if self.workers == 0:  # one try each: a crash here would be this process's
-            for index, item in enumerate(items):
+            for index, item in enumerate(iter_fetched(items, self.storage_options)):
                 yield from self.decode(index, item, self.spec, self.decoders[0])
             return
-        tasks = _Tasks(items)
+        tasks = _Tasks(iter_fetched(items, self.storage_options))
         pending: deque[Event] = deque()
         open_items = len(items)
         try:

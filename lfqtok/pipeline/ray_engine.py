@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from ..errors import LfqtokError, UsageError
 from .pool import ClipEvent, DecodeFn, Event, FailEvent, decode_item, decoder_attempts
 from .sources import ShardJob, VideoItem
+from ..io.storage import Options, is_url
 from .video import ClipSpec, resolve_decoder
 
 if TYPE_CHECKING:  # worker.py imports torch: decode tasks import this module and must stay light
@@ -88,13 +89,13 @@ def _quiet(ray: Any, verbose: bool) -> Iterator[None]:
 
 def absolute_jobs(jobs: Sequence[ShardJob]) -> list[ShardJob]:
     """Workers run in other directories (and on other machines): every path they open must be absolute."""
-    absolute = lambda item: replace(item, path=os.path.abspath(item.path))
+    absolute = lambda item: item if is_url(item.path) else replace(item, path=os.path.abspath(item.path))
     return [replace(job, items=tuple(map(absolute, job.items))) for job in jobs]
 
 
 def absolute_model(model: str) -> str:
     """A checkpoint path as every node must open it ('default' stays: the weights ship in the package)."""
-    return os.path.abspath(model) if os.path.isfile(model) else model
+    return os.path.abspath(model) if not is_url(model) and os.path.isfile(model) else model
 
 
 # decode tasks
@@ -138,11 +139,13 @@ class RayDecodePool:
     """
 
     def __init__(
-        self, spec: ClipSpec, workers: int, timeout: float = 60.0, *, decoder: str | None = None, decode: DecodeFn | None = None
+        self, spec: ClipSpec, workers: int, timeout: float = 60.0, *, decoder: str | None = None, decode: DecodeFn | None = None,
+        storage_options: Options = None,
     ):
         self.spec, self.workers, self.timeout = spec, max(1, workers), timeout
         self.decoders = decoder_attempts(resolve_decoder(decoder))
-        self.decode = decode or functools.partial(decode_item, threads=1)  # one core per task
+        # one core per task; a remote video is fetched by its task, on its node (tasks in flight overlap fetches)
+        self.decode = decode or functools.partial(decode_item, threads=1, storage_options=storage_options)
         self.active: list[_Decoding] = []
 
     def __enter__(self) -> "RayDecodePool":
@@ -465,5 +468,6 @@ def run_ray(
     engine's do. `verbose`: Ray's own log lines go to the terminal too."""
     with connected(address, verbose) as ray:
         plan = plan_actors(ray.cluster_resources(), encoder.device, encoder.workers, len(jobs))
-        encoder = replace(encoder, out=os.path.abspath(encoder.out), model=absolute_model(encoder.model))
+        out = encoder.out if is_url(encoder.out) else os.path.abspath(encoder.out)
+        encoder = replace(encoder, out=out, model=absolute_model(encoder.model))
         return Dispatcher(ray, encoder, plan).run(absolute_jobs(jobs), on_progress)

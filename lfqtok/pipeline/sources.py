@@ -2,7 +2,8 @@
 ShardJobs.
 
 Listing never opens a video: directories are walked with os.scandir, tars are indexed from their headers, so a
-million inputs list in seconds. Keys are the path relative to its input root (or the tar sample key), with
+million inputs list in seconds. Every input may also be a URL (`storage.py`): a prefix is walked like a directory
+(one recursive listing), and a prefix gives the same keys and order as the same tree on disk. Keys are the path relative to its input root (or the tar sample key), with
 [A-Za-z0-9_-] only; colliding keys all get a short hash of their source, so a key never depends on order.
 Images (jpg, jpeg, png, webp, bmp) are items too: files given one by one (or listed), and the images of a directory
 or tar input that holds no video (a video dataset's posters and thumbnails stay out, as they always did).
@@ -17,17 +18,23 @@ import hashlib
 import os
 import re
 import tarfile
-from collections import Counter
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+import threading
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Iterator, Sequence
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, LfqtokError, UsageError
+from ..io import storage
+from ..io.storage import Options
 
 VIDEO_EXTENSIONS = frozenset(
     "mp4 m4v mov mkv webm avi gif mpg mpeg mpe m2v ts mts m2ts wmv asf flv f4v 3gp 3g2 ogv ogg vob mxf y4m divx".split()
 )
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp"})  # still images: 1-frame clips (images.py)
 COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+READAHEAD_BYTES = 64 * 2**20  # remote video bytes fetched ahead of the decoders, at most (plus one per fetch thread)
+FETCH_THREADS = 8  # remote videos fetched at once: requests overlap their latency
 
 # items
 
@@ -52,11 +59,20 @@ class VideoItem:
     extras: tuple[Member, ...] = ()  # other members of the same tar sample (txt, json, cls, ...)
     class_name: str | None = None  # its class folder (`list_items(class_folders=True)`), else None
     label: int | None = None  # the index of class_name in the sorted classes of the whole input
+    fetched: "Fetched | None" = field(default=None, repr=False, compare=False)  # a remote item's bytes, read ahead
 
     @property
     def is_image(self) -> bool:
         """A still image (a 1-frame clip), not a video: by the extension of its file or tar member."""
         return is_image_name(self.member.name if self.member is not None else self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A remote item's bytes, fetched before a decoder asks for them (`iter_fetched`)."""
+
+    video: bytes
+    extras: tuple[tuple[str, bytes], ...] = ()  # (ext, bytes) of the sample's other tar members
 
 
 class ItemList(list):
@@ -137,23 +153,42 @@ def _walk(root: str, prefix: str = "") -> Iterator[tuple[str, str]]:
             yield entry.path, prefix + entry.name
 
 
-def _read_list(path: str) -> list[str]:
-    """@list.txt: one path per line; blank lines and # comments skipped; relative to the list's directory."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"@{path}: cannot read list ({getattr(exc, 'strerror', None) or exc})") from None
-    base = os.path.dirname(path)
+def _dirname(path: str) -> str:
+    return str(storage.parent(path)) if storage.is_url(path) else os.path.dirname(path)
+
+
+def _read_list(path: str, options: Options = None) -> list[str]:
+    """@list.txt (a file or a URL): one path or URL per line; blank lines and # comments skipped; relative
+    entries are relative to the list's directory."""
+    if storage.is_url(path):
+        try:
+            lines = storage.read_bytes(path, options).decode("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise storage.storage_error(InputError, "read list", path, exc) from None
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"@{path}: cannot read list ({getattr(exc, 'strerror', None) or exc})") from None
+    base = _dirname(path)
     entries = (line.strip() for line in lines)
-    return [os.path.join(base, e) for e in entries if e and not e.startswith("#")]
+    return [e if storage.is_url(e) else str(storage.join(base, e)) for e in entries if e and not e.startswith("#")]
 
 
-def _tar_samples(path: str) -> Iterator[tuple[str, list[tuple[str, Member]]]]:
+def _open_tar(path: str, options: Options):
+    """(binary file, size) of a tar to index: local, or a URL read through a read-ahead block cache."""
+    if not storage.is_url(path):
+        return open(path, "rb"), os.path.getsize(path)
+    f = storage.open_file(path, "rb", options, block_size=storage.PART_SIZE, cache_type="readahead")
+    return f, f.size
+
+
+def _tar_samples(path: str, options: Options = None) -> Iterator[tuple[str, list[tuple[str, Member]]]]:
     """(sample key, [(ext, member), ...]) for consecutive members sharing a key, in tar order."""
     try:
-        size = os.path.getsize(path)
-        with tarfile.open(path, mode="r:") as tar:
+        raw, size = _open_tar(path, options)
+        with raw, tarfile.open(fileobj=raw, mode="r:") as tar:
             key, group = None, []
             for info in tar:
                 if not info.isfile():
@@ -171,6 +206,8 @@ def _tar_samples(path: str) -> Iterator[tuple[str, list[tuple[str, Member]]]]:
             if group:
                 yield key, group
     except (tarfile.TarError, OSError, EOFError) as exc:
+        if storage.is_url(path):
+            raise storage.storage_error(InputError, "read tar", path, exc) from None
         raise InputError(f"{path}: not a readable uncompressed tar ({exc})") from None
 
 
@@ -187,28 +224,39 @@ class _Raw:
     rel: str | None = None  # its path under its input root (a tar sample: its key), where its class folder is
 
 
-def _leaves(inputs: Sequence[str], root: str | None = None) -> Iterator[tuple[str, str | None]]:
+def _normpath(path: str) -> str:
+    """os.path.normpath for paths (file:// URLs made plain); a URL loses only a trailing '/' (its '//' must stay)."""
+    return path.rstrip("/") if storage.is_url(path) else os.path.normpath(storage.location(path))
+
+
+def _leaves(inputs: Sequence[str], options: Options = None, root: str | None = None) -> Iterator[tuple[str, str | None]]:
     """(path, key root) per directory, file or tar: brace patterns expanded, @lists read (their entries' keys
     are relative to the list's directory)."""
     for spec in inputs:
         if spec.startswith("@"):
-            yield from _leaves(_read_list(spec[1:]), os.path.dirname(spec[1:]) or ".")
+            yield from _leaves(_read_list(spec[1:], options), options, _dirname(spec[1:]) or ".")
         else:
-            yield from ((os.path.normpath(path), root) for path in _expand(spec))
+            yield from ((_normpath(path), root) for path in _expand(spec))
+
+
+def _relative(path: str, root: str) -> str:
+    if storage.is_url(path) or storage.is_url(root):
+        return path[len(root) + 1:] if path.startswith(root.rstrip("/") + "/") else ".."
+    return os.path.relpath(path, root)
 
 
 def _list_file(path: str, root: str | None) -> _Raw:
-    rel = os.path.relpath(path, root) if root is not None else ".."
+    rel = _relative(path, root) if root is not None else ".."
     inside = not rel.startswith("..")
-    base = rel if inside else os.path.basename(path)
+    base = rel if inside else storage.name(path)
     return _Raw(_sanitize(os.path.splitext(base)[0]), path, path, rel=rel.replace(os.sep, "/") if inside else None)
 
 
-def _list_tar(path: str, prefix: bool, out: list[_Raw]) -> int:
+def _list_tar(path: str, prefix: bool, out: list[_Raw], options: Options = None) -> int:
     """Append the tar's samples that hold a video (a video sample's jpg passes through as before); in a tar of no
     video at all, its samples that hold an image. Return how many samples are left out."""
-    stem = os.path.basename(path)[: -len(".tar")]
-    samples = list(_tar_samples(path))
+    stem = storage.name(path)[: -len(".tar")]
+    samples = list(_tar_samples(path, options))
     videos = any(_is_video(f".{ext}") for _, members in samples for ext, _ in members)
     wanted = _is_video if videos else is_image_name
     skipped = 0
@@ -240,41 +288,63 @@ def _assign_keys(raws: list, classes: dict[str, int] | None = None) -> list[Vide
     for i, raw in enumerate(raws):
         key = f"{raw.base}_{_short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
         name = _class_of(raw) if classes is not None else None
-        raws[i] = VideoItem(key, raw.source, raw.path, raw.member, raw.extras, name, None if name is None else classes[name])
+        raws[i] = VideoItem(key, storage.redact(raw.source), raw.path, raw.member, raw.extras, name, None if name is None else classes[name])
     return raws
 
 
-def list_items(inputs: Sequence[str], class_folders: bool = False) -> ItemList:
+def list_items(inputs: Sequence[str], options: Options = None, class_folders: bool = False) -> ItemList:
     """Inputs -> VideoItems sorted by (path, member offset), duplicates removed; InputError before any work.
 
     `result.skipped` counts tar samples without a video or image member (skipped, not failures). `class_folders`:
-    every item gets the class its folder names and that class's label (`result.classes`, sorted).
+    every item gets the class its folder names and that class's label (`result.classes`, sorted). `options`:
+    storage options for the URLs among the inputs.
     """
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a million small acyclic objects: the cycle collector would rescan them over and over
     try:
-        return _list_items(inputs, class_folders)
+        return _list_items(inputs, options, class_folders)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
-def _list_items(inputs: Sequence[str], class_folders: bool = False) -> ItemList:
-    leaves = list(_leaves([inputs] if isinstance(inputs, str) else inputs))
+def _kind(path: str, options: Options) -> str:
+    """'dir', 'file' or 'missing': one stat, or one metadata request for a URL."""
+    if not storage.is_url(path):
+        return "dir" if os.path.isdir(path) else "file" if os.path.exists(path) else "missing"
+    try:
+        found = storage.info(path, options)
+    except storage.errors() as exc:
+        raise storage.storage_error(InputError, "read", path, exc) from None
+    return "missing" if found is None else "dir" if found.get("type") == "directory" else "file"
+
+
+def _walk_url(url: str, options: Options) -> Iterator[tuple[str, str]]:
+    """`_walk` for a prefix: (URL, relative path) of its video and image objects, from one recursive listing."""
+    try:
+        yield from ((u, rel) for u, rel in storage.walk_files(url, options) if _is_media(rel))
+    except storage.errors() as exc:
+        raise storage.storage_error(InputError, "list", url, exc) from None
+
+
+def _list_items(inputs: Sequence[str], options: Options, class_folders: bool = False) -> ItemList:
+    leaves = list(_leaves([inputs] if isinstance(inputs, str) else inputs, options))
+    kinds = []
     for path, _ in leaves:
-        if not os.path.exists(path):
-            raise InputError(f"{path}: no such file or directory")
+        kinds.append(_kind(path, options))
+        if kinds[-1] == "missing":
+            raise InputError(f"{storage.redact(path)}: no such file or directory")
         if path.lower().endswith(COMPRESSED_TARS):
-            raise InputError(f"{path}: compressed tar shards are not supported; decompress them to .tar")
-    is_tar = [path.lower().endswith(".tar") and not os.path.isdir(path) for path, _ in leaves]
+            raise InputError(f"{storage.redact(path)}: compressed tar shards are not supported; decompress them to .tar")
+    is_tar = [path.lower().endswith(".tar") and kind != "dir" for (path, _), kind in zip(leaves, kinds)]
     raws: list[_Raw] = []
     skipped = 0
-    for (path, root), tar in zip(leaves, is_tar):
+    for (path, root), tar, kind in zip(leaves, is_tar, kinds):
         if tar:
-            skipped += _list_tar(path, sum(is_tar) > 1, raws)
-        elif os.path.isdir(path):
-            found = list(_walk(path))
-            media = [f for f in found if _is_video(f[0])] or found  # videos' posters and thumbnails stay out, as always
+            skipped += _list_tar(path, sum(is_tar) > 1, raws, options)
+        elif kind == "dir":
+            walked = list(_walk_url(path, options) if storage.is_url(path) else _walk(path))
+            media = [f for f in walked if _is_video(f[1])] or walked  # videos' posters and thumbnails stay out, as always
             raws.extend(_Raw(_sanitize(rel.rpartition(".")[0]), p, p, rel=rel) for p, rel in media)
         else:
             raws.append(_list_file(path, root))
@@ -312,29 +382,98 @@ def plan_shards(items: Sequence[VideoItem], samples_per_shard: int, num_shards: 
 # reading
 
 
-def tar_members(path: str) -> dict[str, Member]:
+def tar_members(path: str, options: Options = None) -> dict[str, Member]:
     """The sample members of an uncompressed tar by name, from one pass over its headers (data is never read)."""
-    return {member.name: member for _, group in _tar_samples(path) for _, member in group}
+    return {member.name: member for _, group in _tar_samples(path, options) for _, member in group}
 
 
-def read_member(path: str, member: Member) -> bytes:
-    """One member's bytes: a seek and a read."""
+def read_member(path: str, member: Member, options: Options = None) -> bytes:
+    """One member's bytes: a seek and a read (a range request for a URL)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(member.offset)
-            data = f.read(member.size)
-    except OSError as exc:
+        if storage.is_url(path):
+            data = storage.read_bytes(path, options, member.offset, member.offset + member.size)
+        else:
+            with open(path, "rb") as f:
+                f.seek(member.offset)
+                data = f.read(member.size)
+    except storage.errors() as exc:
+        if storage.is_url(path):
+            raise storage.storage_error(InputError, "read", f"{path}:{member.name}", exc) from None
         raise InputError(f"{path}:{member.name}: cannot read ({exc.strerror or exc})") from None
     if len(data) != member.size:
-        raise InputError(f"{path}:{member.name}: truncated ({len(data)} of {member.size} bytes)")
+        raise InputError(f"{storage.redact(path)}:{member.name}: truncated ({len(data)} of {member.size} bytes)")
     return data
 
 
-def read_video_bytes(item: VideoItem) -> str | bytes:
-    """What the decoder opens: the path of a video file, or the bytes of a tar member."""
-    return item.path if item.member is None else read_member(item.path, item.member)
+def read_video_bytes(item: VideoItem, options: Options = None) -> str | bytes:
+    """What the decoder opens: the path of a local video file, else the bytes (of the remote object, of the
+    tar member, or read ahead by `iter_fetched`)."""
+    if item.fetched is not None:
+        return item.fetched.video
+    if item.member is not None:
+        return read_member(item.path, item.member, options)
+    if not storage.is_url(item.path):
+        return item.path
+    try:
+        return storage.read_bytes(item.path, options)
+    except storage.errors() as exc:
+        raise storage.storage_error(InputError, "read", item.path, exc) from None
 
 
-def read_extras(item: VideoItem) -> dict[str, bytes]:
+def read_extras(item: VideoItem, options: Options = None) -> dict[str, bytes]:
     """The sample's other tar members by extension ({"txt": b"...", "json": b"..."}); {} for plain files."""
-    return {_split_key(m.name)[1]: read_member(item.path, m) for m in item.extras}
+    if item.fetched is not None:
+        return dict(item.fetched.extras)
+    return {_split_key(m.name)[1]: read_member(item.path, m, options) for m in item.extras}
+
+
+# read-ahead
+
+
+def _fetch(item: VideoItem, options: Options) -> VideoItem:
+    """A remote item with its bytes: a whole object, or one range request spanning a tar sample's members."""
+    try:
+        if item.member is None:
+            return replace(item, fetched=Fetched(read_video_bytes(item, options)))
+        members = (item.member, *item.extras)
+        start, end = min(m.offset for m in members), max(m.offset + m.size for m in members)
+        data = storage.read_bytes(item.path, options, start, end)
+        cut = lambda m: data[m.offset - start : m.offset - start + m.size]
+        return replace(item, fetched=Fetched(cut(item.member), tuple((_split_key(m.name)[1], cut(m)) for m in item.extras)))
+    except (LfqtokError, *storage.errors()):
+        return item  # read again by the decoder, whose failure is that video's recorded error
+
+
+def iter_fetched(items: Iterable[VideoItem], options: Options = None, budget: int = READAHEAD_BYTES) -> Iterator[VideoItem]:
+    """The items in order, each remote one with its bytes fetched ahead by FETCH_THREADS threads, so decoders never
+    wait on the network; fetched bytes not yet taken stay under `budget` (plus one object per thread). Local items
+    pass through untouched."""
+    window: deque = deque()  # (item, future or None), in order
+    held = [0]  # bytes fetched and not yet yielded
+    lock = threading.Lock()
+    source = iter(items)
+
+    def fetched(item: VideoItem) -> VideoItem:
+        out = _fetch(item, options)
+        with lock:
+            held[0] += len(out.fetched.video) if out.fetched else 0
+        return out
+
+    with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="lfqtok-fetch") as pool:
+        exhausted = False
+        while True:
+            while not exhausted and sum(f is not None and not f.done() for _, f in window) < FETCH_THREADS and held[0] < budget:
+                item = next(source, None)
+                if item is None:
+                    exhausted = True
+                    break
+                remote = storage.is_url(item.path) and item.fetched is None
+                window.append((item, pool.submit(fetched, item) if remote else None))
+            if not window:
+                return
+            item, future = window.popleft()
+            if future is not None:
+                item = future.result()
+                with lock:
+                    held[0] -= len(item.fetched.video) if item.fetched else 0
+            yield item

@@ -25,10 +25,11 @@ from .pool import ClipEvent, DecodePool, DoneEvent, FailEvent
 from ..io.shards import ShardWriter
 from .sources import ShardJob, VideoItem
 from .shapes import Plan
+from ..io.storage import Location, Options, location
 from .video import ClipSpec
 
 ProgressFn = Callable[["Counters"], None]
-PoolFactory = Callable[..., Any]  # (spec, workers, timeout=, decoder=) -> context manager with .run(items) -> events
+PoolFactory = Callable[..., Any]  # (spec, workers, timeout=, decoder=, storage_options=) -> context manager with .run(items) -> events
 MAX_DEFAULT_WORKERS = 16  # decode processes by default: all cores but one, at most this many
 
 
@@ -99,16 +100,17 @@ class ShardEncoder:
     (its device, its share of decode workers, Ray decode tasks as the pool).
     """
 
-    out: str | Path  # the token directory (its manifest is written already)
+    out: str | Path  # the token directory or URL prefix (its manifest is written already)
     spec: ClipSpec  # how clips are cut from each video
-    model: str = "default"  # "default" (embedded) or a .safetensors path
+    model: str = "default"  # "default" (embedded), a .safetensors path or URL (fetched once per machine)
     device: str = "auto"  # one device: auto | cpu | cuda | cuda:N (engines spread work over several)
     batch_size: int = 16  # clips per encoder batch
     workers: int | None = None  # decode processes; None: all cores but one, at most 16
     video_timeout: float = 60.0  # seconds one video may decode without progress before its try is killed
     decoder: str = "auto"  # each video's first decoder; `decoder_attempts` says what a retry uses
     hflip: bool = False  # images also get the tokens of their horizontally flipped model input (tokens_flip.npy)
-    pool_factory: PoolFactory = DecodePool  # (spec, workers, timeout=, decoder=) -> pool; Ray: RayDecodePool
+    pool_factory: PoolFactory = DecodePool  # (spec, workers, timeout=, decoder=, storage_options=) -> pool; Ray: RayDecodePool
+    storage_options: Options = field(default=None, repr=False)  # for URLs (inputs, model, out); may hold secrets
     _tokenizer: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -119,7 +121,7 @@ class ShardEncoder:
         if self._tokenizer is None:
             from ..tokenizers.model import load_tokenizer
 
-            self._tokenizer = load_tokenizer(self.model, device=self.device)
+            self._tokenizer = load_tokenizer(self.model, device=self.device, storage_options=self.storage_options)
         return self._tokenizer
 
     def __call__(self, jobs: Sequence[ShardJob], on_progress: ProgressFn | None = None) -> list[ShardResult]:
@@ -130,7 +132,7 @@ class ShardEncoder:
         tok = self.tokenizer
         spec = self.spec
         storage = token_dtype(tok.codebook_size)
-        assembler = _ShardAssembler(Path(self.out), jobs, storage, counters, shaped=not spec.shapes.legacy, hflip=self.hflip)
+        assembler = _ShardAssembler(location(self.out), jobs, storage, counters, self.storage_options, shaped=not spec.shapes.legacy, hflip=self.hflip)
         items = [item for job in jobs for item in job.items]
         frames = 1 if all(item.is_image for item in items) else spec.clip_frames  # images: 1-frame clips
         abort = threading.Event()
@@ -144,7 +146,9 @@ class ShardEncoder:
             _Stage("writer", _writer_loop, write_q, assembler, abort, errors),
         ]
         try:
-            pool = self.pool_factory(spec, decode_workers(self.workers), timeout=self.video_timeout, decoder=self.decoder)
+            pool = self.pool_factory(
+                spec, decode_workers(self.workers), timeout=self.video_timeout, decoder=self.decoder, storage_options=self.storage_options
+            )
             with pool:
                 for event in pool.run(items):
                     if abort.is_set():
@@ -291,8 +295,12 @@ class _Pending:
 class _ShardAssembler:
     """Collects each video's clip tokens and writes samples shard by shard, in the jobs' item order."""
 
-    def __init__(self, out: Path, jobs: Sequence[ShardJob], storage: np.dtype, counters: Counters, shaped: bool = False, hflip: bool = False):
+    def __init__(
+        self, out: Location, jobs: Sequence[ShardJob], storage: np.dtype, counters: Counters, storage_options: Options = None,
+        shaped: bool = False, hflip: bool = False,
+    ):
         self.out, self.jobs, self.storage, self.counters, self.hflip = out, list(jobs), storage, counters, hflip
+        self.storage_options = storage_options
         self.shaped = shaped  # shape options in use: samples record their frame size, valid box and bucket
         self.owner: list[tuple[int, int]] = [(j, i) for j, job in enumerate(self.jobs) for i in range(len(job.items))]
         self.pending: dict[int, _Pending] = {}
@@ -391,7 +399,7 @@ class _ShardAssembler:
 
     def _writer(self, j: int) -> ShardWriter:
         if j not in self.writers:
-            self.writers[j] = ShardWriter(self.out, self.jobs[j].index, self.storage)
+            self.writers[j] = ShardWriter(self.out, self.jobs[j].index, self.storage, self.storage_options)
         return self.writers[j]
 
     def _finish(self, j: int) -> None:

@@ -13,11 +13,12 @@ import json
 import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from . import open_magvit2
+from ..io import storage
 from .checkpoint import Checkpoint, ZIP_MAGIC, iter_opaque
 from ..errors import ModelError, UsageError
 
@@ -121,12 +122,14 @@ class ConvertSummary:
 
 
 def convert_checkpoint(source: str | Path, out: str | Path, *, raw: bool = False, name: str | None = None,
-                       window_frames: int = open_magvit2.TRAINED_WINDOW) -> ConvertSummary:
+                       window_frames: int = open_magvit2.TRAINED_WINDOW, storage_options: Mapping[str, Any] | None = None) -> ConvertSummary:
     """Convert upstream's Open-MAGVIT2 `.ckpt` (video or image) to an lfqtok safetensors checkpoint at `out`, atomically.
 
-    The result loads with `load_tokenizer(out)` / `--model out` safely and fast; its sha256 is stable.
+    The result loads with `load_tokenizer(out)` / `--model out` safely and fast; its sha256 is stable. `source` may
+    be a URL: fetched once into the local cache (`storage.fetch_cached`).
     """
-    source, out = Path(source).expanduser(), Path(out).expanduser()
+    shown = storage.redact(source)
+    source, out = Path(storage.fetch_cached(source, storage_options)).expanduser(), Path(out).expanduser()
     if not source.is_file():
         raise ModelError(f"checkpoint not found: {source}")
     if out.resolve() == source.resolve():
@@ -142,7 +145,7 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, raw: bool = False
     sha = open_magvit2.save(tok, out)
     used = len(tok.state_dict())
     return ConvertSummary(
-        source=str(source), output=str(out), family=tok.config.family, name=tok.name, config=tok.config.to_dict(),
+        source=shown if storage.is_url(shown) else str(source), output=str(out), family=tok.config.family, name=tok.name, config=tok.config.to_dict(),
         parameters=sum(p.numel() for p in tok.parameters()), weights=tok.config.weights, tensors_used=used,
         tensors_ignored=total - used, ignored_pickle_classes=ignored_classes, sha256=sha,
     )

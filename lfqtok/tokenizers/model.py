@@ -19,7 +19,7 @@ import struct
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -478,14 +478,20 @@ def _read_checkpoint(name_or_path: str | Path) -> tuple[bytes, str]:
         raise ModelError(f"cannot read tokenizer checkpoint {path}: {exc.strerror or exc}") from None
 
 
-def load_tokenizer(name_or_path: str | Path = "default", device: str | torch.device = "cpu") -> Tokenizer | OpenMagvit2Tokenizer:
+def load_tokenizer(
+    name_or_path: str | Path = "default", device: str | torch.device = "cpu", storage_options: Mapping[str, Any] | None = None
+) -> Tokenizer | OpenMagvit2Tokenizer:
     """Load "default" (shipped in the package), a .safetensors path or a foreign checkpoint onto `device`, in eval mode.
 
     Foreign checkpoints (Open-MAGVIT2 video: upstream's .ckpt or its `lfqtok convert` output) are recognized by
-    their contents and load as a tokenizer with the same API (lfqtok/tokenizers/convert.py).
+    their contents and load as a tokenizer with the same API (lfqtok/tokenizers/convert.py). A URL is fetched once per
+    machine into the local cache (`storage.fetch_cached`, with `storage_options`) and loaded from there.
     """
     dev = resolve_device(device)
     from .convert import load_foreign
+    from ..io.storage import fetch_cached
+
+    name_or_path = fetch_cached(name_or_path, storage_options)
 
     foreign = load_foreign(name_or_path, dev)
     if foreign is not None:
