@@ -281,14 +281,15 @@ def _class_of(raw: _Raw) -> str:
     return head
 
 
-def _assign_keys(raws: list, classes: dict[str, int] | None = None) -> list[VideoItem]:
+def _assign_keys(raws: list, names: Sequence[str] | None = None, classes: Sequence[str] = ()) -> list[VideoItem]:
     """Every key shared by several items gets a hash of its source (order-independent); converts in place.
-    `classes`: class name -> label, for class folders."""
+    `names`: each item's class (class folders), labelled by its index in the sorted `classes`."""
     counts = Counter(r.base for r in raws)
+    labels = {name: label for label, name in enumerate(classes)}
     for i, raw in enumerate(raws):
         key = f"{raw.base}_{_short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
-        name = _class_of(raw) if classes is not None else None
-        raws[i] = VideoItem(key, storage.redact(raw.source), raw.path, raw.member, raw.extras, name, None if name is None else classes[name])
+        name = names[i] if names is not None else None
+        raws[i] = VideoItem(key, storage.redact(raw.source), raw.path, raw.member, raw.extras, name, labels.get(name))
     return raws
 
 
@@ -352,10 +353,11 @@ def _list_items(inputs: Sequence[str], options: Options, class_folders: bool = F
     raws.sort(key=lambda r: (r.path, r.member.offset if r.member else -1, -len(r.base), r.base))
     result = ItemList(r for i, r in enumerate(raws) if i == 0 or (r.path, r.member) != (raws[i - 1].path, raws[i - 1].member))
     del raws
-    classes = sorted({_class_of(r) for r in result}) if class_folders else None
-    _assign_keys(result, {name: label for label, name in enumerate(classes)} if classes is not None else None)
+    names = [_class_of(r) for r in result] if class_folders else None  # one pass: each item's folder, read once
+    classes = sorted(set(names or ()))
+    _assign_keys(result, names, classes)
     result.skipped = skipped
-    result.classes = classes or []
+    result.classes = classes
     return result
 
 
