@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -122,7 +123,11 @@ class DiesOnce(EncodeActor):
         if not marker.exists():
 
             def die(writer, stats):
-                marker.write_text(" ".join(sorted(os.listdir(writer.out))))  # what the dead attempt left
+                # what the dead attempt left, renamed into place whole: the actor's two shards may both get here,
+                # and a plain write_text truncated by one thread when the other exits left the marker empty
+                tmp = marker.with_name(f"died.{threading.get_ident()}")
+                tmp.write_text(" ".join(sorted(os.listdir(writer.out))))
+                os.replace(tmp, marker)
                 os._exit(1)
 
             ShardWriter.finish = die  # in this actor's process only
