@@ -1,20 +1,161 @@
-"""Rich progress display for `lfqtok encode` on stderr: samples (videos, images), clips, frames/s, tokens/s, failures, ETA."""
+"""Progress of a command on stderr: a rich bar on a terminal; elsewhere (SLURM, Ray jobs, nohup, `| tee`) or with
+`--log-every SECONDS`, one plain line at that interval: done/total, throughput, failures, ETA, the shard being written.
+
+The library never prints: its `on_progress` callbacks hand counts to the classes here (`EncodeProgress` for
+`encode_dataset`'s `Counters`, `StepProgress` for the (done, total) of `decode_samples` and `token_stats`).
+"""
 
 from __future__ import annotations
 
+import math
+import threading
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .errors import UsageError
+
+DEFAULT_LOG_SECONDS = 30.0  # the interval of the plain lines when stderr is not a terminal and --log-every is not given
+
+
+def check_log_every(seconds: float | None) -> None:
+    """`--log-every` is a finite number of seconds > 0 (or not given)."""
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"--log-every must be a number of seconds > 0, got {seconds:g}")
+
+
+def plain_mode(console: Console, log_every: float | None) -> bool:
+    """Plain lines, not a live bar: asked for with `log_every`, or stderr is not a terminal (a bar there prints
+    nothing until the end, then one line cut at 80 columns)."""
+    return log_every is not None or not console.is_terminal
+
+
+def clock(seconds: float) -> str:
+    """0:01:23: elapsed time and ETA in the plain lines."""
+    minutes, secs = divmod(int(max(seconds, 0)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+@dataclass
+class Status:
+    """One progress reading, whatever the command: `done` of `total` `unit`, and what else to say."""
+
+    done: int
+    total: int | None
+    unit: str  # "samples", "clips", "shards"
+    details: list[str] = field(default_factory=list)  # "6 clips", "45.1 frames/s", "0 failed" (in this order)
+    writing: tuple[int, ...] = ()  # shard indices being written now
+
+
+def status_line(command: str, status: Status, elapsed: float, label: str = "") -> str:
+    """One plain line: `[12:00:00] encode [part] 12/40 samples (30%), <details>, 0:01:23 elapsed, ETA 0:03:14,
+    writing 00003.tar`; printable ASCII only, as wide as it needs."""
+    head = f"[{time.strftime('%H:%M:%S')}] {command}{f' [{label}]' if label else ''}"
+    done = f"{status.done:,}/{status.total:,}" if status.total else f"{status.done:,}"
+    percent = f" ({status.done / status.total:.0%})" if status.total else ""
+    parts = [f"{head} {done} {status.unit}{percent}", *status.details, f"{clock(elapsed)} elapsed"]
+    if status.total and status.done >= status.total:
+        parts.append("done")
+    elif status.total and status.done > 0:
+        parts.append(f"ETA {clock(elapsed / status.done * (status.total - status.done))}")
+    else:
+        parts.append("ETA -")
+    if status.writing:
+        shown = ", ".join(f"{s:05d}.tar" for s in status.writing[:3])
+        parts.append(f"writing {shown}{f' (+{len(status.writing) - 3})' if len(status.writing) > 3 else ''}")
+    return ", ".join(parts)
+
+
+class LogLines:
+    """Prints `status_line` of the latest reading every `every` seconds from a daemon thread (so a stalled run
+    still says where it stands), once at the start and once at the end."""
+
+    def __init__(self, console: Console, command: str, every: float, label: str = ""):
+        self.console, self.command, self.every, self.label = console, command, every, label
+        self.read: Callable[[], Status] | None = None  # how to get the latest reading; set by the first update
+        self.started = time.perf_counter()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def start(self, read: Callable[[], Status]) -> None:
+        self.read = read
+        self.print()
+        self.thread = threading.Thread(target=self._run, name="lfqtok-log-lines", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        if self.thread is None:
+            return
+        self.stop.set()
+        self.thread.join()
+        self.thread = None
+        self.print()  # the final numbers
+
+    def print(self) -> None:
+        if self.read is None:
+            return
+        with self.lock:
+            line = status_line(self.command, self.read(), time.perf_counter() - self.started, self.label)
+            file = self.console.file
+            file.write(line + "\n")
+            file.flush()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.print()
+
+
+class StepProgress:
+    """Context manager whose `update(done, total)` is the `on_progress` callback of `decode_samples` (clips) and
+    `token_stats` (shards): a bar on a terminal, plain lines elsewhere or with `log_every`."""
+
+    def __init__(self, console: Console, command: str, unit: str, log_every: float | None = None):
+        self.command, self.unit = command, unit
+        self.done, self.total = 0, 0
+        self.lines = LogLines(console, command, log_every or DEFAULT_LOG_SECONDS) if plain_mode(console, log_every) else None
+        self.bar = None if self.lines else Progress(
+            TextColumn(f"[bold]{command}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
+        )
+        self.task = self.bar.add_task(command, total=None) if self.bar else None
+        self.started = False
+
+    def __enter__(self) -> "StepProgress":
+        return self  # the display starts with the first update, so errors found up front print alone
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.started:
+            return
+        if self.lines:
+            self.lines.close()
+        else:
+            self.bar.stop()
+
+    def update(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        if not self.started:
+            self.started = True
+            if self.lines:
+                self.lines.start(lambda: Status(self.done, self.total, self.unit))
+            else:
+                self.bar.start()
+        if self.bar:
+            self.bar.update(self.task, completed=done, total=total)
+
 
 class EncodeProgress:
-    """Context manager whose `update(counters)` is the `on_progress` callback of `encode_dataset`."""
+    """Context manager whose `update(counters)` is the `on_progress` callback of `encode_dataset`: a bar on a
+    terminal, plain lines (`LogLines`) elsewhere or with `log_every`; `label` names the part of a split run."""
 
-    def __init__(self, console: Console, min_interval: float = 0.1):
+    def __init__(self, console: Console, min_interval: float = 0.1, log_every: float | None = None, label: str = ""):
+        self.lines = LogLines(console, "encode", log_every or DEFAULT_LOG_SECONDS, label) if plain_mode(console, log_every) else None
         self.progress = Progress(
-            TextColumn("[bold]encode"),
+            TextColumn(f"[bold]encode{f' [{label}]' if label else ''}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("samples"),
@@ -36,16 +177,33 @@ class EncodeProgress:
         return self  # the display starts with the first update, so errors found up front print alone
 
     def __exit__(self, *exc: Any) -> None:
-        if self.counters is not None:
-            self.last = 0.0
-            self.update(self.counters)  # the final numbers, not the last throttled ones
-            self.progress.stop()
+        if self.counters is None:
+            return
+        if self.lines:
+            self.lines.close()
+            return
+        self.last = 0.0
+        self.update(self.counters)  # the final numbers, not the last throttled ones
+        self.progress.stop()
+
+    def status(self) -> Status:
+        """The latest `Counters` as a plain line's reading."""
+        c = self.counters
+        seconds = max(time.perf_counter() - c.started, 1e-9)
+        details = [f"{c.clips:,} clips", f"{c.videos_failed:,} failed", f"{c.frames / seconds:,.1f} frames/s",
+                   f"{c.tokens / seconds:,.0f} tokens/s"]
+        return Status(c.videos_done + c.videos_failed, c.videos_total or None, "samples", details, tuple(c.writing))
 
     def update(self, counters: Any) -> None:
         """Refresh from a `Counters` snapshot, at most every `min_interval` seconds."""
-        if self.counters is None:
-            self.progress.start()
+        first = self.counters is None
         self.counters = counters
+        if self.lines:
+            if first:
+                self.lines.start(self.status)
+            return
+        if first:
+            self.progress.start()
         now = time.perf_counter()
         if now - self.last < self.min_interval:
             return

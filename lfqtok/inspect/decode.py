@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -514,13 +514,14 @@ def decode_samples(
     device: str = "auto",
     batch_size: int = 8,
     storage_options: dict | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
     """Decode token samples to `{out}/{key}.{fmt}` previews; one row per sample (DESIGN §6 keys + ssim, frames, note).
 
     `paths`: token dirs, tars, brace patterns (paths or URLs, read with `storage_options`), and `.npy` arrays of generated ids (they need `model`; see
     `generated_samples`). PSNR/SSIM are against the source frames re-cut with the manifest's clip settings, when
     the source is readable; `compare` shows those frames beside the reconstruction. Scores are `lfqtok.inspect.metrics`
-    (PSNR of identical frames: 100 dB).
+    (PSNR of identical frames: 100 dB). `on_progress(clips decoded, clips in all)` follows the work.
     """
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -554,6 +555,9 @@ def decode_samples(
         previews.append(Preview(sample, out / f"{name}.{kind}", kind, compare, source, notes))
     rows: dict[int, dict] = {}
     left = [len(s.tokens) for s in samples]
+    total, done = sum(left), 0
+    if on_progress is not None:
+        on_progress(done, total)
     for refs, ids in iter_batches(samples, batch_size):
         frames = tok.decode(torch.from_numpy(from_storage(ids))).numpy()  # (B, T, H, W, 3) uint8
         for i, rec in zip(refs, frames):
@@ -561,4 +565,7 @@ def decode_samples(
             left[i] -= 1
             if left[i] == 0:
                 rows[i] = previews[i].close()
+        done += len(refs)
+        if on_progress is not None:
+            on_progress(done, total)
     return [rows[i] if i in rows else preview.close() for i, preview in enumerate(previews)]  # else: no clips

@@ -21,7 +21,7 @@ import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -341,12 +341,14 @@ def token_stats(
     by: str | None = None,
     plot: Path | None = None,
     storage_options: dict | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Codebook usage of token dirs / tars / brace patterns: DESIGN §5 keys, bit-pair MI, usage by token index t.
 
     `by` "shard" | "source" adds `per_shard` / `per_source` rows; `plot` writes a PNG (needs matplotlib). Shards of a
     `--buckets` run (the manifest lists them) add `per_bucket`: samples, clips and tokens of each bucket.
     Without a manifest the codebook size is the next power of two above the largest code (`codebook_size_inferred`).
+    `on_progress(shards counted, shards in all)` follows the work.
     """
     if by not in BY:
         raise UsageError(f"--by must be 'shard' or 'source', got {by!r}")
@@ -364,7 +366,11 @@ def token_stats(
     tasks = [(str(p), size, by == "source", bool(listed), storage_options) for p in tars]
     total, samples, shard_rows, sources = CodeCounts(size), 0, {}, []
     buckets: dict[tuple[int, ...], list[int]] = {b: [0, 0, 0] for b in listed}
-    for part in _run(tasks, workers or min(len(tasks), os.cpu_count() or 1)):
+    if on_progress is not None:
+        on_progress(0, len(tasks))
+    for done, part in enumerate(_run(tasks, workers or min(len(tasks), os.cpu_count() or 1)), 1):
+        if on_progress is not None:
+            on_progress(done, len(tasks))
         total.merge(part.counts)
         samples += part.num_samples
         sources += part.sources
