@@ -9,11 +9,13 @@ beside the reconstruction: left of it in videos, above it in the PNG contact she
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import re
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -23,8 +25,8 @@ import numpy as np
 from ..io import storage
 from ..io.codec import from_storage, reverse_bits
 from ..errors import ImageError, InputError, ModelError, OutputError, UsageError, VideoError
-from .metrics import QualityMeter
-from ..io.shards import BIT_ORDERS, expand_paths, read_manifest, read_tokens
+from .metrics import QualityMeter, psnr
+from ..io.shards import BIT_ORDERS, META_MEMBER, TOKENS_MEMBER, expand_paths, iter_members, load_npy, read_manifest
 from ..pipeline.sources import Member, read_member, tar_members
 
 # constants
@@ -34,7 +36,12 @@ DEFAULT_FPS = 8.0  # playback rate when neither the manifest nor the sample know
 SHEET_COLUMNS = 9  # frames per row of a contact sheet at most: a 17-frame clip is 2 rows (9 + 8)
 SHEET_GAP = 2  # px between frames, and between the rows of a clip
 SHEET_CLIP_GAP = 8  # px of a light band between clips
-GAP_GREY, CLIP_GAP_GREY, MISSING_GREY = 0, 200, 64  # gaps, clip boundaries, source frames that could not be read
+SHEET_LINE = 14  # px per line of text (Pillow's default font is 10 px)
+SHEET_HEADER = SHEET_LINE + SHEET_GAP  # px above each clip's frames: its index, time and PSNR
+SHEET_MARGIN = 64  # px left of the frames, naming each row: "source" / "lfqtok"
+SHEET_MIN_WIDTH = 320  # px: room for the header and caption however small the frames
+GAP_GREY, CLIP_GAP_GREY, MISSING_GREY, TEXT_GREY = 0, 200, 64, 235  # gaps, clip boundaries, unreadable source, words
+CAPTION_MEMBER = "txt"  # a sample's caption (passed through from input tars, or a table's caption column)
 KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")  # what a sample key may not hold (dots: webdataset splits there)
 
 # helpers
@@ -90,7 +97,8 @@ class VideoWriter:
 
 @dataclass(frozen=True)
 class SheetLayout:
-    """Where a contact sheet puts frames: each clip is a block of rows of at most SHEET_COLUMNS frames; with a
+    """Where a contact sheet puts frames and words: a title (key, caption) on top; each clip a block with a header
+    line (index, time, PSNR) over rows of at most SHEET_COLUMNS frames, each row named in the left margin; with a
     source (`sides` 2) each row of source frames sits directly above the same frames reconstructed."""
 
     frames: int  # T per clip
@@ -98,6 +106,7 @@ class SheetLayout:
     width: int
     clips: int
     sides: int  # 1: reconstruction only, 2: source row above reconstruction row
+    title_lines: int = 0  # lines of text above the first clip
 
     @property
     def columns(self) -> int:
@@ -114,53 +123,129 @@ class SheetLayout:
 
     @property
     def block_height(self) -> int:
-        return self.rows * self.row_height + (self.rows - 1) * SHEET_GAP
+        """One clip: its header line and its rows of frames."""
+        return SHEET_HEADER + self.rows * self.row_height + (self.rows - 1) * SHEET_GAP
+
+    @property
+    def title_height(self) -> int:
+        return self.title_lines * SHEET_LINE + SHEET_GAP if self.title_lines else 0
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the whole sheet in pixels."""
-        width = self.columns * self.width + (self.columns - 1) * SHEET_GAP
-        return width, self.clips * self.block_height + (self.clips - 1) * SHEET_CLIP_GAP
+        frames_width = self.columns * self.width + (self.columns - 1) * SHEET_GAP
+        width = max(SHEET_MARGIN + frames_width, SHEET_MIN_WIDTH)
+        return width, self.title_height + self.clips * self.block_height + (self.clips - 1) * SHEET_CLIP_GAP
 
     def origin(self, clip: int, frame: int, side: int) -> tuple[int, int]:
         """(y, x) of frame `frame` of clip `clip`; side 0 is the source when sides is 2, else the reconstruction."""
         row, column = divmod(frame, self.columns)
-        y = clip * (self.block_height + SHEET_CLIP_GAP) + row * (self.row_height + SHEET_GAP) + side * (self.height + SHEET_GAP)
-        return y, column * (self.width + SHEET_GAP)
+        y = (self.title_height + clip * (self.block_height + SHEET_CLIP_GAP) + SHEET_HEADER
+             + row * (self.row_height + SHEET_GAP) + side * (self.height + SHEET_GAP))
+        return y, SHEET_MARGIN + column * (self.width + SHEET_GAP)
+
+
+@functools.lru_cache(maxsize=1)
+def sheet_font() -> Any:
+    """Pillow's own default font (no font file from outside)."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def wrap_text(text: str, width: int, font: Any, max_lines: int = 6) -> list[str]:
+    """`text` in lines of at most `width` px, broken between words (inside one only when it alone is wider: a
+    path); at most `max_lines`, the last ending in '...' when text was left out."""
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}" if line else word
+            if font.getlength(candidate) <= width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            while len(word) > 1 and font.getlength(word) > width:
+                cut = max([n for n in range(1, len(word)) if font.getlength(word[:n]) <= width] or [1])
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
+        lines.append(line)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][:-3] + "..."
+    return lines
+
+
+def clip_label(meta: dict[str, Any], clip: int, psnr_db: float | None) -> str:
+    """A contact sheet's clip header: `clip 0 | 0.00-0.67 s | PSNR 31.2 dB` (time and PSNR when known)."""
+    parts = [f"clip {clip}"]
+    times = meta.get("clip_times")
+    indices, fps = meta.get("frame_indices"), meta.get("fps")
+    if isinstance(times, list) and clip < len(times):
+        parts.append(f"{times[clip][0]:.2f}-{times[clip][1]:.2f} s")
+    elif isinstance(indices, list) and clip < len(indices) and indices[clip] and fps and meta.get("num_frames", 2) > 1:
+        parts.append(f"{indices[clip][0] / fps:.2f}-{indices[clip][-1] / fps:.2f} s")
+    if psnr_db is not None:
+        parts.append(f"PSNR {psnr_db:.1f} dB")
+    return " | ".join(parts)
 
 
 class ContactSheetWriter:
-    """PNG contact sheet laid out by SheetLayout, streamed: each clip's block is compressed into IDAT at once."""
+    """PNG contact sheet laid out by SheetLayout, streamed: each clip's block is compressed into IDAT at once.
+    `title`: the lines above the first clip (`layout.title_lines` of them)."""
 
-    def __init__(self, path: Path, layout: SheetLayout):
+    def __init__(self, path: Path, layout: SheetLayout, title: Sequence[str] = ()):
         self.layout, self.clips = layout, 0
+        self.font = sheet_font()
         self.file = open(path, "wb")
         self.zip = zlib.compressobj(6)
         self.file.write(b"\x89PNG\r\n\x1a\n")
         self._chunk(b"IHDR", struct.pack(">IIBBBBB", *layout.size, 8, 2, 0, 0, 0))  # 8-bit RGB
+        if layout.title_height:
+            strip = np.full((layout.title_height, layout.size[0], 3), GAP_GREY, np.uint8)
+            self._rows(self._text(strip, [(SHEET_GAP, i * SHEET_LINE, line) for i, line in enumerate(title)]))
 
-    def write(self, rec: np.ndarray, src: np.ndarray | None) -> None:
-        """One clip (T, H, W, 3) and its source frames (or None: grey in their place when the sheet has them)."""
+    def write(self, rec: np.ndarray, src: np.ndarray | None, label: str = "") -> None:
+        """One clip (T, H, W, 3), its source frames (or None: grey in their place when the sheet has them) and its
+        header line."""
         lay = self.layout
         width = lay.size[0]
-        block = np.full((lay.block_height + (SHEET_CLIP_GAP if self.clips else 0), width, 3), GAP_GREY, np.uint8)
-        top = 0
-        if self.clips:
-            block[:SHEET_CLIP_GAP] = CLIP_GAP_GREY
-            top = SHEET_CLIP_GAP
+        gap = SHEET_CLIP_GAP if self.clips else 0
+        block = np.full((lay.block_height + gap, width, 3), GAP_GREY, np.uint8)
+        block[:gap] = CLIP_GAP_GREY
+        top = gap - lay.title_height  # origin(0, ...) counts from the sheet's top, above the title
         sides = [src if exists(src) else np.full_like(rec, MISSING_GREY), rec] if lay.sides == 2 else [rec]
+        names = ["source" if exists(src) else "no source", "lfqtok"] if lay.sides == 2 else ["lfqtok"]
+        words = [(SHEET_GAP, gap, label)]
         for side, frames in enumerate(sides):
             for i, frame in enumerate(frames):
                 y, x = lay.origin(0, i, side)
                 block[top + y : top + y + lay.height, x : x + lay.width] = frame
-        rows = np.concatenate([np.zeros((len(block), 1), np.uint8), block.reshape(len(block), -1)], axis=1)  # filter 0
-        self._chunk(b"IDAT", self.zip.compress(rows.tobytes()))
+                if i % lay.columns == 0:  # each row of frames named in the margin
+                    words.append((SHEET_GAP, top + y + max(0, (lay.height - SHEET_LINE) // 2), names[side]))
+        self._rows(self._text(block, words))
         self.clips += 1
 
     def close(self) -> None:
         self._chunk(b"IDAT", self.zip.flush())
         self._chunk(b"IEND", b"")
         self.file.close()
+
+    def _text(self, pixels: np.ndarray, words: list[tuple[int, int, str]]) -> np.ndarray:
+        """`pixels` (H, W, 3) with each (x, y, text) drawn in TEXT_GREY."""
+        from PIL import Image, ImageDraw
+
+        image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        for x, y, text in words:
+            draw.text((x, y), text, fill=(TEXT_GREY,) * 3, font=self.font)
+        return np.asarray(image)
+
+    def _rows(self, pixels: np.ndarray) -> None:
+        rows = np.concatenate([np.zeros((len(pixels), 1), np.uint8), pixels.reshape(len(pixels), -1)], axis=1)  # filter 0
+        self._chunk(b"IDAT", self.zip.compress(rows.tobytes()))
 
     def _chunk(self, kind: bytes, data: bytes) -> None:
         if kind == b"IDAT" and not data:
@@ -178,6 +263,7 @@ class Sample:
     meta: dict[str, Any]
     manifest: dict[str, Any] | None
     generated: str | None = None  # the .npy of generated ids it came from (no source video, no manifest)
+    caption: str | None = None  # its {key}.txt member (DESIGN §8), shown on the contact sheet
 
 
 @dataclass
@@ -204,7 +290,10 @@ class Preview:
         if not exists(self.writer):
             self.writer = self._open(rec.shape, sides=2 if self.compare and exists(src) else 1)
         try:
-            self.writer.write(rec, src)
+            if isinstance(self.writer, ContactSheetWriter):  # each clip's header: index, time, PSNR
+                self.writer.write(rec, src, clip_label(self.sample.meta, self.clips, psnr(rec, src) if exists(src) else None))
+            else:
+                self.writer.write(rec, src)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self.frames += rec.shape[0]
@@ -247,6 +336,13 @@ class Preview:
             return self._drop_source(f"source clip shape {clip.frames.shape} != decoded {rec.shape}")
         return clip.frames
 
+    def _title(self, width: int) -> list[str]:
+        """The contact sheet's top lines: the key and where it came from, then its caption, wrapped to `width` px."""
+        sample, font = self.sample, sheet_font()
+        origin = sample.meta.get("source") or sample.generated
+        lines = wrap_text(f"{sample.key}{f'  from {origin}' if origin else ''}", width, font, max_lines=2)
+        return lines + (wrap_text(f"caption: {sample.caption}", width, font) if sample.caption else [])
+
     def _drop_source(self, note: str) -> None:
         self.notes.append(note + ": no psnr")
         self.source = None
@@ -256,7 +352,9 @@ class Preview:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.fmt == "png":
-                return ContactSheetWriter(self.path, SheetLayout(t, h, w, len(self.sample.tokens), sides))
+                layout = SheetLayout(t, h, w, len(self.sample.tokens), sides)
+                title = self._title(layout.size[0] - 2 * SHEET_GAP)
+                return ContactSheetWriter(self.path, replace(layout, title_lines=len(title)), title)
             return VideoWriter(self.path, self.fmt, playback_fps(self.sample), w, h, sides)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
@@ -309,8 +407,22 @@ def _shard_samples(item: str | Path, manifests: dict[Any, dict | None], storage_
         parent = storage.parent(tar)
         if parent not in manifests:
             manifests[parent] = read_manifest(tar, storage_options)
-        for key, tokens, meta in read_tokens(tar, storage_options):
-            yield Sample(key, tokens, meta, manifests[parent])
+        for key, tokens, meta, caption in _read_samples(tar, storage_options):
+            yield Sample(key, tokens, meta, manifests[parent], caption=caption)
+
+
+def _read_samples(tar: str | Path, storage_options: dict | None = None) -> Iterator[tuple[str, np.ndarray, dict, str | None]]:
+    """(key, tokens, meta, caption) of one token tar: what `read_tokens` gives, and the sample's {key}.txt."""
+    where = storage.redact(str(tar))
+    for key, members in iter_members(tar, {TOKENS_MEMBER, META_MEMBER, CAPTION_MEMBER}, storage_options):
+        if TOKENS_MEMBER not in members:
+            continue
+        try:
+            meta = json.loads(members[META_MEMBER]) if META_MEMBER in members else {}
+        except ValueError as exc:
+            raise InputError(f"{where}:{key}.json is not JSON ({exc})") from None
+        caption = members[CAPTION_MEMBER].decode("utf-8", "replace").strip() if CAPTION_MEMBER in members else None
+        yield key, load_npy(members[TOKENS_MEMBER], f"{where}:{key}"), meta, caption or None
 
 
 def unique_name(key: str, taken: set[str]) -> str:

@@ -406,12 +406,14 @@ def token_stats(
 
 
 def _common_manifest(tars: Sequence[Path | str], storage_options: dict | None = None) -> dict | None:
-    """The manifest the shards share (from their directories); shards of different codebooks or bit orders are refused."""
-    manifests = [m for m in (read_manifest(d, storage_options) for d in dict.fromkeys(map(storage.parent, tars))) if m]
-    kinds = {(m["codebook_size"], m["num_codebooks"], m.get("bit_order", "msb_first")) for m in manifests}
-    if len(kinds) > 1:
-        raise InputError(f"token shards of different codebooks cannot be counted together (size, count, bit order): {sorted(kinds)}")
-    return manifests[0] if manifests else None
+    """The manifest the shards share (from their directories); shards of different codebooks or bit orders are
+    refused, naming each directory's codebook."""
+    found = {d: m for d in dict.fromkeys(map(storage.parent, tars)) if (m := read_manifest(d, storage_options))}
+    kinds = {d: (m["codebook_size"], m["num_codebooks"], m.get("bit_order", "msb_first")) for d, m in found.items()}
+    if len(set(kinds.values())) > 1:
+        described = "; ".join(f"{storage.redact(str(d))}: {n:,} codes x {c} codebook(s), {order}" for d, (n, c, order) in kinds.items())
+        raise InputError(f"token shards of different codebooks cannot be counted together ({described})")
+    return next(iter(found.values()), None)
 
 
 def _run(tasks: list[tuple[str, int | None, bool, bool]], workers: int) -> Iterator[ShardCounts]:

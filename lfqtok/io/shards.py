@@ -121,10 +121,59 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _dims(v: Any) -> str:
+    """A size as `--size` takes it: 128, [128, 224] -> 128x224, [[128, 224], ...] -> 128x224,..."""
+    if isinstance(v, list) and v and isinstance(v[0], list):
+        return ",".join(map(_dims, v))
+    return "x".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+def _on_off(v: Any) -> str:
+    return "on" if v else "off"
+
+
+def _value(v: Any) -> str:
+    return "not set" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# The manifest keys a user sets, by the option that sets them: (option, its value when the key is absent, how
+# the user would type the value). Keys not named here are derived from these (token shapes, dtype, the model's
+# config, `clip.multiple`) or bookkeeping (INFO_KEYS): a refusal names only options.
+SETTING_FLAGS: dict[str, tuple[str, Any, Any]] = {
+    "tokenizer.sha256": ("--model", None, lambda v: f"sha256 {str(v)[:12]}"),  # after the model's name
+    "clip.size": ("--size", None, _dims),
+    "clip.resize": ("--resize", "crop", _value),
+    "clip.buckets": ("--buckets", None, lambda v: _value(v) if v is None else _dims(v)),
+    "clip.clip_frames": ("--clip-frames", None, _value),
+    "clip.clip_stride": ("--clip-stride", None, _value),
+    "clip.fps": ("--fps", None, _value),
+    "clip.max_clips": ("--max-clips", None, _value),
+    "clip.pad_short": ("--no-pad-short", True, lambda v: _on_off(not v)),
+    "hflip": ("--hflip", False, _on_off),
+    "classes": ("--class-folders", None, lambda v: "off" if v is None else f"{len(v)} classes"),
+    "samples_per_shard": ("--samples-per-shard", None, _value),
+}
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two manifests, as the options a user types: `--size 128x224 (was) vs 160 (now)`; a
+    key no option sets is named as it is only when nothing else explains the difference."""
     a, b = _flatten(old), _flatten(new)
     keys = sorted((set(a) | set(b)) - INFO_KEYS)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    changed, unnamed = [], []
+    for key in keys:
+        if a.get(key) == b.get(key):
+            continue
+        if key not in SETTING_FLAGS:
+            unnamed.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+            continue
+        flag, default, show = SETTING_FLAGS[key]
+        was, now = (show(m[key] if key in m else default) for m in (a, b))
+        if flag == "--model":  # the name users typed (a path may move, so only the weights count)
+            was, now = (f"{m.get('tokenizer.name')} ({v})" for m, v in ((a, was), (b, now)))
+        if was != now:
+            changed.append(f"{flag} {was} (was) vs {now} (now)")
+    return changed or unnamed
 
 
 # manifest
@@ -251,8 +300,8 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
         diff = _differences(old, manifest)
         if diff and not overwrite:
             raise OutputError(
-                f"{out} holds tokens made with other settings ({'; '.join(diff)}): "
-                "use --overwrite to replace them, or another output directory"
+                f"{out} holds tokens made with other settings: {'; '.join(diff)}. Rerun with the settings it was "
+                "made with to resume, or use --overwrite to replace it, or another output directory"
             )
         if diff:
             old = None
