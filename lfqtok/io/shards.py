@@ -159,7 +159,8 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between two manifests, as the options a user types: `--size 128x224 (was) vs 160 (now)`; a
     key no option sets is named as it is only when nothing else explains the difference."""
     a, b = _flatten(old), _flatten(new)
-    keys = sorted((set(a) | set(b)) - INFO_KEYS)
+    order = list(SETTING_FLAGS)  # options in the order of the table (as `--help` shows them), then the rest
+    keys = sorted((set(a) | set(b)) - INFO_KEYS, key=lambda k: (order.index(k) if k in order else len(order), k))
     changed, unnamed = [], []
     for key in keys:
         if a.get(key) == b.get(key):
