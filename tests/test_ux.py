@@ -18,6 +18,8 @@ from lfqtok import cli
 from lfqtok.inspect.decode import (
     SHEET_GAP, SHEET_HEADER, SHEET_LINE, SHEET_MARGIN, TEXT_GREY, ContactSheetWriter, SheetLayout, clip_label, decode_samples,
 )
+from lfqtok.pipeline.worker import Counters
+from lfqtok.progress import Status, status_line
 from videos import make_video
 
 try:  # click >= 8.2 keeps stderr apart by default; older versions need mix_stderr=False
@@ -159,3 +161,16 @@ def test_the_decode_summary_prints_whole_output_paths_at_80_columns(tmp_path, vi
                            env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert f"one: {previews / 'one.png'}" in result.stderr.splitlines()
+
+
+def test_a_progress_line_names_the_part_the_eta_and_the_shards_being_written():
+    status = Status(250, 1000, "samples", ["2,000 clips", "3 failed"], writing=(7, 9, 11, 12))
+    line = status_line("encode", status, elapsed=60.0, label="--shard-index 3 of 8")
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] encode \[--shard-index 3 of 8\] 250/1,000 samples \(25%\), 2,000 clips, 3 failed, "
+                        r"0:01:00 elapsed, ETA 0:03:00, writing 00007\.tar, 00009\.tar, 00011\.tar \(\+1\)", line), line
+    assert status_line("stats", Status(0, 4, "shards"), 1.0).endswith("0/4 shards (0%), 0:00:01 elapsed, ETA -")
+
+
+def test_progress_sums_the_shards_being_written_over_processes():
+    total = Counters(videos_total=4).set_sum([Counters(videos_done=1, writing=(2,)), Counters(videos_done=2, writing=(1, 2))])
+    assert (total.videos_done, total.writing) == (3, (1, 2))
