@@ -179,13 +179,16 @@ def wrap_text(text: str, width: int, font: Any, max_lines: int = 6) -> list[str]
 
 
 def clip_label(meta: dict[str, Any], clip: int, psnr_db: float | None) -> str:
-    """A contact sheet's clip header: `clip 0 | 0.00-0.67 s | PSNR 31.2 dB` (time and PSNR when known)."""
-    parts = [f"clip {clip}"]
+    """A contact sheet's clip header: `clip 0 | 0.00-0.67 s | PSNR 31.2 dB` (time and PSNR when known; an image's
+    one clip is `image`)."""
+    from ..pipeline.images import DECODER as IMAGE_DECODER
+
+    parts = ["image" if meta.get("decoder") == IMAGE_DECODER else f"clip {clip}"]
     times = meta.get("clip_times")
     indices, fps = meta.get("frame_indices"), meta.get("fps")
     if isinstance(times, list) and clip < len(times):
         parts.append(f"{times[clip][0]:.2f}-{times[clip][1]:.2f} s")
-    elif isinstance(indices, list) and clip < len(indices) and indices[clip] and fps and meta.get("num_frames", 2) > 1:
+    elif isinstance(indices, list) and clip < len(indices) and indices[clip] and fps:
         parts.append(f"{indices[clip][0] / fps:.2f}-{indices[clip][-1] / fps:.2f} s")
     if psnr_db is not None:
         parts.append(f"PSNR {psnr_db:.1f} dB")
