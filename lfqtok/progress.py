@@ -8,6 +8,7 @@ The library never prints: its `on_progress` callbacks hand counts to the classes
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,9 +29,9 @@ def check_log_every(seconds: float | None) -> None:
 
 
 def plain_mode(console: Console, log_every: float | None) -> bool:
-    """Plain lines, not a live bar: asked for with `log_every`, or stderr is not a terminal (a bar there prints
-    nothing until the end, then one line cut at 80 columns)."""
-    return log_every is not None or not console.is_terminal
+    """Plain lines, not a live bar: asked for with `log_every`, or stderr or stdout is not a terminal (a batch job,
+    `nohup`, `| tee`: a bar there prints nothing until the end, then one line cut at 80 columns)."""
+    return log_every is not None or not (console.is_terminal and sys.stdout.isatty())
 
 
 def clock(seconds: float) -> str:
