@@ -4,7 +4,9 @@ Inputs are token shards (encode outputs, tars) or `.npy` arrays of generated ids
 all picked samples are decoded in batches (on the GPU when there is one) and each clip's frames are written to its
 sample's file as they come, so memory does not grow with the video's length. The source frames, re-read with the
 encode settings from the manifest (input tars indexed once per run), give PSNR/SSIM and (`compare`) the source
-beside the reconstruction: left of it in videos, above it in the PNG contact sheet's grid.
+beside the reconstruction: left of it in videos, above it in the PNG contact sheet's grid. The sheet says what it
+shows in Pillow's default font: rows named (source, lfqtok), each clip's index, time and PSNR, and on top the
+sample's key, source and caption (its `{key}.txt`).
 """
 
 from __future__ import annotations
