@@ -40,6 +40,14 @@ def videos(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory, videos, model) -> str:
+    """An encode OUT of `videos` with COMMON settings."""
+    out = str(tmp_path_factory.mktemp("encoded") / "tok")
+    assert runner.invoke(cli.app, ["encode", str(videos), "-o", out, "--model", model, *COMMON]).exit_code == 0
+    return out
+
+
 def read_png(path: Path) -> np.ndarray:
     with av.open(str(path)) as container:
         return next(container.decode(video=0)).to_ndarray(format="rgb24")
@@ -48,6 +56,7 @@ def read_png(path: Path) -> np.ndarray:
 # logs for non-terminals
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch
 def test_a_run_logged_to_a_file_prints_plain_progress_lines_before_its_summary(tmp_path, videos, model):
     log = tmp_path / "encode.log"
     env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
@@ -65,6 +74,17 @@ def test_a_run_logged_to_a_file_prints_plain_progress_lines_before_its_summary(t
     assert "ETA" in first and "failed" in first and "frames/s" in first
     assert "2/2 samples (100%)" in last and last.endswith("done")
     assert all(len(line) <= 80 for line in lines[summary:])  # the closing table reads at 80 columns
+
+
+@pytest.mark.parametrize("command", ["encode", "decode", "stats"])
+def test_every_long_command_logs_plain_lines(tmp_path, videos, model, encoded, command):
+    args = {"encode": [str(videos), "-o", str(tmp_path / "tok"), "--model", model, *COMMON],
+            "decode": [encoded, "-o", str(tmp_path / "prev"), "--device", "cpu"], "stats": [encoded]}[command]
+    result = runner.invoke(cli.app, [command, *args, "--log-every", "0.01"])
+    assert result.exit_code == 0, result.output
+    unit = {"encode": "samples", "decode": "clips", "stats": "shards"}[command]
+    lines = [line for line in result.stderr.splitlines() if re.match(rf"\[\d\d:\d\d:\d\d\] {command} \d+/\d+ {unit}", line)]
+    assert lines and lines[-1].endswith("done") and not CONTROL.search(result.stderr)
 
 
 def test_log_every_must_be_a_positive_number_of_seconds(tmp_path, videos, model):
@@ -100,10 +120,8 @@ def test_encode_help_groups_its_options_into_panels():
 # errors in the user's words
 
 
-def test_a_resume_with_other_settings_names_the_options_as_typed(tmp_path, videos, model):
-    out = str(tmp_path / "tok")
-    assert runner.invoke(cli.app, ["encode", str(videos), "-o", out, "--model", model, *COMMON]).exit_code == 0
-    result = runner.invoke(cli.app, ["encode", str(videos), "-o", out, "--model", model, *COMMON, "--size", "32x48", "--fps", "12"])
+def test_a_resume_with_other_settings_names_the_options_as_typed(encoded, videos, model):
+    result = runner.invoke(cli.app, ["encode", str(videos), "-o", encoded, "--model", model, *COMMON, "--size", "32x48", "--fps", "12"])
     assert result.exit_code == 1
     message = result.stderr.strip()
     assert "--size 32 (was) vs 32x48 (now); --fps not set (was) vs 12 (now)." in message  # in the help's order and "--overwrite" in message
@@ -153,11 +171,9 @@ def test_a_sample_with_a_caption_shows_it_on_the_contact_sheet(tmp_path, model):
     assert np.array_equal(dog[-32:], pup[-32:])  # the same frames below
 
 
-def test_the_decode_summary_prints_whole_output_paths_at_80_columns(tmp_path, videos, model):
-    out = str(tmp_path / "tok")
-    assert runner.invoke(cli.app, ["encode", str(videos), "-o", out, "--model", model, *COMMON]).exit_code == 0
+def test_the_decode_summary_prints_whole_output_paths_at_80_columns(tmp_path, encoded):
     previews = tmp_path / ("a-long-folder-name-for-previews-" * 3) / "previews"
-    result = runner.invoke(cli.app, ["decode", out, "-o", str(previews), "--format", "png", "--device", "cpu", "--limit", "1"],
+    result = runner.invoke(cli.app, ["decode", encoded, "-o", str(previews), "--format", "png", "--device", "cpu", "--limit", "1"],
                            env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert f"one: {previews / 'one.png'}" in result.stderr.splitlines()
