@@ -183,7 +183,7 @@ def encode(
 
 
 def _encode_table(summary, label: str = "") -> None:
-    table = Table(title=f"lfqtok encode{f' [{label}]' if label else ''} -> {summary.out}", show_header=False)
+    table = Table(title=escape(f"lfqtok encode{f' [{label}]' if label else ''} -> {summary.out}"), show_header=False)
     rows = [
         ("samples ok (videos, images)", f"{summary.videos_ok:,}"),
         ("samples failed", f"{summary.videos_failed:,}"),
@@ -233,14 +233,14 @@ def decode(
     if json_out:
         _print_json(rows)
         return
-    table = Table(title=f"lfqtok decode -> {out}")
+    table = Table(title=escape(f"lfqtok decode -> {out}"))
     for col in ("key", "clips", "psnr (dB)", "ssim", "note"):
         table.add_column(col, overflow="fold")
     for row in rows:
         psnr, ssim = row.get("psnr"), row.get("ssim")
         table.add_row(
             row["key"], str(row.get("clips", "")), "-" if psnr is None else f"{psnr:.2f}",
-            "-" if ssim is None else f"{ssim:.3f}", row.get("note") or "",
+            "-" if ssim is None else f"{ssim:.3f}", escape(row.get("note") or ""),
         )
     err.print(table)
     for row in rows:  # whole paths, after the table: a table cell would cut or fold them
@@ -320,7 +320,7 @@ def info(
     if json_out:
         _print_json(data)
         return
-    table = Table(title=f"lfqtok tokenizer {tok.name}", show_header=False)
+    table = Table(title=escape(f"lfqtok tokenizer {tok.name}"), show_header=False)
     for name, value in data.items():
         table.add_row(name, json.dumps(value) if isinstance(value, (dict, list)) else f"{value}")
     err.print(table)
@@ -348,7 +348,7 @@ def convert(
     if json_out:
         _print_json(vars(summary))
         return
-    table = Table(title=f"lfqtok convert -> {summary.output}", show_header=False)
+    table = Table(title=escape(f"lfqtok convert -> {summary.output}"), show_header=False)
     for key, value in vars(summary).items():
         table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else f"{value}")
     err.print(table)

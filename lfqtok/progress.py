@@ -95,13 +95,17 @@ class LogLines:
         self.stop.set()
         self.thread.join()
         self.thread = None
-        self.print()  # the final numbers
+        self.print(final=True)
 
-    def print(self) -> None:
+    def print(self, final: bool = False) -> None:
+        """One line of the latest reading; a complete one only as the `final` line (printed once, by `close`)."""
         if self.read is None:
             return
         with self.lock:
-            line = status_line(self.command, self.read(), time.perf_counter() - self.started, self.label)
+            status = self.read()
+            if not final and status.total and status.done >= status.total:
+                return
+            line = status_line(self.command, status, time.perf_counter() - self.started, self.label)
             file = self.console.file
             file.write(line + "\n")
             file.flush()
@@ -151,12 +155,12 @@ class StepProgress:
 
 class EncodeProgress:
     """Context manager whose `update(counters)` is the `on_progress` callback of `encode_dataset`: a bar on a
-    terminal, plain lines (`LogLines`) elsewhere or with `log_every`; `label` names the part of a split run."""
+    terminal, plain lines (`LogLines`) elsewhere or with `log_every`; `label` names the part of a split run in them."""
 
     def __init__(self, console: Console, min_interval: float = 0.1, log_every: float | None = None, label: str = ""):
         self.lines = LogLines(console, "encode", log_every or DEFAULT_LOG_SECONDS, label) if plain_mode(console, log_every) else None
         self.progress = Progress(
-            TextColumn(f"[bold]encode{f' [{label}]' if label else ''}"),
+            TextColumn("[bold]encode"),  # the part of a split run is named by the summary: the bar has no room
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("samples"),

@@ -87,6 +87,14 @@ def test_every_long_command_logs_plain_lines(tmp_path, videos, model, encoded, c
     assert lines and lines[-1].endswith("done") and not CONTROL.search(result.stderr)
 
 
+def test_a_part_of_a_split_run_says_which_part_it_is(tmp_path, videos, model):
+    args = ["--num-shards", "2", "--shard-index", "1", "--samples-per-shard", "1", "--log-every", "5"]
+    result = runner.invoke(cli.app, ["encode", str(videos), "-o", str(tmp_path / "tok"), "--model", model, *COMMON, *args])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^\[\d\d:\d\d:\d\d\] encode \[--shard-index 1 of 2\] 1/1 samples \(100%\)", result.stderr, re.M)
+    assert "lfqtok encode [--shard-index 1 of 2] -> " in result.stderr  # the summary's title, not eaten as markup
+
+
 def test_log_every_must_be_a_positive_number_of_seconds(tmp_path, videos, model):
     result = runner.invoke(cli.app, ["encode", str(videos), "-o", str(tmp_path / "tok"), "--model", model, *COMMON, "--log-every", "0"])
     assert result.exit_code == 2 and "--log-every must be a number of seconds > 0" in result.stderr
