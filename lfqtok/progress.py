@@ -72,35 +72,29 @@ def status_line(command: str, status: Status, elapsed: float, label: str = "") -
 
 
 class LogLines:
-    """Prints `status_line` of the latest reading every `every` seconds from a daemon thread (so a stalled run
-    still says where it stands), once at the start and once at the end."""
+    """Prints `status_line` of `read()` every `every` seconds from a daemon thread, from `start` on (so a run that
+    lists inputs for long, or stalls, still says where it stands); the owner prints at once on its first update."""
 
-    def __init__(self, console: Console, command: str, every: float, label: str = ""):
-        self.console, self.command, self.every, self.label = console, command, every, label
-        self.read: Callable[[], Status] | None = None  # how to get the latest reading; set by the first update
+    def __init__(self, console: Console, command: str, every: float, read: Callable[[], Status], label: str = ""):
+        self.console, self.command, self.every, self.read, self.label = console, command, every, read, label
         self.started = time.perf_counter()
         self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
+        self.thread = threading.Thread(target=self._run, name="lfqtok-log-lines", daemon=True)
         self.lock = threading.Lock()
 
-    def start(self, read: Callable[[], Status]) -> None:
-        self.read = read
-        self.print()
-        self.thread = threading.Thread(target=self._run, name="lfqtok-log-lines", daemon=True)
+    def start(self) -> None:
         self.thread.start()
 
-    def close(self) -> None:
-        if self.thread is None:
-            return
+    def close(self, final: bool) -> None:
+        """Stop the lines; `final`: print the last reading (once, even when complete)."""
         self.stop.set()
-        self.thread.join()
-        self.thread = None
-        self.print(final=True)
+        if self.thread.is_alive():
+            self.thread.join()
+        if final:
+            self.print(final=True)
 
     def print(self, final: bool = False) -> None:
-        """One line of the latest reading; a complete one only as the `final` line (printed once, by `close`)."""
-        if self.read is None:
-            return
+        """One line of the latest reading; a complete one only as the `final` line."""
         with self.lock:
             status = self.read()
             if not final and status.total and status.done >= status.total:
@@ -122,33 +116,37 @@ class StepProgress:
     def __init__(self, console: Console, command: str, unit: str, log_every: float | None = None):
         self.command, self.unit = command, unit
         self.done, self.total = 0, 0
-        self.lines = LogLines(console, command, log_every or DEFAULT_LOG_SECONDS) if plain_mode(console, log_every) else None
-        self.bar = None if self.lines else Progress(
+        self.started = False  # the first update came
+        plain = plain_mode(console, log_every)
+        self.lines = LogLines(console, command, log_every or DEFAULT_LOG_SECONDS, self.status) if plain else None
+        self.bar = None if plain else Progress(
             TextColumn(f"[bold]{command}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(),
             TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=True,
         )
         self.task = self.bar.add_task(command, total=None) if self.bar else None
-        self.started = False
 
     def __enter__(self) -> "StepProgress":
-        return self  # the display starts with the first update, so errors found up front print alone
+        if self.lines:
+            self.lines.start()
+        return self  # the bar starts with the first update, so errors found up front print alone
 
     def __exit__(self, *exc: Any) -> None:
-        if not self.started:
-            return
         if self.lines:
-            self.lines.close()
-        else:
+            self.lines.close(final=self.started)
+        elif self.started:
             self.bar.stop()
+
+    def status(self) -> Status:
+        return Status(self.done, self.total, self.unit, [] if self.started else ["starting (reading the inputs, loading the model)"])
 
     def update(self, done: int, total: int) -> None:
         self.done, self.total = done, total
-        if not self.started:
-            self.started = True
-            if self.lines:
-                self.lines.start(lambda: Status(self.done, self.total, self.unit))
-            else:
-                self.bar.start()
+        first, self.started = not self.started, True
+        if self.lines:
+            if first:
+                self.lines.print()
+        elif first:
+            self.bar.start()
         if self.bar:
             self.bar.update(self.task, completed=done, total=total)
 
@@ -158,7 +156,8 @@ class EncodeProgress:
     terminal, plain lines (`LogLines`) elsewhere or with `log_every`; `label` names the part of a split run in them."""
 
     def __init__(self, console: Console, min_interval: float = 0.1, log_every: float | None = None, label: str = ""):
-        self.lines = LogLines(console, "encode", log_every or DEFAULT_LOG_SECONDS, label) if plain_mode(console, log_every) else None
+        plain = plain_mode(console, log_every)
+        self.lines = LogLines(console, "encode", log_every or DEFAULT_LOG_SECONDS, self.status, label) if plain else None
         self.progress = Progress(
             TextColumn("[bold]encode"),  # the part of a split run is named by the summary: the bar has no room
             BarColumn(),
@@ -179,13 +178,15 @@ class EncodeProgress:
         self.counters: Any = None
 
     def __enter__(self) -> "EncodeProgress":
-        return self  # the display starts with the first update, so errors found up front print alone
+        if self.lines:
+            self.lines.start()
+        return self  # the bar starts with the first update, so errors found up front print alone
 
     def __exit__(self, *exc: Any) -> None:
-        if self.counters is None:
-            return
         if self.lines:
-            self.lines.close()
+            self.lines.close(final=self.counters is not None)
+            return
+        if self.counters is None:
             return
         self.last = 0.0
         self.update(self.counters)  # the final numbers, not the last throttled ones
@@ -194,6 +195,8 @@ class EncodeProgress:
     def status(self) -> Status:
         """The latest `Counters` as a plain line's reading."""
         c = self.counters
+        if c is None:
+            return Status(0, None, "samples", ["starting (listing the inputs, loading the model)"])
         seconds = max(time.perf_counter() - c.started, 1e-9)
         details = [f"{c.clips:,} clips", f"{c.videos_failed:,} failed", f"{c.frames / seconds:,.1f} frames/s",
                    f"{c.tokens / seconds:,.0f} tokens/s"]
@@ -205,7 +208,7 @@ class EncodeProgress:
         self.counters = counters
         if self.lines:
             if first:
-                self.lines.start(self.status)
+                self.lines.print()
             return
         if first:
             self.progress.start()

@@ -1,17 +1,20 @@
 """What a user reads around the work: progress lines in batch logs, help by topic at 80 columns, refusals in the
 options' own words, contact sheets that say what they show."""
 
+import io
 import os
 import re
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import typer
+from rich.console import Console
 from typer.testing import CliRunner
 
 from lfqtok import cli
@@ -19,7 +22,7 @@ from lfqtok.inspect.decode import (
     SHEET_GAP, SHEET_HEADER, SHEET_LINE, SHEET_MARGIN, TEXT_GREY, ContactSheetWriter, SheetLayout, clip_label, decode_samples,
 )
 from lfqtok.pipeline.worker import Counters
-from lfqtok.progress import Status, status_line
+from lfqtok.progress import EncodeProgress, Status, status_line
 from videos import make_video
 
 try:  # click >= 8.2 keeps stderr apart by default; older versions need mix_stderr=False
@@ -198,3 +201,12 @@ def test_a_progress_line_names_the_part_the_eta_and_the_shards_being_written():
 def test_progress_sums_the_shards_being_written_over_processes():
     total = Counters(videos_total=4).set_sum([Counters(videos_done=1, writing=(2,)), Counters(videos_done=2, writing=(1, 2))])
     assert (total.videos_done, total.writing) == (3, (1, 2))
+
+
+def test_a_run_that_has_not_started_encoding_still_logs_that_it_is_starting():
+    log = io.StringIO()
+    with EncodeProgress(Console(file=log), log_every=0.01):
+        time.sleep(0.1)  # listing a million inputs, loading a model: no update from the library yet
+    lines = log.getvalue().splitlines()
+    assert lines and all(line.endswith("encode 0 samples, starting (listing the inputs, loading the model), 0:00:00 elapsed, ETA -")
+                         for line in lines)
