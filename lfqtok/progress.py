@@ -50,6 +50,7 @@ class Status:
     unit: str  # "samples", "clips", "shards"
     details: list[str] = field(default_factory=list)  # "6 clips", "45.1 frames/s", "0 failed" (in this order)
     writing: tuple[int, ...] = ()  # shard indices being written now
+    since: float | None = None  # perf_counter() when the work began (the ETA's rate leaves out the start-up)
 
 
 def status_line(command: str, status: Status, elapsed: float, label: str = "") -> str:
@@ -62,7 +63,8 @@ def status_line(command: str, status: Status, elapsed: float, label: str = "") -
     if status.total and status.done >= status.total:
         parts.append("done")
     elif status.total and status.done > 0:
-        parts.append(f"ETA {clock(elapsed / status.done * (status.total - status.done))}")
+        working = elapsed if status.since is None else time.perf_counter() - status.since
+        parts.append(f"ETA {clock(working / status.done * (status.total - status.done))}")
     else:
         parts.append("ETA -")
     if status.writing:
@@ -117,6 +119,7 @@ class StepProgress:
         self.command, self.unit = command, unit
         self.done, self.total = 0, 0
         self.started = False  # the first update came
+        self.began = 0.0  # when it came
         plain = plain_mode(console, log_every)
         self.lines = LogLines(console, command, log_every or DEFAULT_LOG_SECONDS, self.status) if plain else None
         self.bar = None if plain else Progress(
@@ -137,11 +140,15 @@ class StepProgress:
             self.bar.stop()
 
     def status(self) -> Status:
-        return Status(self.done, self.total, self.unit, [] if self.started else ["starting (reading the inputs, loading the model)"])
+        if not self.started:
+            return Status(0, None, self.unit, ["starting (reading the inputs, loading the model)"])
+        return Status(self.done, self.total, self.unit, since=self.began)
 
     def update(self, done: int, total: int) -> None:
         self.done, self.total = done, total
         first, self.started = not self.started, True
+        if first:
+            self.began = time.perf_counter()
         if self.lines:
             if first:
                 self.lines.print()
@@ -200,7 +207,7 @@ class EncodeProgress:
         seconds = max(time.perf_counter() - c.started, 1e-9)
         details = [f"{c.clips:,} clips", f"{c.videos_failed:,} failed", f"{c.frames / seconds:,.1f} frames/s",
                    f"{c.tokens / seconds:,.0f} tokens/s"]
-        return Status(c.videos_done + c.videos_failed, c.videos_total or None, "samples", details, tuple(c.writing))
+        return Status(c.videos_done + c.videos_failed, c.videos_total or None, "samples", details, tuple(c.writing), c.started)
 
     def update(self, counters: Any) -> None:
         """Refresh from a `Counters` snapshot, at most every `min_interval` seconds."""
