@@ -21,6 +21,8 @@ from lfqtok import cli
 from lfqtok.inspect.decode import (
     SHEET_GAP, SHEET_HEADER, SHEET_LINE, SHEET_MARGIN, TEXT_GREY, ContactSheetWriter, SheetLayout, clip_label, decode_samples,
 )
+from lfqtok.errors import OutputError
+from lfqtok.io.shards import build_manifest, prepare_output
 from lfqtok.pipeline.worker import Counters
 from lfqtok.progress import EncodeProgress, Status, status_line
 from videos import make_video
@@ -210,3 +212,21 @@ def test_a_run_that_has_not_started_encoding_still_logs_that_it_is_starting():
     lines = log.getvalue().splitlines()
     assert lines and all(line.endswith("encode 0 samples, starting (listing the inputs, loading the model), 0:00:00 elapsed, ETA -")
                          for line in lines)
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"format_version": 2}, "format_version 1 (was) vs 2 (now)"),  # derived keys alone still refuse, named as they are
+    ({"clip": {"size": 32, "fps": 8.0}, "scenes": {"threshold": 0.3}},  # a key no option is known to set yet: as it is
+     "--fps not set (was) vs 8 (now); scenes.threshold None (was) vs 0.3 (now)."),
+])
+def test_every_difference_is_named_and_none_is_hidden(tmp_path, change, said):
+    def manifest(**extra):
+        fixed = dict(codebook_size=256, num_codebooks=1, tokenizer_name="default", tokenizer_sha256="ab" * 32,
+                     tokenizer_config={}, clip_frames=9, size=32, token_shape=[3, 4, 4])
+        core = build_manifest(**fixed, extra={"clip": {"size": 32, "fps": None}})
+        return {**core, **extra}
+
+    prepare_output(tmp_path, manifest(), overwrite=False)
+    with pytest.raises(OutputError) as info:
+        prepare_output(tmp_path, manifest(**change), overwrite=False)
+    assert said in str(info.value)

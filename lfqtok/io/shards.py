@@ -137,8 +137,8 @@ def _value(v: Any) -> str:
 
 
 # The manifest keys a user sets, by the option that sets them: (option, its value when the key is absent, how
-# the user would type the value). Keys not named here are derived from these (token shapes, dtype, the model's
-# config, `clip.multiple`) or bookkeeping (INFO_KEYS): a refusal names only options.
+# the user would type the value). A refusal names these options; keys DERIVED from them are left out; any other
+# key that differs (one an option added later sets) is named as it is.
 SETTING_FLAGS: dict[str, tuple[str, Any, Any]] = {
     "tokenizer.sha256": ("--model", None, lambda v: f"sha256 {str(v)[:12]}"),  # after the model's name
     "clip.size": ("--size", None, _dims),
@@ -153,20 +153,24 @@ SETTING_FLAGS: dict[str, tuple[str, Any, Any]] = {
     "classes": ("--class-folders", None, lambda v: "off" if v is None else f"{len(v)} classes"),
     "samples_per_shard": ("--samples-per-shard", None, _value),
 }
+DERIVED = ("format", "format_version", "codebook_size", "num_codebooks", "token_dtype", "bit_order", "causal",
+           "window_frames", "token_shape", "token_shapes", "clip_frames", "size", "resize", "buckets", "clip.multiple",
+           "tokenizer.config.")  # the model's, or copies of the clip settings (a trailing dot: every key under it)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between two manifests, as the options a user types: `--size 128x224 (was) vs 160 (now)`; a
-    key no option sets is named as it is only when nothing else explains the difference."""
+    """What differs between two manifests, as the options a user types: `--size 128x224 (was) vs 160 (now)`;
+    keys no option is known to set named as they are; derived keys only when nothing else differs."""
     a, b = _flatten(old), _flatten(new)
     order = list(SETTING_FLAGS)  # options in the order of the table (as `--help` shows them), then the rest
     keys = sorted((set(a) | set(b)) - INFO_KEYS, key=lambda k: (order.index(k) if k in order else len(order), k))
-    changed, unnamed = [], []
+    changed, derived = [], []
     for key in keys:
         if a.get(key) == b.get(key):
             continue
         if key not in SETTING_FLAGS:
-            unnamed.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+            raw = f"{key} {a.get(key)!r} (was) vs {b.get(key)!r} (now)"
+            (derived if key in DERIVED or key.startswith(tuple(d for d in DERIVED if d.endswith("."))) else changed).append(raw)
             continue
         flag, default, show = SETTING_FLAGS[key]
         was, now = (show(m[key] if key in m else default) for m in (a, b))
@@ -174,7 +178,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             was, now = (f"{m.get('tokenizer.name')} ({v})" for m, v in ((a, was), (b, now)))
         if was != now:
             changed.append(f"{flag} {was} (was) vs {now} (now)")
-    return changed or unnamed
+    return changed or derived  # a derived key alone (a format change) is still a difference
 
 
 # manifest
