@@ -105,6 +105,28 @@ def test_log_every_must_be_a_positive_number_of_seconds(tmp_path, videos, model)
     assert result.exit_code == 2 and "--log-every must be a number of seconds > 0" in result.stderr
 
 
+def test_a_progress_line_names_the_part_the_eta_and_the_shards_being_written():
+    status = Status(250, 1000, "samples", ["2,000 clips", "3 failed"], writing=(7, 9, 11, 12))
+    line = status_line("encode", status, elapsed=60.0, label="--shard-index 3 of 8")
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] encode \[--shard-index 3 of 8\] 250/1,000 samples \(25%\), 2,000 clips, 3 failed, "
+                        r"0:01:00 elapsed, ETA 0:03:00, writing 00007\.tar, 00009\.tar, 00011\.tar \(\+1\)", line), line
+    assert status_line("stats", Status(0, 4, "shards"), 1.0).endswith("0/4 shards (0%), 0:00:01 elapsed, ETA -")
+
+
+def test_progress_sums_the_shards_being_written_over_processes():
+    total = Counters(videos_total=4).set_sum([Counters(videos_done=1, writing=(2,)), Counters(videos_done=2, writing=(1, 2))])
+    assert (total.videos_done, total.writing) == (3, (1, 2))
+
+
+def test_a_run_that_has_not_started_encoding_still_logs_that_it_is_starting():
+    log = io.StringIO()
+    with EncodeProgress(Console(file=log), log_every=0.01):
+        time.sleep(0.1)  # listing a million inputs, loading a model: no update from the library yet
+    lines = log.getvalue().splitlines()
+    assert lines and all(line.endswith("encode 0 samples, starting (listing the inputs, loading the model), 0:00:00 elapsed, ETA -")
+                         for line in lines)
+
+
 # help by topic
 
 
@@ -137,8 +159,27 @@ def test_a_resume_with_other_settings_names_the_options_as_typed(encoded, videos
     result = runner.invoke(cli.app, ["encode", str(videos), "-o", encoded, "--model", model, *COMMON, "--size", "32x48", "--fps", "12"])
     assert result.exit_code == 1
     message = result.stderr.strip()
-    assert "--size 32 (was) vs 32x48 (now); --fps not set (was) vs 12 (now)." in message  # in the help's order and "--overwrite" in message
+    assert "--size 32 (was) vs 32x48 (now); --fps not set (was) vs 12 (now)." in message  # in the help's order
+    assert "--overwrite" in message
     assert "clip." not in message and "multiple" not in message and "--resize" not in message  # internal, derived, unchanged
+
+
+@pytest.mark.parametrize("change, said", [
+    ({"format_version": 2}, "format_version 1 (was) vs 2 (now)"),  # derived keys alone still refuse, named as they are
+    ({"clip": {"size": 32, "fps": 8.0}, "scenes": {"threshold": 0.3}},  # a key no option is known to set yet: as it is
+     "--fps not set (was) vs 8 (now); scenes.threshold None (was) vs 0.3 (now)."),
+])
+def test_every_difference_is_named_and_none_is_hidden(tmp_path, change, said):
+    def manifest(**extra):
+        fixed = dict(codebook_size=256, num_codebooks=1, tokenizer_name="default", tokenizer_sha256="ab" * 32,
+                     tokenizer_config={}, clip_frames=9, size=32, token_shape=[3, 4, 4])
+        core = build_manifest(**fixed, extra={"clip": {"size": 32, "fps": None}})
+        return {**core, **extra}
+
+    prepare_output(tmp_path, manifest(), overwrite=False)
+    with pytest.raises(OutputError) as info:
+        prepare_output(tmp_path, manifest(**change), overwrite=False)
+    assert said in str(info.value)
 
 
 # previews that say what they show
@@ -190,43 +231,3 @@ def test_the_decode_summary_prints_whole_output_paths_at_80_columns(tmp_path, en
                            env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert f"one: {previews / 'one.png'}" in result.stderr.splitlines()
-
-
-def test_a_progress_line_names_the_part_the_eta_and_the_shards_being_written():
-    status = Status(250, 1000, "samples", ["2,000 clips", "3 failed"], writing=(7, 9, 11, 12))
-    line = status_line("encode", status, elapsed=60.0, label="--shard-index 3 of 8")
-    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] encode \[--shard-index 3 of 8\] 250/1,000 samples \(25%\), 2,000 clips, 3 failed, "
-                        r"0:01:00 elapsed, ETA 0:03:00, writing 00007\.tar, 00009\.tar, 00011\.tar \(\+1\)", line), line
-    assert status_line("stats", Status(0, 4, "shards"), 1.0).endswith("0/4 shards (0%), 0:00:01 elapsed, ETA -")
-
-
-def test_progress_sums_the_shards_being_written_over_processes():
-    total = Counters(videos_total=4).set_sum([Counters(videos_done=1, writing=(2,)), Counters(videos_done=2, writing=(1, 2))])
-    assert (total.videos_done, total.writing) == (3, (1, 2))
-
-
-def test_a_run_that_has_not_started_encoding_still_logs_that_it_is_starting():
-    log = io.StringIO()
-    with EncodeProgress(Console(file=log), log_every=0.01):
-        time.sleep(0.1)  # listing a million inputs, loading a model: no update from the library yet
-    lines = log.getvalue().splitlines()
-    assert lines and all(line.endswith("encode 0 samples, starting (listing the inputs, loading the model), 0:00:00 elapsed, ETA -")
-                         for line in lines)
-
-
-@pytest.mark.parametrize("change, said", [
-    ({"format_version": 2}, "format_version 1 (was) vs 2 (now)"),  # derived keys alone still refuse, named as they are
-    ({"clip": {"size": 32, "fps": 8.0}, "scenes": {"threshold": 0.3}},  # a key no option is known to set yet: as it is
-     "--fps not set (was) vs 8 (now); scenes.threshold None (was) vs 0.3 (now)."),
-])
-def test_every_difference_is_named_and_none_is_hidden(tmp_path, change, said):
-    def manifest(**extra):
-        fixed = dict(codebook_size=256, num_codebooks=1, tokenizer_name="default", tokenizer_sha256="ab" * 32,
-                     tokenizer_config={}, clip_frames=9, size=32, token_shape=[3, 4, 4])
-        core = build_manifest(**fixed, extra={"clip": {"size": 32, "fps": None}})
-        return {**core, **extra}
-
-    prepare_output(tmp_path, manifest(), overwrite=False)
-    with pytest.raises(OutputError) as info:
-        prepare_output(tmp_path, manifest(**change), overwrite=False)
-    assert said in str(info.value)
