@@ -31,7 +31,8 @@ def check_log_every(seconds: float | None) -> None:
 def plain_mode(console: Console, log_every: float | None) -> bool:
     """Plain lines, not a live bar: asked for with `log_every`, or stderr or stdout is not a terminal (a batch job,
     `nohup`, `| tee`: a bar there prints nothing until the end, then one line cut at 80 columns)."""
-    return log_every is not None or not (console.is_terminal and sys.stdout.isatty())
+    stdout_tty = sys.stdout is not None and sys.stdout.isatty()
+    return log_every is not None or not (console.is_terminal and stdout_tty)
 
 
 def clock(seconds: float) -> str:
