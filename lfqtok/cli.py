@@ -25,6 +25,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # help text as written: "[default: x]" or "[a]" are not markup tags to drop
 )
 err = Console(stderr=True)
 DEBUG = os.environ.get("LFQTOK_DEBUG") == "1"
