@@ -53,7 +53,7 @@ def test_manifest_has_every_design_key():
 
 def test_write_then_read_back_with_ours_tarfile_and_webdataset(tmp_path):
     out = tmp_path / "tok"
-    assert prepare_output(out, manifest(), overwrite=False) == set()
+    assert prepare_output(out, manifest(), overwrite=False).finished == set()
     write_shard(out, 0, TOKENS, extras={"txt": b"a caption", "json": b'{"id": 1}'})
     assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "00000_stats.json", MANIFEST_NAME]
     ours = list(read_tokens(out))
@@ -107,7 +107,7 @@ def test_resume_returns_finished_shards_and_keeps_them(tmp_path):
     shard_path(out, 1).write_bytes(b"unfinished: no stats")  # killed after the rename, before its stats
     before = shard_path(out, 0).read_bytes()
     changed_info = manifest(extra={"clip": {"fps": None, "clip_stride": None}, "inputs": ["/abs/videos"]})
-    assert prepare_output(out, changed_info, overwrite=False) == {0}  # inputs spelled differently: same run
+    assert prepare_output(out, changed_info, overwrite=False).finished == {0}  # inputs spelled differently: same run
     assert shard_path(out, 0).read_bytes() == before
     assert json.loads((out / MANIFEST_NAME).read_text())["inputs"] == ["videos/"]
 
@@ -120,7 +120,7 @@ def test_other_settings_are_refused_naming_the_keys_unless_overwrite(tmp_path):
     with pytest.raises(OutputError, match=r"tokenizer\.sha256.*clip\.fps|clip\.fps.*tokenizer\.sha256") as info:
         prepare_output(out, other, overwrite=False)
     assert "--overwrite" in str(info.value) and "\n" not in str(info.value)
-    assert prepare_output(out, other, overwrite=True) == set()
+    assert prepare_output(out, other, overwrite=True).finished == set()
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME]
     assert read_manifest(out)["clip"]["fps"] == 8.0
 
