@@ -42,11 +42,13 @@ def check_buffers(batch_size: int, clip_shape: tuple[int, ...], size: str, memor
     if need <= MEMORY_SHARE * memory:
         return
     fits = int(MEMORY_SHARE * memory // (NUM_BUFFERS * clip))
-    what = f"{NUM_BUFFERS} batch buffers of {batch_size} clips of {' x '.join(map(str, clip_shape))} bytes take {_gb(need)}"
+    shape = " x ".join(map(str, clip_shape))
     room = f"more than half of this machine's {_gb(memory)} memory"
     if fits >= 1:
-        raise UsageError(f"--batch-size {batch_size} at --size {size}: {what}, {room}; use --batch-size {fits} or less")
-    raise UsageError(f"--size {size}: {what}, {room} even at --batch-size 1; use a smaller --size (or fewer --clip-frames)")
+        raise UsageError(f"--batch-size {batch_size} at --size {size}: {NUM_BUFFERS} batch buffers of {batch_size} clips of "
+                         f"{shape} bytes take {_gb(need)}, {room}; use --batch-size {fits} or less")
+    raise UsageError(f"--size {size}: {NUM_BUFFERS} batch buffers of even one clip of {shape} bytes take "
+                     f"{_gb(NUM_BUFFERS * clip)}, {room}; use a smaller --size (or fewer --clip-frames)")
 
 
 # classes

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+from .shapes import check_scale
 from .video import Clip, ClipSpec, VideoMeta, image_scaled_size, resize_image
 
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # the only Pillow parsers tried (JPEG also opens cameras' multi-picture MPO
@@ -122,7 +123,8 @@ def image_clip(image: str | bytes, spec: ClipSpec, *, draft: bool = True) -> tup
     encode does). Raises ImageError with a one-line reason."""
     with _open(image) as im:
         display = _display_size(im)
+        plan = spec.shapes.plan(*display)  # from the full size: a drafted decode keeps the image's bucket and valid box
+        check_scale(plan, "image", ImageError)  # before decoding: a thin image's crop would scale it past swscale
         rgb = _decode(im, image_scaled_size(*display, spec) if draft else None)
-    plan = spec.shapes.plan(*display)  # from the full size: a drafted decode keeps the image's bucket and valid box
     frame = resize_image(rgb, spec, plan)
     return VideoMeta(fps=None, num_frames=1, orig_size=display, decoder=DECODER, plan=plan), Clip(frame[None], [0], 0)

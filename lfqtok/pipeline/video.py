@@ -20,7 +20,7 @@ import av
 import numpy as np
 
 from ..errors import UsageError, VideoError
-from .shapes import Layout, Plan, Shapes, Size, place, short_side
+from .shapes import Layout, Plan, Shapes, Size, check_scale, place, short_side
 
 try:  # decord has no wheels for some platforms; PyAV alone decodes everything, only slower
     import decord
@@ -406,6 +406,7 @@ def iter_clips(
     probe = _probe(video)
     display = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
     plan = spec.shapes.plan(*display)
+    check_scale(plan, "video", VideoError)
     decoder = _Decoder(video, probe, plan.for_frame, threads, resolve_decoder(decoder))
     meta = VideoMeta(fps=probe.fps, num_frames=probe.num_frames, orig_size=display, decoder=decoder.name, plan=plan)
 
