@@ -63,6 +63,11 @@ class VideoItem:
     extras: tuple[Member, ...] = ()  # other members of the same tar sample (txt, json, cls, ...)
     class_name: str | None = None  # its class folder (`list_items(class_folders=True)`), else None
     label: int | None = None  # the index of class_name in the sorted classes of the whole input
+    span: tuple[float, float] | None = None  # a table's clip range [start, end) in source seconds; None: the whole video
+    row: int | None = None  # 0-based data row of the table it came from
+    segment: int | None = None  # the index of its range within its row
+    caption: str | None = None  # written as the sample's `{key}.txt`
+    columns: dict | None = field(default=None, compare=False)  # the row's other cells, as typed in the table
     still: bool = False  # a GIF among images (module docstring): decoded as a still image, its first frame
     fetched: "Fetched | None" = field(default=None, repr=False, compare=False)  # a remote item's bytes, read ahead
 
@@ -321,7 +326,7 @@ def _assign_keys(raws: list, names: Sequence[str] | None = None, classes: Sequen
     for i, raw in enumerate(raws):
         key = f"{raw.base}_{_short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
         name = names[i] if names is not None else None
-        raws[i] = VideoItem(key, storage.redact(raw.source), raw.path, raw.member, raw.extras, name, labels.get(name), raw.still)
+        raws[i] = VideoItem(key, storage.redact(raw.source), raw.path, raw.member, raw.extras, name, labels.get(name), still=raw.still)
     return raws
 
 
