@@ -183,6 +183,24 @@ def test_a_changed_listing_with_overwrite_starts_over(tmp_path, grown, clip_byte
     assert keys(out) == ["a", "b", "c", "d", "e"]
 
 
+def test_a_grown_prefix_is_refused_then_appended_on_s3(s3, grown, clip_bytes, model):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    for path in sorted(grown.iterdir()):
+        fs.pipe_file(f"{s3[5:]}/videos/{path.name}", path.read_bytes())
+    out = f"{s3}/tok"
+    encode(f"{s3}/videos", out, model, "--samples-per-shard", "2")
+    before = {p: fs.cat_file(p) for p in fs.find(f"{s3[5:]}/tok")}
+    fs.pipe_file(f"{s3[5:]}/videos/a.mp4", clip_bytes)
+    message = one_line_error(run("encode", f"{s3}/videos", "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2"), 1)
+    assert "1 input added, 0 removed since the run in s3://" in message
+    fs.invalidate_cache()
+    assert {p: fs.cat_file(p) for p in fs.find(f"{s3[5:]}/tok")} == before
+    summary = encode(f"{s3}/videos", out, model, "--samples-per-shard", "2", "--append")
+    assert summary["shards_written"] == 1 and keys(out) == ["b", "c", "d", "e", "a"]
+
+
 # 2. never destroy what lfqtok did not write
 
 
@@ -341,3 +359,25 @@ def test_images_left_out_by_the_videos_rule_are_counted_and_named(tmp_path, clip
     assert manifest["images_left_out"] == {"count": 2, "first": summary["left_out_first"]}
     result = run("encode", root, "-o", tmp_path / "tok2", "--model", model, *COMMON)
     assert result.exit_code == 0 and "images left" in result.stderr  # the summary table's row
+
+
+def test_a_gif_sample_in_a_tar_of_images_is_an_image_and_a_tar_of_videos_counts_its_images(tmp_path, clip_bytes, model):
+    def png() -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (40, 30), (0, 90, 0)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    _gif(tmp_path / "a.gif")
+    samples = {"images.tar": [("p0", "png", png()), ("g1", "gif", (tmp_path / "a.gif").read_bytes()), ("p2", "png", png())],
+               "videos.tar": [("v0", "mp4", clip_bytes), ("p1", "png", png())]}
+    for name, members in samples.items():
+        with tarfile.open(tmp_path / name, "w") as tar:
+            for key, ext, data in members:
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    images = encode(tmp_path / "images.tar", tmp_path / "tok-images", model)
+    assert images["videos_ok"] == 3 and images["left_out"] == 0
+    assert {k: t.shape[1] for k, t, _ in lfqtok.read_tokens(tmp_path / "tok-images")} == {"p0": 1, "g1": 1, "p2": 1}
+    videos = encode(tmp_path / "videos.tar", tmp_path / "tok-videos", model)
+    assert videos["videos_ok"] == 1 and videos["left_out"] == 1 and videos["left_out_first"] == [f"{tmp_path / 'videos.tar'}:p1.png"]
