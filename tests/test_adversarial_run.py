@@ -282,7 +282,7 @@ def test_s3_out_that_holds_the_input_shards_is_refused_and_they_stay(s3, wds, mo
     ("--video-timeout", "inf", "--video-timeout"), ("--video-timeout", "nan", "--video-timeout"),
     ("--workers", "100000", "--workers"), ("--clip-stride", "0", "--clip-stride"), ("--max-clips", "0", "--max-clips"),
     ("--batch-size", "0", "--batch-size"), ("--samples-per-shard", "0", "--samples-per-shard"),
-    ("--clip-frames", "4", "--clip-frames"), ("--size", "12", "--size"),
+    ("--clip-frames", "4", "--clip-frames"), ("--size", "12", "--size"), ("--append", "--overwrite", "--append"),
 ])
 def test_encode_numbers_out_of_range_are_one_line(tmp_path, grown, model, option, value, named):
     message = one_line_error(run("encode", grown, "-o", tmp_path / "tok", "--model", model, *COMMON, option, value), 2)

@@ -72,8 +72,6 @@ def _tmp(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
 
 
-
-
 def _oserror(exc: OSError, path: Path) -> OutputError:
     return OutputError(f"cannot write {path}: {exc.strerror or exc}")
 
@@ -287,8 +285,9 @@ def listing_name(identity: dict) -> str:
 def write_listing(out: Location, entries: Sequence[Sequence[str]], storage_options: Options = None) -> None:
     """The listing sidecar (`listing_name`, gzip of the lines `listing_identity` hashes), written whole before the
     manifest that names it; several --num-shards parts may write the same one at once."""
-    data = gzip.compress(_listing_text(entries), compresslevel=6, mtime=0)
-    path = storage.join(out, listing_name(listing_identity(entries)))
+    text = _listing_text(entries)
+    data = gzip.compress(text, compresslevel=6, mtime=0)
+    path = storage.join(out, listing_name({"sha256": hashlib.sha256(text).hexdigest()}))
     if storage.is_url(path):
         try:
             storage.write_bytes(path, data, storage_options)
@@ -357,9 +356,6 @@ def _appended(old: dict, recorded: list[list[str]], entries: Sequence[Sequence[s
     first, count = segments[-1]
     combined = [*recorded, *new]
     return combined, {**listing_identity(combined), "segments": [*segments, [first + -(-count // per_shard), len(new)]]}
-
-
-# what is ours: --overwrite and a fresh start delete only what lfqtok wrote
 
 
 # what is ours: --overwrite and a fresh start delete only what lfqtok wrote

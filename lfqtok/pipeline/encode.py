@@ -90,6 +90,8 @@ class EncodeConfig:
         validate_spec(spec)
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.append and self.overwrite:
+            raise UsageError("--append keeps OUT's shards and --overwrite replaces them: give one of them")
         check_buffers(self.batch_size, (spec.clip_frames, *spec.shapes.largest, 3), str(self.size))
         validate_pool(self.num_workers(), self.video_timeout)
         validate_split(self.samples_per_shard, self.num_shards, self.shard_index)
