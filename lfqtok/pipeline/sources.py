@@ -296,8 +296,9 @@ def _list_tar(path: str, prefix: bool, out: list[_Raw], left_out: list[str], opt
     for key, members in samples:
         media = [m for ext, m in members if wanted(f".{ext}")]
         if not media:
-            if any(is_image_name(f".{ext}") for ext, _ in members):
-                left_out.append(f"{path}:{members[0][1].name}")
+            image = next((m for ext, m in members if is_image_name(f".{ext}")), None)
+            if image is not None:
+                left_out.append(f"{path}:{image.name}")
             else:
                 skipped += 1
             continue
