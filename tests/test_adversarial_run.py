@@ -266,9 +266,9 @@ def test_s3_out_that_holds_the_input_shards_is_refused_and_they_stay(s3, wds, mo
     for extra in ((), ("--overwrite",)):
         message = one_line_error(run("encode", f"{s3}/wds/{{00000..00001}}.tar", "-o", f"{s3}/wds", "--model", model, *COMMON, *extra), 2)
         assert "holds the input" in message and "--overwrite" not in message
-    other = tmp_path_videos = wds.parent / "videos-s3"
+    other = wds.parent / "videos-s3"  # inputs elsewhere: OUT is refused for the tars it holds
     make_video(other / "x.mp4", frames=6, width=40, height=32, fps=10)
-    message = one_line_error(run("encode", tmp_path_videos, "-o", f"{s3}/wds", "--model", model, *COMMON, "--overwrite"), 1)
+    message = one_line_error(run("encode", other, "-o", f"{s3}/wds", "--model", model, *COMMON, "--overwrite"), 1)
     assert "00000.tar, which lfqtok did not write" in message
     fs.invalidate_cache()
     assert {p: fs.cat_file(p) for p in fs.find(f"{s3[5:]}/wds")} == before
