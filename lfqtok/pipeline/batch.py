@@ -46,7 +46,7 @@ def check_buffers(batch_size: int, clip_shape: tuple[int, ...], size: str, memor
     room = f"more than half of this machine's {_gb(memory)} memory"
     if fits >= 1:
         raise UsageError(f"--batch-size {batch_size} at --size {size}: {NUM_BUFFERS} batch buffers of {batch_size} clips of "
-                         f"{shape} bytes take {_gb(need)}, {room}; use --batch-size {fits} or less")
+                         f"{shape} bytes take {_gb(need)}, {room}; use --batch-size {fits}{' or less' if fits > 1 else ''}")
     raise UsageError(f"--size {size}: {NUM_BUFFERS} batch buffers of even one clip of {shape} bytes take "
                      f"{_gb(NUM_BUFFERS * clip)}, {room}; use a smaller --size (or fewer --clip-frames)")
 
