@@ -123,6 +123,8 @@ def test_append_encodes_only_the_new_inputs_and_readers_see_one_dataset(tmp_path
     result = run("stats", out, "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["num_samples"] == 6
     assert Counter(it["key"] for it in TokenDataset(out)) == Counter(dict.fromkeys("bcdeaf", 1))
+    result = run("decode", out, "-o", tmp_path / "prev", "--keys", "b,f", "--format", "png", "--device", "cpu", "--json")
+    assert result.exit_code == 0 and sorted(row["key"] for row in json.loads(result.stdout)) == ["b", "f"]
 
     again = encode(grown, out, model, "--samples-per-shard", "2", "--append")  # nothing new: nothing done
     assert again["shards_written"] == 0 and again["shards_skipped"] == 3
