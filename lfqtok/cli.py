@@ -148,7 +148,8 @@ def encode(
     batch_size: Annotated[int, typer.Option(metavar="N", help="Clips per encoder batch.", rich_help_panel=PANEL_MODEL)] = 16,
     out: Annotated[str, typer.Option("--out", "-o", metavar="OUT", help="Directory or URL prefix (s3://bucket/tokens) for the shards.", rich_help_panel=PANEL_OUTPUT)] = ...,  # required; here for its panel's place
     samples_per_shard: Annotated[int, typer.Option(metavar="N", help="Samples (videos, images) per output shard.", rich_help_panel=PANEL_OUTPUT)] = 1000,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an OUT made with other settings.", rich_help_panel=PANEL_OUTPUT)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an OUT made with other settings or inputs (deletes only lfqtok's own files).", rich_help_panel=PANEL_OUTPUT)] = False,
+    append: Annotated[bool, typer.Option("--append", help="OUT was made from fewer inputs: encode only the new ones, into new shards after its last.", rich_help_panel=PANEL_OUTPUT)] = False,
     num_shards: Annotated[int, typer.Option(metavar="N", help="Split the shards into N parts (SLURM arrays, many machines)...", rich_help_panel=PANEL_OUTPUT)] = 1,
     shard_index: Annotated[int, typer.Option(metavar="I", help="...and run part I (0 to N - 1).", rich_help_panel=PANEL_OUTPUT)] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.", rich_help_panel=PANEL_OUTPUT)] = False,
@@ -169,7 +170,7 @@ def encode(
     config = EncodeConfig(
         model=model, size=size, resize=resize, buckets=buckets, clip_frames=clip_frames, clip_stride=clip_stride, fps=fps, max_clips=max_clips,
         pad_short=not no_pad_short, batch_size=batch_size, workers=workers, device=device,
-        samples_per_shard=samples_per_shard, overwrite=overwrite, strict=strict, num_shards=num_shards,
+        samples_per_shard=samples_per_shard, overwrite=overwrite, append=append, strict=strict, num_shards=num_shards,
         shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout, verbose=verbose or DEBUG,
         class_folders=class_folders, hflip=hflip,
         storage_options=parse_options(storage_options),
@@ -196,6 +197,9 @@ def _encode_table(summary, label: str = "") -> None:
     ]
     for name, value in rows:
         table.add_row(name, value)
+    if summary.left_out:
+        first = ", ".join(summary.left_out_first) + (", ..." if summary.left_out > len(summary.left_out_first) else "")
+        table.add_row("[yellow]images left out (folders or tars of videos)[/]", f"{summary.left_out:,}: {escape(first)}")
     for reason, count in summary.failures_by_reason.most_common():
         table.add_row(f"[red]failed: {reason}[/]", str(count))
     err.print(table)
