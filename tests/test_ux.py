@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from lfqtok import cli
 from lfqtok.inspect.decode import (
     SHEET_GAP, SHEET_HEADER, SHEET_LINE, SHEET_MARGIN, TEXT_GREY, ContactSheetWriter, SheetLayout, clip_label, decode_samples,
+    sheet_font, wrap_text,
 )
 from lfqtok.errors import OutputError
 from lfqtok.io.shards import build_manifest, prepare_output
@@ -190,6 +191,16 @@ def test_clip_labels_give_index_time_and_psnr():
     assert clip_label(meta, 1, 17.04) == "clip 1 | 0.75-0.92 s | PSNR 17.0 dB"
     assert clip_label({"clip_times": [[1.0, 1.5]]}, 0, None) == "clip 0 | 1.00-1.50 s"
     assert clip_label({"decoder": "pillow", "frame_indices": [[0]], "fps": None, "num_frames": 1}, 0, 30.0) == "image | PSNR 30.0 dB"
+
+
+def test_captions_wrap_to_the_sheet_and_stop_after_six_lines():
+    font = sheet_font()
+    text = "a dog runs after a ball " * 3 + "/a/path/" * 10
+    lines = wrap_text(text, 150, font, max_lines=20)
+    assert all(font.getlength(line) <= 150 for line in lines) and len(lines) > 3
+    assert "".join(lines).replace(" ", "") == text.replace(" ", "")  # every word, a path too long for a line broken inside
+    cut = wrap_text("word " * 1000, 150, font)
+    assert len(cut) == 6 and cut[-1].endswith("...")
 
 
 def test_the_contact_sheet_names_its_rows_and_clips(tmp_path):

@@ -159,6 +159,7 @@ def wrap_text(text: str, width: int, font: Any, max_lines: int = 6) -> list[str]
     """`text` in lines of at most `width` px, broken between words (inside one only when it alone is wider: a
     path); at most `max_lines`, the last ending in '...' when text was left out."""
     lines: list[str] = []
+    text = text[: max_lines * 400]  # more than the lines can show: a caption may be a whole page
     for paragraph in text.splitlines() or [""]:
         line = ""
         for word in paragraph.split():
@@ -169,7 +170,11 @@ def wrap_text(text: str, width: int, font: Any, max_lines: int = 6) -> list[str]
             if line:
                 lines.append(line)
             while len(word) > 1 and font.getlength(word) > width:
-                cut = max([n for n in range(1, len(word)) if font.getlength(word[:n]) <= width] or [1])
+                lo, hi = 1, len(word) - 1  # the longest head of the word that fits (at least one character)
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    lo, hi = (mid, hi) if font.getlength(word[:mid]) <= width else (lo, mid - 1)
+                cut = lo
                 lines.append(word[:cut])
                 word = word[cut:]
             line = word
