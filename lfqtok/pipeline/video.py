@@ -11,9 +11,11 @@ yielded. `frame_to_rgb` is the one PyAV frame -> RGB path (videos, and decoded i
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import os
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, NamedTuple
 
 import av
@@ -34,7 +36,8 @@ DECORD_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg2video", 
 DECORD_MAX_FRAMES = 4096  # decord indexes the whole file at open (~3 KB a frame): longer videos go to PyAV
 DECORD_CHUNK = 16  # frames per decord read: small, so a huge fps-subsampling step never holds many frames
 MAX_BAD_PACKETS = 16  # corrupt packets skipped per video before it counts as undecodable
-TIE_SECONDS = 1e-4  # timestamps this close to a target count as equally near
+TIE_SECONDS = 1e-4  # timestamps this close to a target (or a range bound) count as equally near (on it)
+SEEK_TRIES = 4  # seeks, each further back (1, 2, 4 s before the keyframe that landed after a range's start), before decoding from frame 0
 ALPHA_FORMATS = ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya")  # composited over black
 DECODERS = ("auto", "pyav", "decord")  # auto: decord where it reads right (DECORD_CODECS, short, unrotated), else PyAV
 
@@ -105,6 +108,11 @@ class VideoMeta:
     plan: Plan | None = None  # the video's frame shape, crop/pad box and bucket
 
 
+class RangeTooShort(VideoError):
+    """A time range with fewer sampled frames than one clip: ranges are never padded, so it gives no sample (the
+    run records it as skipped, not failed)."""
+
+
 def validate_spec(spec: ClipSpec) -> None:
     """Raise UsageError for a spec no video could satisfy; called once, before any work."""
     spec.shapes.validate()
@@ -137,6 +145,7 @@ class _Probe:
     fps: float | None
     num_frames: int | None
     approx_frames: int | None  # num_frames, or duration x fps where the container has no frame count
+    start: float | None = None  # the first frame's presentation time (s): where frame times count from
 
 
 def _open(video: str | bytes) -> av.container.InputContainer:
@@ -182,6 +191,7 @@ def _probe(video: str | bytes) -> _Probe:
             fps=float(rate) if rate else None,
             num_frames=stream.frames or None,
             approx_frames=approx or None,
+            start=first.time,
         )
 
 
@@ -213,36 +223,98 @@ def _decord_times(reader: Any, total: int) -> np.ndarray:
     return np.arange(total) / (reader.get_avg_fps() or 25.0)
 
 
-def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[_Frame]:
-    """Every decoded frame from `start` on (earlier ones are decoded and dropped); needs no duration or count.
+def _threaded(container: av.container.InputContainer, threads: int) -> av.video.stream.VideoStream:
+    """The video stream (`_stream`), set to decode with `threads` threads (0: the decoder chooses)."""
+    stream = _stream(container)
+    stream.thread_type = "AUTO"
+    stream.thread_count = threads
+    return stream
 
-    A corrupt packet is skipped, as the ffmpeg CLI does (the decoder conceals what it referenced), up to
-    MAX_BAD_PACKETS per video.
-    """
+
+def _decoded(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
+    """The stream's frames from the container's position on. A corrupt packet is skipped, as the ffmpeg CLI does
+    (the decoder conceals what it referenced), up to MAX_BAD_PACKETS per video."""
+    index, bad = -1, 0
+    try:
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:
+                bad += 1
+                if bad > MAX_BAD_PACKETS:
+                    raise VideoError(f"more than {MAX_BAD_PACKETS} corrupt packets (after frame {index})") from None
+                continue
+            for frame in frames:
+                index += 1
+                yield frame
+    except av.FFmpegError as exc:
+        raise VideoError(f"decode failed after frame {index}: {_reason(exc)}") from None
+
+
+def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[_Frame]:
+    """Every decoded frame from `start` on (earlier ones are decoded and dropped); needs no duration or count."""
     with _open(video) as container:
-        stream = _stream(container)
-        stream.thread_type = "AUTO"
-        stream.thread_count = threads
-        t0, last, index, bad = None, 0.0, -1, 0
+        stream = _threaded(container, threads)
+        t0, last = None, 0.0
         step = 1.0 / float(stream.average_rate) if stream.average_rate else 0.04
-        try:
-            for packet in container.demux(stream):
-                try:
-                    frames = packet.decode()
-                except av.InvalidDataError:
-                    bad += 1
-                    if bad > MAX_BAD_PACKETS:
-                        raise VideoError(f"more than {MAX_BAD_PACKETS} corrupt packets (after frame {index})") from None
-                    continue
-                for frame in frames:
-                    index += 1
-                    t = frame.time if frame.time is not None else last + step
-                    t0 = t if t0 is None else t0
-                    last = max(t, last)  # guard against timestamps that go backwards
-                    if index >= start:
-                        yield _Frame(index, last - t0, frame)
-        except av.FFmpegError as exc:
-            raise VideoError(f"decode failed after frame {index}: {_reason(exc)}") from None
+        for index, frame in enumerate(_decoded(container, stream)):
+            t = frame.time if frame.time is not None else last + step
+            t0 = t if t0 is None else t0
+            last = max(t, last)  # guard against timestamps that go backwards
+            if index >= start:
+                yield _Frame(index, last - t0, frame)
+
+
+def _seek_frames(video: str | bytes, origin: float, start: float, threads: int) -> Iterator[_Frame]:
+    """The frames from the last keyframe at or before `start` s on, reached by seeking (PyAV; decord's seeks can
+    mis-map). Times count from `origin`, the first frame's time (`_Probe.start`); indices are -1 (`_in_span`
+    numbers a range's frames).
+
+    The first frame is decoded before the seek: some streams carry parameter sets in band at their start, which
+    a decoder that began at the seek point would lack. Frames the decoder puts out before that keyframe (leading
+    pictures of an open GOP, which reference frames before the seek point) are dropped. A keyframe or leading picture after `start`, or no frame at all, means a
+    seek further back: demuxers seek by decode time, which runs ahead of presentation with B-frames, and MPEG-TS
+    seeks to the next keyframe. A container that cannot seek, frames without timestamps, a keyframe the decoder
+    marks corrupt, or no keyframe at or before `start` in SEEK_TRIES seeks: decoded from frame 0 instead, which
+    gives the same frames, only later."""
+    with _open(video) as container:
+        stream = _threaded(container, threads)
+        limit = origin + start + TIE_SECONDS
+        target = origin + start
+        primed = next(_decoded(container, stream), None) is not None
+        for attempt in range(SEEK_TRIES if stream.time_base and primed else 0):
+            try:
+                container.seek(math.floor(target / stream.time_base), stream=stream, backward=True)
+            except av.FFmpegError:
+                break
+            frames = _decoded(container, stream)
+            key = next((f for f in frames if f.time is None or f.key_frame or f.time > limit), None)
+            if key is not None and (key.time is None or key.is_corrupt):
+                break
+            if key is None or key.time > limit:
+                if target <= origin:
+                    break  # this seek was to the first frame already
+                target = max(origin, min(target, key.time if key is not None else target) - 2.0**attempt)
+                continue
+            last, step = key.time, 1.0 / float(stream.average_rate) if stream.average_rate else 0.04
+            for frame in itertools.chain([key], frames):  # times as `_pyav_frames` gives them
+                last = max(frame.time if frame.time is not None else last + step, last)
+                yield _Frame(-1, last - origin, frame)
+            return
+    yield from _pyav_frames(video, 0, threads)
+
+
+def _in_span(frames: Iterator[_Frame], span: tuple[float, float]) -> Iterator[_Frame]:
+    """The frames whose time falls in [start, end) (a time within TIE_SECONDS of a bound is on it), numbered from
+    0 at the first of them; stops reading at the first frame at or past `end`."""
+    start, end = span
+    index = 0
+    for frame in frames:
+        if frame.time >= end - TIE_SECONDS:
+            return
+        if frame.time >= start - TIE_SECONDS:
+            yield frame._replace(index=index)
+            index += 1
 
 
 LayoutFn = Callable[[int, int], Layout]  # displayed (width, height) -> where the frame goes
@@ -267,18 +339,28 @@ def frame_to_rgb(frame: av.VideoFrame, place_frame: Plan | LayoutFn | None, rota
 
 
 class _Decoder:
-    """A frame stream that starts on decord when it can and continues on PyAV if decord fails.
+    """A frame stream that starts on decord when it can and continues on PyAV if decord fails; a time range
+    (`span`) is PyAV's alone, reached by seeking (`_seek_frames`) and cut to its frames (`_in_span`).
 
     Frames come out placed by `layout_of` (displayed (width, height) -> Layout), or at native size when None."""
 
-    def __init__(self, video: str | bytes, probe: _Probe, layout_of: LayoutFn | None, threads: int, prefer: str):
-        self.video, self.probe, self.layout_of, self.threads = video, probe, layout_of, threads
+    def __init__(
+        self, video: str | bytes, probe: _Probe, layout_of: LayoutFn | None, threads: int, prefer: str,
+        span: tuple[float, float] | None = None,
+    ):
+        self.video, self.probe, self.layout_of, self.threads, self.span = video, probe, layout_of, threads, span
         short = probe.approx_frames is not None and probe.approx_frames <= DECORD_MAX_FRAMES  # memory: see constant
         readable = decord is not None and probe.codec in DECORD_CODECS and probe.rotation == 0 and short
-        self.use_decord = (prefer == "decord" and decord is not None) or (prefer == "auto" and readable)
+        self.use_decord = span is None and ((prefer == "decord" and decord is not None) or (prefer == "auto" and readable))
         self.name = "decord" if self.use_decord else "pyav"
 
     def frames(self) -> Iterator[_Frame]:
+        if self.span is not None:
+            start = self.span[0]
+            seekable = start > 0 and self.probe.start is not None
+            frames = _seek_frames(self.video, self.probe.start, start, self.threads) if seekable else _pyav_frames(self.video, 0, self.threads)
+            yield from _in_span(frames, self.span)
+            return
         next_index = 0
         if self.use_decord:
             lay = self.layout_of(self.probe.width, self.probe.height) if self.layout_of else None  # unrotated only
@@ -301,8 +383,9 @@ class _Decoder:
 # sampling and windows
 
 
-def _sample(frames: Iterator[_Frame], fps: float | None) -> Iterator[_Frame]:
-    """The frames nearest to times k / fps (k = 0, 1, ...; a frame repeats when fps is above the native rate).
+def _sample(frames: Iterator[_Frame], fps: float | None, origin: float = 0.0) -> Iterator[_Frame]:
+    """The frames nearest to times origin + k / fps (k = 0, 1, ...; a frame repeats when fps is above the native
+    rate; origin: a range's start).
 
     Online, holding one frame: a frame is dropped as soon as the next one is nearer to every later target.
     Ties (within TIE_SECONDS, which absorbs float32 timestamps) go to the earlier frame.
@@ -312,8 +395,8 @@ def _sample(frames: Iterator[_Frame], fps: float | None) -> Iterator[_Frame]:
         return
     k, prev = 0, None
     for frame in frames:
-        while k / fps <= frame.time:
-            target = k / fps
+        while origin + k / fps <= frame.time:
+            target = origin + k / fps
             yield prev if prev is not None and target - prev.time <= frame.time - target + TIE_SECONDS else frame
             k += 1
         prev = frame
@@ -390,8 +473,24 @@ def iter_frames(
         yield frames.to_rgb(frame)
 
 
+def check_span(span: tuple[float, float]) -> tuple[float, float]:
+    """A time range as (start, end) floats, or VideoError (that item's failure) for one no video could have:
+    start finite and >= 0, end > start (end may be infinite: up to the video's end)."""
+    try:
+        start, end = (float(t) for t in span)
+    except (TypeError, ValueError):
+        raise VideoError(f"time range {span!r} is not a pair of numbers") from None
+    if not (math.isfinite(start) and start >= 0 and end > start):
+        raise VideoError(f"time range [{start:g}, {end:g}) s is empty or out of bounds (needs 0 <= start < end)")
+    return start, end
+
+
+def _span_text(span: tuple[float, float]) -> str:
+    return f"[{span[0]:.3f}, {span[1]:.3f}) s"
+
+
 def iter_clips(
-    video: str | bytes, spec: ClipSpec, *, threads: int = 0, decoder: str | None = None
+    video: str | bytes, spec: ClipSpec, *, threads: int = 0, decoder: str | None = None, span: tuple[float, float] | None = None
 ) -> tuple[VideoMeta, Iterator[Clip]]:
     """A video (a path or its bytes) -> its meta and a lazy iterator of clips (T, H, W, 3) uint8 RGB.
 
@@ -401,20 +500,33 @@ def iter_clips(
     raise it too (a stream that breaks mid-way). `threads`: decoder threads, 0 lets the decoder choose.
     `decoder`: "auto" (decord where it reads right), "pyav", or "decord" (still falling back to PyAV on
     failure); None reads $LFQTOK_DECODER (default "auto"), the switch to force PyAV everywhere.
+
+    `span` (start, end): clips only over the frames whose times fall in [start, end), in seconds from the first
+    frame's presentation time (an end past the video's end: up to its end). Decoded by PyAV from the keyframe
+    before start (a seek, not a decode from frame 0); `--fps` targets are start + k / fps; `frame_indices` count
+    from the range's first frame (0). A range is never padded: fewer sampled frames than one clip raise
+    RangeTooShort, before any clip.
     """
+    span = check_span(span) if span is not None else None
     probe = _probe(video)
     display = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
     plan = spec.shapes.plan(*display)
-    decoder = _Decoder(video, probe, plan.for_frame, threads, resolve_decoder(decoder))
+    decoder = _Decoder(video, probe, plan.for_frame, threads, resolve_decoder(decoder), span)
     meta = VideoMeta(fps=probe.fps, num_frames=probe.num_frames, orig_size=display, decoder=decoder.name, plan=plan)
 
     def clips() -> Iterator[Clip]:
         produced = 0
-        for clip in _windows(_sample(decoder.frames(), spec.fps), spec, decoder.to_rgb):
+        sampled = _sample(decoder.frames(), spec.fps, span[0] if span else 0.0)
+        for clip in _windows(sampled, replace(spec, pad_short=True) if span else spec, decoder.to_rgb):
+            if span is not None and clip.padded:
+                have = spec.clip_frames - clip.padded
+                raise RangeTooShort(f"range {_span_text(span)} has {have} sampled frames, fewer than one clip of {spec.clip_frames}")
             produced += 1
             meta.decoder = decoder.name
             yield clip
         meta.decoder = decoder.name
+        if produced == 0 and span is not None:
+            raise RangeTooShort(f"no frame of the video falls in the range {_span_text(span)}")
         if produced == 0:
             raise VideoError("no frames could be decoded")
 
