@@ -132,7 +132,8 @@ class EncodeSummary:
     frames: int
     tokens: int
     seconds: float
-    failures: list[dict[str, str]]
+    failures: list[dict[str, Any]]
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # time ranges shorter than one clip: no sample, no failure
 
     @property
     def failures_by_reason(self) -> Counter[str]:
@@ -258,6 +259,7 @@ def encode_dataset(
         tokens=sum(r.tokens for r in results),
         seconds=time.perf_counter() - started,
         failures=failures,
+        skipped=[s for r in results for s in r.skipped],
     )
     if config.strict and failures:
         raise LfqtokError(f"{len(failures)} video(s) failed (--strict); first: {failures[0]['source']}: {failures[0]['error']}")

@@ -475,13 +475,13 @@ def iter_frames(
 
 def check_span(span: tuple[float, float]) -> tuple[float, float]:
     """A time range as (start, end) floats, or VideoError (that item's failure) for one no video could have:
-    start finite and >= 0, end > start (end may be infinite: up to the video's end)."""
+    finite, 0 <= start < end (an end past the video's end is cut there)."""
     try:
         start, end = (float(t) for t in span)
     except (TypeError, ValueError):
         raise VideoError(f"time range {span!r} is not a pair of numbers") from None
-    if not (math.isfinite(start) and start >= 0 and end > start):
-        raise VideoError(f"time range [{start:g}, {end:g}) s is empty or out of bounds (needs 0 <= start < end)")
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+        raise VideoError(f"time range [{start:g}, {end:g}) s is empty or out of bounds (needs finite 0 <= start < end)")
     return start, end
 
 
