@@ -196,3 +196,22 @@ def test_decode_compare_of_a_ranged_sample_scores_it_against_its_range(ranged_sh
     assert spans == [(1.0, 1.5), (8.5, 20.0)]  # the source re-read over each sample's range
     assert [(r["key"], r["frames"]) for r in rows] == [("long_0", 15), ("long_2", 45)]
     assert all(r["psnr"] is not None and "psnr" not in (r["note"] or "") for r in rows)  # every clip scored
+
+
+@pytest.mark.slow
+def test_ray_decode_tasks_give_the_pools_events_for_ranges(long_video):
+    ray = pytest.importorskip("ray")
+    from lfqtok.pipeline.ray_engine import RayDecodePool
+
+    items = ranged_items(long_video, [(1.0, 1.5), (4.0, 4.1), (9.0, 60.0)])
+    summary = lambda events: [(type(e).__name__, e.item, getattr(getattr(e, "clip", None), "frame_indices", None)) for e in events]
+    with DecodePool(NATIVE, workers=0) as pool:
+        local = summary(pool.run(items))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with RayDecodePool(NATIVE, workers=2) as pool:
+            remote = summary(pool.run(items))
+    finally:
+        ray.shutdown()
+    assert sorted(remote, key=lambda e: e[1]) == sorted(local, key=lambda e: e[1])  # interleaved across videos
+    assert ("SkipEvent", 1, None) in remote
