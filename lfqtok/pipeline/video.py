@@ -95,6 +95,8 @@ class Clip:
     frames: np.ndarray
     frame_indices: list[int]
     padded: int  # number of padding frames at the end (0 unless the video is shorter than one clip)
+    times: tuple[float, float] = (0.0, 0.0)  # presentation times (s) of its first and last source frame
+    scene: int = 0  # index of the scene all its frames lie in (0 without scene detection)
 
 
 @dataclass
@@ -130,10 +132,14 @@ def validate_spec(spec: ClipSpec) -> None:
 # helpers
 
 
-class _Frame(NamedTuple):
+class Frame(NamedTuple):
+    """One decoded frame as the decode stage passes it on: from the decoder, through scene and rate stages, to the
+    clip planner."""
+
     index: int  # position in the decoded stream
     time: float  # seconds since the first frame
     data: Any  # decoder-specific: a resized ndarray (decord) or an av.VideoFrame (PyAV)
+    scene: int = 0  # the scene it lies in, set by a scene stage between decoding and sampling (0 without one)
 
 
 @dataclass(frozen=True)
@@ -195,10 +201,10 @@ def _probe(video: str | bytes) -> _Probe:
         )
 
 
-# decoders: each is a sequential stream of _Frame plus a function turning one into an (H, W, 3) array
+# decoders: each is a sequential stream of Frame plus a function turning one into an (H, W, 3) array
 
 
-def _decord_frames(video: str | bytes, width: int, height: int, start: int, threads: int) -> Iterator[_Frame]:
+def _decord_frames(video: str | bytes, width: int, height: int, start: int, threads: int) -> Iterator[Frame]:
     """Frames from `start` on, read in short contiguous chunks (decord never seeks: its seeks can mis-map)."""
     reader = decord.VideoReader(io.BytesIO(video) if isinstance(video, bytes) else video, width=width, height=height, num_threads=threads)
     total = len(reader)
@@ -211,7 +217,7 @@ def _decord_frames(video: str | bytes, width: int, height: int, start: int, thre
         if batch.shape[1:] != (height, width, 3):
             raise VideoError(f"decord returned frames of shape {batch.shape[1:]}, expected {(height, width, 3)}")
         for i in range(lo, hi):
-            yield _Frame(i, float(times[i]), batch[i - lo])
+            yield Frame(i, float(times[i]), batch[i - lo])
 
 
 def _decord_times(reader: Any, total: int) -> np.ndarray:
@@ -251,7 +257,7 @@ def _decoded(container: av.container.InputContainer, stream: av.video.stream.Vid
         raise VideoError(f"decode failed after frame {index}: {_reason(exc)}") from None
 
 
-def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[_Frame]:
+def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[Frame]:
     """Every decoded frame from `start` on (earlier ones are decoded and dropped); needs no duration or count."""
     with _open(video) as container:
         stream = _threaded(container, threads)
@@ -262,21 +268,21 @@ def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[_Fram
             t0 = t if t0 is None else t0
             last = max(t, last)  # guard against timestamps that go backwards
             if index >= start:
-                yield _Frame(index, last - t0, frame)
+                yield Frame(index, last - t0, frame)
 
 
-def _seek_frames(video: str | bytes, origin: float, start: float, threads: int) -> Iterator[_Frame]:
+def _seek_frames(video: str | bytes, origin: float, start: float, threads: int) -> Iterator[Frame]:
     """The frames from the last keyframe at or before `start` s on, reached by seeking (PyAV; decord's seeks can
     mis-map). Times count from `origin`, the first frame's time (`_Probe.start`); indices are -1 (`_in_span`
     numbers a range's frames).
 
     The first frame is decoded before the seek: some streams carry parameter sets in band at their start, which
     a decoder that began at the seek point would lack. Frames the decoder puts out before that keyframe (leading
-    pictures of an open GOP, which reference frames before the seek point) are dropped. A keyframe or leading picture after `start`, or no frame at all, means a
-    seek further back: demuxers seek by decode time, which runs ahead of presentation with B-frames, and MPEG-TS
-    seeks to the next keyframe. A container that cannot seek, frames without timestamps, a keyframe the decoder
-    marks corrupt, or no keyframe at or before `start` in SEEK_TRIES seeks: decoded from frame 0 instead, which
-    gives the same frames, only later."""
+    pictures of an open GOP, which reference frames before the seek point) are dropped. A keyframe or leading
+    picture after `start`, or no frame at all, means a seek further back: demuxers seek by decode time, which runs
+    ahead of presentation with B-frames, and MPEG-TS seeks to the next keyframe. A container that cannot seek,
+    frames without timestamps, a keyframe the decoder marks corrupt, or no keyframe at or before `start` in
+    SEEK_TRIES seeks: decoded from frame 0 instead, which gives the same frames, only later."""
     with _open(video) as container:
         stream = _threaded(container, threads)
         limit = origin + start + TIE_SECONDS
@@ -299,12 +305,12 @@ def _seek_frames(video: str | bytes, origin: float, start: float, threads: int) 
             last, step = key.time, 1.0 / float(stream.average_rate) if stream.average_rate else 0.04
             for frame in itertools.chain([key], frames):  # times as `_pyav_frames` gives them
                 last = max(frame.time if frame.time is not None else last + step, last)
-                yield _Frame(-1, last - origin, frame)
+                yield Frame(-1, last - origin, frame)
             return
     yield from _pyav_frames(video, 0, threads)
 
 
-def _in_span(frames: Iterator[_Frame], span: tuple[float, float]) -> Iterator[_Frame]:
+def _in_span(frames: Iterator[Frame], span: tuple[float, float]) -> Iterator[Frame]:
     """The frames whose time falls in [start, end) (a time within TIE_SECONDS of a bound is on it), numbered from
     0 at the first of them; stops reading at the first frame at or past `end`."""
     start, end = span
@@ -354,7 +360,7 @@ class _Decoder:
         self.use_decord = span is None and ((prefer == "decord" and decord is not None) or (prefer == "auto" and readable))
         self.name = "decord" if self.use_decord else "pyav"
 
-    def frames(self) -> Iterator[_Frame]:
+    def frames(self) -> Iterator[Frame]:
         if self.span is not None:
             start = self.span[0]
             seekable = start > 0 and self.probe.start is not None
@@ -374,7 +380,7 @@ class _Decoder:
                 self.name = "pyav"  # decord failed (open, a bad size, the end of a short stream): PyAV goes on
         yield from _pyav_frames(self.video, next_index, self.threads)
 
-    def to_rgb(self, frame: _Frame) -> np.ndarray:
+    def to_rgb(self, frame: Frame) -> np.ndarray:
         if isinstance(frame.data, np.ndarray):
             return np.ascontiguousarray(frame.data)
         return frame_to_rgb(frame.data, self.layout_of, self.probe.rotation)
@@ -383,7 +389,7 @@ class _Decoder:
 # sampling and windows
 
 
-def _sample(frames: Iterator[_Frame], fps: float | None, origin: float = 0.0) -> Iterator[_Frame]:
+def _sample(frames: Iterator[Frame], fps: float | None, origin: float = 0.0) -> Iterator[Frame]:
     """The frames nearest to times origin + k / fps (k = 0, 1, ...; a frame repeats when fps is above the native
     rate; origin: a range's start).
 
@@ -402,31 +408,49 @@ def _sample(frames: Iterator[_Frame], fps: float | None, origin: float = 0.0) ->
         prev = frame
 
 
-def _windows(sampled: Iterator[_Frame], spec: ClipSpec, to_rgb: Callable[[_Frame], np.ndarray]) -> Iterator[Clip]:
-    """Clips of clip_frames sampled frames, one every stride; converts only frames that some clip uses."""
+class _Window(NamedTuple):
+    index: int  # source frame index
+    time: float  # its presentation time, s
+    rgb: np.ndarray  # (H, W, 3)
+
+
+def plan_clips(sampled: Iterator[Frame], spec: ClipSpec, to_rgb: Callable[[Frame], np.ndarray]) -> Iterator[Clip]:
+    """The clip planner: clips of clip_frames sampled frames, one every stride, never over two scenes.
+
+    Each scene (`Frame.scene`; one scene without detection) starts its clips at its first sampled frame; what is
+    left of a scene after its last whole clip is dropped, and `--max-clips` counts clips over the whole video.
+    Only a video of one scene shorter than one clip is padded (repeating its last frame). Converts only frames
+    that some clip uses."""
     t, stride = spec.clip_frames, spec.stride
-    buffer: deque[tuple[int, np.ndarray]] = deque()  # (source index, (H, W, 3)) from the next clip's start on
+    buffer: deque[_Window] = deque()  # from the next clip's start on, within the current scene
     clips = 0
-    last: tuple[int, np.ndarray | None] = (-1, None)  # the last converted frame, reused when fps repeats it
-    for position, frame in enumerate(sampled):
-        if position < clips * stride:
+    scene, scenes, position = None, 0, 0  # the current scene, scenes seen, its sampled frames so far
+    scene_clips = 0  # clips of the current scene
+    last: _Window | None = None  # the last converted frame, reused when fps repeats it
+    for frame in sampled:
+        if frame.scene != scene:
+            scene, scenes, position, scene_clips = frame.scene, scenes + 1, 0, 0
+            buffer.clear()
+        position += 1
+        if position - 1 < scene_clips * stride:
             continue  # between clips (stride > clip_frames): never converted
-        if frame.index != last[0]:
-            last = (frame.index, to_rgb(frame))
+        if last is None or frame.index != last.index:
+            last = _Window(frame.index, frame.time, to_rgb(frame))
         buffer.append(last)
         if len(buffer) == t:
-            yield Clip(np.stack([f for _, f in buffer]), [i for i, _ in buffer], 0)  # (T, H, W, 3)
+            yield Clip(np.stack([w.rgb for w in buffer]), [w.index for w in buffer], 0, (buffer[0].time, buffer[-1].time), scene)  # (T, H, W, 3)
             clips += 1
+            scene_clips += 1
             if spec.max_clips is not None and clips >= spec.max_clips:
                 return
             for _ in range(min(stride, t)):  # keep only the overlap with the next clip
                 buffer.popleft()
-    if clips == 0 and buffer:
+    if clips == 0 and scenes == 1 and buffer:
         if not spec.pad_short:
             raise VideoError(f"video has {len(buffer)} sampled frames, shorter than one clip of {t} (padding is off)")
         pad = t - len(buffer)
         window = list(buffer) + [buffer[-1]] * pad
-        yield Clip(np.stack([f for _, f in window]), [i for i, _ in window], pad)
+        yield Clip(np.stack([w.rgb for w in window]), [w.index for w in window], pad, (window[0].time, window[-1].time), scene)
 
 
 # still images (decoded elsewhere): the scaling, crop and pad every video frame gets, so an image is tokenized
@@ -515,18 +539,27 @@ def iter_clips(
     meta = VideoMeta(fps=probe.fps, num_frames=probe.num_frames, orig_size=display, decoder=decoder.name, plan=plan)
 
     def clips() -> Iterator[Clip]:
-        produced = 0
-        sampled = _sample(decoder.frames(), spec.fps, span[0] if span else 0.0)
-        for clip in _windows(sampled, replace(spec, pad_short=True) if span else spec, decoder.to_rgb):
+        produced, sampled = 0, 0
+
+        def counted(frames: Iterator[Frame]) -> Iterator[Frame]:
+            nonlocal sampled
+            for frame in frames:
+                sampled += 1
+                yield frame
+
+        frames = counted(_sample(decoder.frames(), spec.fps, span[0] if span else 0.0))
+        for clip in plan_clips(frames, replace(spec, pad_short=True) if span else spec, decoder.to_rgb):
             if span is not None and clip.padded:
-                have = spec.clip_frames - clip.padded
-                raise RangeTooShort(f"range {_span_text(span)} has {have} sampled frames, fewer than one clip of {spec.clip_frames}")
+                raise RangeTooShort(f"range {_span_text(span)} has {sampled} sampled frames, fewer than one clip of {spec.clip_frames}")
             produced += 1
             meta.decoder = decoder.name
             yield clip
         meta.decoder = decoder.name
         if produced == 0 and span is not None:
-            raise RangeTooShort(f"no frame of the video falls in the range {_span_text(span)}")
+            raise RangeTooShort(
+                f"no frame of the video falls in the range {_span_text(span)}" if sampled == 0 else
+                f"range {_span_text(span)} has {sampled} sampled frames, no scene of them as long as one clip of {spec.clip_frames}"
+            )
         if produced == 0:
             raise VideoError("no frames could be decoded")
 
