@@ -83,9 +83,11 @@ def test_clips_lie_over_the_frames_of_their_range(long_video, span):
     assert first + 5 * len(clips) + 5 > last + 1  # no room for one more clip in the range
 
 
-def test_frame_indices_count_from_the_range_start(long_video):
+def test_frame_indices_count_from_the_range_start_and_times_from_the_video_start(long_video):
     _, clips = iter_clips(str(long_video), NATIVE, span=(2.0, 2.5))
+    clips = list(clips)
     assert [c.frame_indices for c in clips] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
+    assert [t for c in clips for t in c.times] == pytest.approx([k / FPS for k in (60, 64, 65, 69, 70, 74)])
 
 
 @pytest.mark.parametrize("name", sorted(CODECS))
@@ -96,7 +98,7 @@ def test_a_seek_gives_the_frames_of_a_decode_from_frame_0(tmp_path, monkeypatch,
 
     def frames_of(span):
         _, clips = iter_clips(str(path), ClipSpec(size=32, clip_frames=5), span=span)
-        return [(c.frame_indices, c.frames) for c in clips]
+        return [((c.frame_indices, c.times), c.frames) for c in clips]
 
     with monkeypatch.context() as patch:  # the seek path alone: decoding from frame 0 would fail
         patch.setattr(video, "_pyav_frames", lambda *a: pytest.fail("decoded from frame 0 instead of seeking"))
@@ -157,31 +159,38 @@ def test_the_pool_gives_a_ranges_clips_or_a_skip(long_video, workers):
 
 @pytest.fixture(scope="module")
 def ranged_shard(tmp_path_factory, long_video, model) -> Path:
-    """One shard of three ranges of one row (the middle one shorter than a clip) and a missing video's range."""
+    """Shard 0: three ranges of one row (the middle one shorter than a clip) and a missing video's range; shard 1:
+    a plain video."""
     out = tmp_path_factory.mktemp("ranged_out")
-    items = ranged_items(long_video, [(1.0, 1.5), (4.0, 4.1), (8.5, 20.0)])
+    items = ranged_items(long_video, [(1.0, 1.5), (4.0, 4.1), (9.3, 20.0)])
     items.append(VideoItem("gone", "gone.mp4", str(out / "gone.mp4"), span=(0.0, 1.0), row=4, segment=0))
+    plain = indexed_video(out.parent / f"{out.name}_plain.mp4", 10)
     encoder = ShardEncoder(out, ClipSpec(size=32, clip_frames=5), model=model, device="cpu", batch_size=4, workers=1)
-    encoder([ShardJob(0, tuple(items))])
+    encoder([ShardJob(0, tuple(items)), ShardJob(1, (VideoItem("plain", str(plain), str(plain)),))])
     return out
 
 
 def test_shard_stats_record_the_short_range_as_skipped_and_the_missing_video_with_its_row(ranged_shard):
     stats = json.loads((ranged_shard / "00000_stats.json").read_text())
-    assert stats["samples"] == 2 and stats["clips"] == 3 + 9  # 1.0-1.5 s: 15 frames; 8.5-10 s (the video's end): 45
+    assert stats["samples"] == 2 and stats["clips"] == 3 + 4  # 1.0-1.5 s: 15 frames; 9.3-10 s (the video's end): 21
     assert stats["skipped"] == [{"source": stats["skipped"][0]["source"], "row": 3, "segment": 1,
                                  "reason": "range [4.000, 4.100) s has 3 sampled frames, fewer than one clip of 5"}]
     assert [(f["source"], f["row"], f["segment"]) for f in stats["failures"]] == [("gone.mp4", 4, 0)]
+    plain = json.loads((ranged_shard / "00001_stats.json").read_text())  # as it always was: no `skipped`
+    assert list(plain) == ["shard", "samples", "clips", "tokens", "frames", "failures", "seconds"]
 
 
 def test_a_ranged_sample_records_its_time_range_and_range_relative_frame_indices(ranged_shard):
     samples = {key: meta for key, _, meta in read_tokens(ranged_shard)}
-    assert list(samples) == ["long_0", "long_2"]
+    assert list(samples) == ["long_0", "long_2", "plain"]
+    assert not {"time_range", "clip_times", "row", "segment"} & set(samples["plain"])
     assert samples["long_0"]["time_range"] == [1.0, 1.5]
-    assert samples["long_2"]["time_range"] == [8.5, 20.0]  # as asked; its frames end with the video (10 s)
+    assert samples["long_2"]["time_range"] == [9.3, 20.0]  # as asked; its frames end with the video (10 s)
     assert samples["long_0"]["frame_indices"] == [list(range(k, k + 5)) for k in (0, 5, 10)]
-    assert samples["long_2"]["frame_indices"] == [list(range(k, k + 5)) for k in range(0, 45, 5)]
+    assert samples["long_2"]["frame_indices"] == [list(range(k, k + 5)) for k in range(0, 20, 5)]
     assert samples["long_0"]["padded_frames"] == samples["long_2"]["padded_frames"] == 0
+    assert samples["long_0"]["clip_times"] == [[1.0, 1.133333], [1.166667, 1.3], [1.333333, 1.466667]]
+    assert samples["long_2"]["clip_times"][-1] == [9.8, 9.933333]  # then the video ends: one frame left over
 
 
 def test_decode_compare_of_a_ranged_sample_scores_it_against_its_range(ranged_shard, model, tmp_path, monkeypatch):
@@ -192,9 +201,9 @@ def test_decode_compare_of_a_ranged_sample_scores_it_against_its_range(ranged_sh
         return iter_clips(source, spec, **kwargs)
 
     monkeypatch.setattr(video, "iter_clips", spy)
-    rows = decode_samples(ranged_shard, tmp_path / "prev", fmt="png", compare=True, model=model, device="cpu")
-    assert spans == [(1.0, 1.5), (8.5, 20.0)]  # the source re-read over each sample's range
-    assert [(r["key"], r["frames"]) for r in rows] == [("long_0", 15), ("long_2", 45)]
+    rows = decode_samples(ranged_shard, tmp_path / "prev", keys=["long_0", "long_2"], fmt="png", compare=True, model=model, device="cpu")
+    assert spans == [(1.0, 1.5), (9.3, 20.0)]  # the source re-read over each sample's range
+    assert [(r["key"], r["frames"]) for r in rows] == [("long_0", 15), ("long_2", 20)]
     assert all(r["psnr"] is not None and "psnr" not in (r["note"] or "") for r in rows)  # every clip scored
 
 
