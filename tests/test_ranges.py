@@ -224,3 +224,31 @@ def test_ray_decode_tasks_give_the_pools_events_for_ranges(long_video):
         ray.shutdown()
     assert sorted(remote, key=lambda e: e[1]) == sorted(local, key=lambda e: e[1])  # interleaved across videos
     assert ("SkipEvent", 1, None) in remote
+
+
+@pytest.mark.slow
+def test_every_real_video_seeks_to_the_frames_of_a_decode_from_frame_0(real_videos, monkeypatch):
+    """Seeking must not change a frame: open GOPs, B-frames, in-band parameter sets (cockatoo.mp4), AVI, GIF, AV1."""
+    spec = ClipSpec(size=32, clip_frames=5)
+    paths = sorted(p for p in real_videos.glob("*/*") if p.suffix.lower() != ".md")
+
+    def clips(path: Path, span: tuple[float, float]) -> list:
+        try:
+            _, found = iter_clips(str(path), spec, span=span)
+            return [(c.frame_indices, c.times, c.frames) for c in found]
+        except VideoError as exc:
+            return [str(exc)]
+
+    spans = {}
+    for path in paths:
+        with av.open(str(path)) as container:
+            seconds = container.duration / av.time_base if container.duration else 4.0
+        spans[path] = [(round(f * seconds, 3), round(f * seconds, 3) + 1.0) for f in (0.37, 0.81)]
+    sought = {path: [clips(path, span) for span in spans[path]] for path in paths}
+    monkeypatch.setattr(video, "SEEK_TRIES", 0)
+    for path in paths:
+        for span, seek in zip(spans[path], sought[path]):
+            decoded = clips(path, span)
+            assert len(seek) == len(decoded), (path.name, span)
+            for a, b in zip(seek, decoded):
+                assert a == b if isinstance(a, str) else (a[:2] == b[:2] and np.array_equal(a[2], b[2])), (path.name, span)
