@@ -20,7 +20,7 @@ from lfqtok.pipeline import video
 from lfqtok.pipeline.pool import DecodePool, DoneEvent, FailEvent, SkipEvent
 from lfqtok.pipeline.sources import ShardJob, VideoItem
 from lfqtok.pipeline.video import ClipSpec, RangeTooShort, iter_clips
-from lfqtok.pipeline.worker import ShardEncoder
+from lfqtok.pipeline.worker import Counters, ShardEncoder
 
 FPS = 30
 BITS = 10  # frame index in binary: one 8x8 block per bit, white for 1 (survives any lossy codec)
@@ -158,7 +158,7 @@ def test_the_pool_gives_a_ranges_clips_or_a_skip(long_video, workers):
 
 
 @pytest.fixture(scope="module")
-def ranged_shard(tmp_path_factory, long_video, model) -> Path:
+def ranged_run(tmp_path_factory, long_video, model) -> tuple[Path, list, Counters]:
     """Shard 0: three ranges of one row (the middle one shorter than a clip) and a missing video's range; shard 1:
     a plain video."""
     out = tmp_path_factory.mktemp("ranged_out")
@@ -166,8 +166,14 @@ def ranged_shard(tmp_path_factory, long_video, model) -> Path:
     items.append(VideoItem("gone", "gone.mp4", str(out / "gone.mp4"), span=(0.0, 1.0), row=4, segment=0))
     plain = indexed_video(out.parent / f"{out.name}_plain.mp4", 10)
     encoder = ShardEncoder(out, ClipSpec(size=32, clip_frames=5), model=model, device="cpu", batch_size=4, workers=1)
-    encoder([ShardJob(0, tuple(items)), ShardJob(1, (VideoItem("plain", str(plain), str(plain)),))])
-    return out
+    progress: list[Counters] = []
+    results = encoder([ShardJob(0, tuple(items)), ShardJob(1, (VideoItem("plain", str(plain), str(plain)),))], progress.append)
+    return out, results, progress[-1]
+
+
+@pytest.fixture(scope="module")
+def ranged_shard(ranged_run) -> Path:
+    return ranged_run[0]
 
 
 def test_shard_stats_record_the_short_range_as_skipped_and_the_missing_video_with_its_row(ranged_shard):
@@ -178,6 +184,12 @@ def test_shard_stats_record_the_short_range_as_skipped_and_the_missing_video_wit
     assert [(f["source"], f["row"], f["segment"]) for f in stats["failures"]] == [("gone.mp4", 4, 0)]
     plain = json.loads((ranged_shard / "00001_stats.json").read_text())  # as it always was: no `skipped`
     assert list(plain) == ["shard", "samples", "clips", "tokens", "frames", "failures", "seconds"]
+
+
+def test_a_skipped_range_counts_toward_the_runs_progress_and_results(ranged_run):
+    _, results, progress = ranged_run
+    assert (progress.videos_done, progress.videos_failed, progress.videos_skipped, progress.videos_total) == (3, 1, 1, 5)
+    assert Counters.of(results).videos_skipped == 1 and [len(r.skipped) for r in results] == [1, 0]
 
 
 def test_a_ranged_sample_records_its_time_range_and_range_relative_frame_indices(ranged_shard):

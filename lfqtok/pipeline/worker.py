@@ -40,7 +40,7 @@ def decode_workers(workers: int | None) -> int:
 
 # results
 
-COUNTS = ("videos_done", "videos_failed", "clips", "frames", "tokens")  # what engines sum over shards and processes
+COUNTS = ("videos_done", "videos_failed", "videos_skipped", "clips", "frames", "tokens")  # what engines sum over shards and processes
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Counters:
     videos_total: int = 0
     videos_done: int = 0
     videos_failed: int = 0
+    videos_skipped: int = 0  # time ranges shorter than one clip: no sample, not failed
     clips: int = 0
     frames: int = 0
     tokens: int = 0
@@ -61,6 +62,7 @@ class Counters:
         return cls(
             videos_done=sum(r.samples for r in results),
             videos_failed=sum(len(r.failures) for r in results),
+            videos_skipped=sum(len(r.skipped) for r in results),
             clips=sum(r.clips for r in results),
             frames=sum(r.frames for r in results),
             tokens=sum(r.tokens for r in results),
@@ -362,6 +364,7 @@ class _ShardAssembler:
             return
         if pending.skipped is not None:
             stats["skipped"].append({"source": item.source, **where, "reason": pending.skipped})
+            self.counters.videos_skipped += 1
             return
         done = pending.done
         clips = [pending.clips[i] for i in range(done.num_clips)]
