@@ -37,7 +37,7 @@ DECORD_MAX_FRAMES = 4096  # decord indexes the whole file at open (~3 KB a frame
 DECORD_CHUNK = 16  # frames per decord read: small, so a huge fps-subsampling step never holds many frames
 MAX_BAD_PACKETS = 16  # corrupt packets skipped per video before it counts as undecodable
 TIE_SECONDS = 1e-4  # timestamps this close to a target (or a range bound) count as equally near (on it)
-SEEK_TRIES = 4  # seeks, each further back (1, 2, 4 s before the keyframe that landed after a range's start), before decoding from frame 0
+SEEK_TRIES = 4  # seeks to a range, each further back (by 1, 2, 4 s), before it is decoded from frame 0
 ALPHA_FORMATS = ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya")  # composited over black
 DECODERS = ("auto", "pyav", "decord")  # auto: decord where it reads right (DECORD_CODECS, short, unrotated), else PyAV
 
