@@ -1,14 +1,16 @@
 """Benchmark reaching a time range deep in a long video: a seek to the keyframe before it vs decoding from frame 0.
 
     python scripts/bench_ranges.py [--minutes 5] [--width 320] [--height 180] [--gop 2] [--at 0.9] [--repeats 5]
-                                   [--videos DIR]
+                                   [--videos DIR] [--tile 4]
 
 Writes a long H.264 video with PyAV (a moving pattern, --fps 30, a keyframe every --gop seconds) to a temp dir, then
 times, for a range starting at --at of its length (median of --repeats runs, one decoder thread):
 - first frame: `iter_clips(span=...)` up to its first frame (1-frame clips), seeking (what encode does);
 - the same range decoded from frame 0, frames before it dropped (the fallback for streams that cannot seek);
 - a whole 2 s range of 17-frame clips at 128 px, seeking and from frame 0.
-With --videos, the same first-frame times for a range at --at of each video there (real codecs, short videos).
+With --videos, the same first-frame times for a range at --at of each video there (real codecs, short videos), and
+frames/s of CPU time (one thread, best of 2, 128 px) for ranges of --tile s tiling each video, one seek each, vs the
+whole file (decord where it reads right; PyAV).
 """
 
 from __future__ import annotations
@@ -84,6 +86,21 @@ def whole_range(path: str, span: tuple[float, float], seek: bool = True) -> int:
         video.SEEK_TRIES = tries
 
 
+def cpu_rate(path: str, spans: list, decoder: str) -> float:
+    """Frames/s of CPU time (best of 2) for clips of 17 at 128 px over `spans` (None: the whole video)."""
+    best = 0.0
+    for _ in range(2):
+        started, frames = time.process_time(), 0
+        for span in spans:
+            try:
+                _, clips = iter_clips(path, CLIPS, threads=1, decoder=decoder, span=span)
+                frames += sum(len(clip.frames) for clip in clips)
+            except video.RangeTooShort:
+                continue  # the video's tail, shorter than one clip
+        best = max(best, frames / max(time.process_time() - started, 1e-9))
+    return best
+
+
 def duration(path: str) -> float:
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -101,6 +118,7 @@ def main() -> None:
     parser.add_argument("--at", type=float, default=0.9, help="where the range starts, as a fraction of the length")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--videos", type=Path, help="also time a range in each video of this folder")
+    parser.add_argument("--tile", type=float, default=4.0, help="seconds per range when ranges tile each --videos video")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +146,12 @@ def main() -> None:
             seek = median_seconds(lambda: first_frame(str(path), span), args.repeats)
             zero = median_seconds(lambda: first_frame(str(path), span, seek=False), args.repeats)
             print(f"  {path.name:32s} at {span[0]:6.2f} s   {seek * 1000:7.1f} / {zero * 1000:7.1f} ms   ({zero / seek:4.1f}x)")
+        print(f"frames/s of CPU time: {args.tile:g} s ranges tiling each video, one seek each / whole file, auto / whole file, pyav:")
+        for path in sorted(p for p in args.videos.iterdir() if p.is_file() and p.suffix.lower() in {".mp4", ".webm", ".mkv", ".avi"}):
+            seconds = duration(str(path))
+            tiles = [(t, t + args.tile) for t in np.arange(0.0, seconds, args.tile)]
+            rates = [cpu_rate(str(path), spans, decoder) for spans, decoder in ((tiles, "auto"), ([None], "auto"), ([None], "pyav"))]
+            print(f"  {path.name:32s} {rates[0]:6.0f} / {rates[1]:6.0f} / {rates[2]:6.0f}   ({rates[0] / rates[1]:.2f}x auto)")
 
 
 if __name__ == "__main__":
