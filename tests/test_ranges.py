@@ -110,6 +110,15 @@ def test_a_seek_gives_the_frames_of_a_decode_from_frame_0(tmp_path, monkeypatch,
     assert [len(s) for s in seeking] == [4, 3, 5]
 
 
+def test_a_range_of_a_videos_bytes_is_the_range_of_its_file(long_video):
+    """Remote videos and tar members are decoded from their bytes: the seek works in memory the same."""
+    spec = ClipSpec(size=32, clip_frames=5)
+    _, from_file = iter_clips(str(long_video), spec, span=(6.1, 6.9))
+    _, from_bytes = iter_clips(long_video.read_bytes(), spec, span=(6.1, 6.9))
+    pairs = list(zip(from_file, from_bytes, strict=True))
+    assert len(pairs) == 4 and all(a.frame_indices == b.frame_indices and np.array_equal(a.frames, b.frames) for a, b in pairs)
+
+
 def test_a_range_that_ends_past_the_video_is_cut_at_its_end(long_video):
     clips = shown_clips(long_video, (9.0, 60.0))
     assert [i for clip in clips for i in clip] == list(range(270, 300))
