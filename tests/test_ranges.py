@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def test_a_range_that_ends_past_the_video_is_cut_at_its_end(long_video):
 )
 def test_a_range_shorter_than_one_clip_is_not_padded(long_video, span, reason):
     _, clips = iter_clips(str(long_video), NATIVE, span=span)
-    with pytest.raises(RangeTooShort, match=reason.replace("[", r"\[").replace(")", r"\)")):
+    with pytest.raises(RangeTooShort, match=re.escape(reason)):
         next(clips)
 
 
