@@ -168,6 +168,8 @@ def _encode_table(summary) -> None:
         table.add_row("[yellow]images left out (folders or tars of videos)[/]", f"{summary.left_out:,}: {escape(first)}")
     for reason, count in summary.failures_by_reason.most_common():
         table.add_row(f"[red]failed: {reason}[/]", str(count))
+    if summary.skipped:
+        table.add_row("time ranges skipped (shorter than one clip)", f"{len(summary.skipped):,}")
     err.print(table)
 
 

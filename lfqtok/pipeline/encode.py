@@ -138,9 +138,10 @@ class EncodeSummary:
     frames: int
     tokens: int
     seconds: float
-    failures: list[dict[str, str]]
+    failures: list[dict[str, Any]]
     left_out: int = 0  # images a folder or tar of videos left out (videos' posters and thumbnails)
     left_out_first: list[str] = field(default_factory=list)  # the first few of them, sorted
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # time ranges shorter than one clip: no sample, no failure
 
     @property
     def failures_by_reason(self) -> Counter[str]:
@@ -305,6 +306,7 @@ def encode_dataset(
         failures=failures,
         left_out=len(items.left_out),
         left_out_first=items.left_out[:LEFT_OUT_SHOWN],
+        skipped=[s for r in results for s in r.skipped],
     )
     if config.strict and failures:
         raise LfqtokError(f"{len(failures)} video(s) failed (--strict); first: {failures[0]['source']}: {failures[0]['error']}")

@@ -26,7 +26,7 @@ from ..errors import LfqtokError, UsageError
 from .images import image_clip
 from .sources import VideoItem, iter_fetched, read_extras, read_video_bytes
 from ..io.storage import Options
-from .video import Clip, ClipSpec, VideoMeta, iter_clips, resolve_decoder
+from .video import Clip, ClipSpec, RangeTooShort, VideoMeta, iter_clips, resolve_decoder
 
 MAX_WORKERS = 256  # decode processes: more than any machine's useful count (each holds a decoder and its frames)
 POLL_SECONDS = 0.2  # how often the parent checks decode clocks while it waits for events
@@ -61,7 +61,16 @@ class FailEvent:
     error: str
 
 
-Event = ClipEvent | DoneEvent | FailEvent
+@dataclass
+class SkipEvent:
+    """Video `item` is a time range with fewer frames than one clip: no sample, and not a failure (the shard stats
+    record it under `skipped`); `reason` is one line."""
+
+    item: int
+    reason: str
+
+
+Event = ClipEvent | DoneEvent | FailEvent | SkipEvent
 DecodeFn = Callable[[int, VideoItem, ClipSpec, str], Iterator[Event]]  # (index, item, spec, decoder) -> events
 Task = tuple[int, VideoItem, int]  # (index, item, attempt: position in decoder_attempts)
 
@@ -86,9 +95,10 @@ def validate_pool(workers: int, timeout: float) -> None:
 def decode_item(
     index: int, item: VideoItem, spec: ClipSpec, decoder: str = "auto", threads: int = 0, storage_options: Options = None
 ) -> Iterator[Event]:
-    """One video's events: its ClipEvents, then one DoneEvent or FailEvent (a bad video is an event, not a raise).
-    An image is one 1-frame clip (`images.image_clip`, whatever the decoder). `storage_options`: for a remote item
-    whose bytes were not read ahead."""
+    """One video's events: its ClipEvents, then one DoneEvent or FailEvent (a bad video is an event, not a raise),
+    or a SkipEvent for a time range (`item.span`, `video.iter_clips`) shorter than one clip. An image is one 1-frame
+    clip (`images.image_clip`, whatever the decoder). `storage_options`: for a remote item whose bytes were not
+    read ahead."""
     try:
         extras = read_extras(item, storage_options)
         if item.is_image:
@@ -96,12 +106,14 @@ def decode_item(
             yield ClipEvent(index, 0, clip)
             yield DoneEvent(index, meta, 1, extras)
             return
-        meta, clips = iter_clips(read_video_bytes(item, storage_options), spec, threads=threads, decoder=decoder)
+        meta, clips = iter_clips(read_video_bytes(item, storage_options), spec, threads=threads, decoder=decoder, span=item.span)
         count = 0
         for clip in clips:
             yield ClipEvent(index, count, clip)
             count += 1
         yield DoneEvent(index, meta, count, extras)
+    except RangeTooShort as exc:  # raised before its first clip
+        yield SkipEvent(index, str(exc))
     except LfqtokError as exc:
         yield FailEvent(index, str(exc))
     except Exception as exc:  # a decoder bug on one file must not end the run: it is that video's failure
@@ -232,7 +244,8 @@ class DecodePool:
         self._pool.clear()
 
     def run(self, items: Sequence[VideoItem]) -> Iterator[Event]:
-        """Events for every item: per video its ClipEvents in order, then exactly one DoneEvent or FailEvent."""
+        """Events for every item: per video its ClipEvents in order, then exactly one DoneEvent, FailEvent or
+        SkipEvent."""
         if self.workers == 0:  # one try each: a crash here would be this process's
             for index, item in enumerate(iter_fetched(items, self.storage_options)):
                 yield from self.decode(index, item, self.spec, self.decoders[0])
