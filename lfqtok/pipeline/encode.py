@@ -205,8 +205,9 @@ def encode_dataset(
         if storage.is_url(url):
             storage.filesystem(url, config.storage_options)
     if storage.is_url(out):
-        storage.check_writable(str(out))
-    items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders)
+        storage.check_writable(str(out), config.storage_options)
+    items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders,
+                       timeout=config.video_timeout)
     if not items:
         raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
     images = sum(item.is_image for item in items)

@@ -82,19 +82,20 @@ def validate_pool(workers: int, timeout: float) -> None:
 
 
 def decode_item(
-    index: int, item: VideoItem, spec: ClipSpec, decoder: str = "auto", threads: int = 0, storage_options: Options = None
+    index: int, item: VideoItem, spec: ClipSpec, decoder: str = "auto", threads: int = 0, storage_options: Options = None,
+    fetch_timeout: float | None = None,
 ) -> Iterator[Event]:
     """One video's events: its ClipEvents, then one DoneEvent or FailEvent (a bad video is an event, not a raise).
-    An image is one 1-frame clip (`images.image_clip`, whatever the decoder). `storage_options`: for a remote item
-    whose bytes were not read ahead."""
+    An image is one 1-frame clip (`images.image_clip`, whatever the decoder). `storage_options`, `fetch_timeout`
+    (seconds without progress): for a remote item whose bytes were not read ahead."""
     try:
-        extras = read_extras(item, storage_options)
+        extras = read_extras(item, storage_options, fetch_timeout)
         if item.is_image:
-            meta, clip = image_clip(read_video_bytes(item, storage_options), spec)
+            meta, clip = image_clip(read_video_bytes(item, storage_options, fetch_timeout), spec)
             yield ClipEvent(index, 0, clip)
             yield DoneEvent(index, meta, 1, extras)
             return
-        meta, clips = iter_clips(read_video_bytes(item, storage_options), spec, threads=threads, decoder=decoder)
+        meta, clips = iter_clips(read_video_bytes(item, storage_options, fetch_timeout), spec, threads=threads, decoder=decoder)
         count = 0
         for clip in clips:
             yield ClipEvent(index, count, clip)
@@ -192,7 +193,8 @@ class DecodePool:
     `decoder`: what each video is decoded with first (None: `resolve_decoder`), PyAV alone on a retry.
     `decode` replaces the per-video function run in the workers (a picklable, module-level function; tests
     use it to simulate hangs and crashes). Remote items' bytes are fetched here, ahead of the workers
-    (`sources.iter_fetched`, at most READAHEAD_BYTES), with `storage_options`.
+    (`sources.iter_fetched`, at most READAHEAD_BYTES), with `storage_options`; a fetch without progress for
+    `timeout` seconds is that video's failure, as a decode without progress is.
     """
 
     def __init__(
@@ -212,7 +214,7 @@ class DecodePool:
         self.spec, self.workers, self.timeout, self.max_pending = spec, workers, timeout, max_pending_clips
         self.decoders = decoder_attempts(resolve_decoder(decoder))
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))  # decoder threads per worker: no oversubscription
-        self.decode = decode or functools.partial(decode_item, threads=threads, storage_options=storage_options)
+        self.decode = decode or functools.partial(decode_item, threads=threads, storage_options=storage_options, fetch_timeout=timeout)
         self.storage_options = storage_options
         self._ctx = mp.get_context("spawn")  # never fork a parent that may hold torch / CUDA state
         self._pool: list[_Worker] = []
@@ -232,10 +234,10 @@ class DecodePool:
     def run(self, items: Sequence[VideoItem]) -> Iterator[Event]:
         """Events for every item: per video its ClipEvents in order, then exactly one DoneEvent or FailEvent."""
         if self.workers == 0:  # one try each: a crash here would be this process's
-            for index, item in enumerate(iter_fetched(items, self.storage_options)):
+            for index, item in enumerate(iter_fetched(items, self.storage_options, timeout=self.timeout)):
                 yield from self.decode(index, item, self.spec, self.decoders[0])
             return
-        tasks = _Tasks(iter_fetched(items, self.storage_options))
+        tasks = _Tasks(iter_fetched(items, self.storage_options, timeout=self.timeout))
         pending: deque[Event] = deque()
         open_items = len(items)
         try:
