@@ -99,7 +99,7 @@ def normalize(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     host, slash, key = rest.partition("/")
-    return f"{scheme}://{host}{slash}{re.sub('/{2,}', '/', key)}"
+    return f"{scheme}://{host}{slash}" + re.sub("/{2,}", "/", key.lstrip("/"))
 
 
 def url_path(path: Location) -> str:
@@ -295,7 +295,7 @@ def filesystem(url: str, options: Options = None) -> tuple[Any, str]:
         _remember_secrets(options)
         check_options(scheme, options)
     try:
-        fs, path = fsspec.core.url_to_fs(url, **dict(options or {}))
+        fs, path = fsspec.core.url_to_fs(normalize(url), **dict(options or {}))
     except ImportError:
         extra, package = EXTRAS.get(scheme, (None, None))
         hint = f"pip install 'lfqtok[{extra}]' (it installs {package})" if extra else "install the fsspec package that provides it"
