@@ -52,7 +52,7 @@ class EncodeConfig:
     shard_index: int = 0  # ... and run part I of them
     engine: str = "local"  # local | ray
     ray_address: str | None = None  # Ray cluster address for --engine ray (None: start or join a local one)
-    video_timeout: float = 60.0  # seconds one video may decode without progress before its worker is killed
+    video_timeout: float = 60.0  # seconds one video may be fetched or decode without progress before it fails
     decoder: str | None = None  # each video's first decoder: auto | pyav | decord; None: $LFQTOK_DECODER, else auto
     verbose: bool = False  # let Ray's own log lines through to the terminal (--engine ray)
     class_folders: bool = False  # ImageNet-style ROOT/CLASS/...: each sample json gets "class" and "label"
