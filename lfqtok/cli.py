@@ -56,7 +56,9 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]lfqtok: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    from .io.storage import scrub  # the last guard: no URL's credentials or storage option's secret on stderr
+
+    err.print(f"[bold red]lfqtok: error:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -287,6 +287,18 @@ def test_s3_keys_holding_hash_and_question_marks_are_recorded_as_they_are(tmp_pa
     assert all(storage.read_bytes(source) for source in sources.values())  # each names its own object
 
 
+def test_what_users_see_of_a_url_keeps_the_object_and_drops_credentials():
+    signed = "https://b.s3.amazonaws.com/v/a.mp4?X-Amz-Credential=AK%2F&X-Amz-Signature=S1&id=7&sig=S2&Expires=9#tok=S3"
+    assert storage.redact(signed) == "https://b.s3.amazonaws.com/v/a.mp4?id=7"
+    assert storage.name(signed) == "a.mp4" and storage.parent(signed) == "https://b.s3.amazonaws.com/v"
+    assert storage.redact("s3://user:S4@b/v/a?b#c.mp4") == "s3://b/v/a?b#c.mp4"  # an object key, whole
+    assert storage.name("s3://b/v/a?b#c.mp4") == "a?b#c.mp4"
+    assert storage.normalize("s3://b//x///y/") == "s3://b/x/y/" and storage.normalize("https://h//x") == "https://h//x"
+    storage.filesystem("http://h/x", {"headers": {"Authorization": "Bearer S5-long"}, "client_kwargs": {}})
+    line = storage.scrub('Could not connect to "http://u:S6@h:9/p?token=S7&a=1": Bearer S5-long refused')
+    assert not any(f"S{i}" in line for i in range(4, 8)) and "http://h:9/p?a=1" in line, line
+
+
 def _files_hold(root: Path, secret: str) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 

@@ -54,7 +54,7 @@ _CREDENTIAL = re.compile(  # query parameters that carry or sign a credential (S
     r"code|session|sv|se|st|sp|sr|spr|si|ss|srt|skoid|sktid|skt|ske|sks|skv|sdd)$",
     re.IGNORECASE,
 )
-_SECRET_OPTION = re.compile(r"secret|password|passwd|token|credential|sas|key$|^key|signature", re.IGNORECASE)
+_SECRET_OPTION = re.compile(r"secret|password|passwd|token|credential|auth|cookie|sas|key$|^key|signature", re.IGNORECASE)
 _SECRETS: set[str] = set()  # secret-looking --storage-options values seen by this process: scrubbed from every error
 
 Location = str | Path  # a local Path, or a URL string (see `location`)

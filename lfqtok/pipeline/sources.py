@@ -183,12 +183,10 @@ def _open_tar(path: str, options: Options, timeout: float | None = None):
     `timeout`, see `storage.read_bytes`)."""
     if not storage.is_url(path):
         return open(path, "rb"), os.path.getsize(path)
-    if timeout is None:
+    found = storage.info(path, options, timeout) if timeout is not None else None
+    if found is None or found.get("size") is None:  # no bound asked for, or a server that gives no size
         f = storage.open_file(path, "rb", options, block_size=storage.PART_SIZE, cache_type="readahead")
         return f, f.size
-    found = storage.info(path, options, timeout)
-    if found is None:
-        raise FileNotFoundError(storage.redact(path))
     return io.BufferedReader(_RangeReader(path, options, found["size"], timeout), storage.PART_SIZE), found["size"]
 
 
