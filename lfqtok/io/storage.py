@@ -6,8 +6,8 @@ the caller carries explicitly (`--storage-options` JSON; never global, never wri
 otherwise come from each backend's own places (AWS_* variables and profiles, gcloud, az, HF_TOKEN). What users see
 of a URL is `redact(url)`: no user info, no credential-bearing query parameter. In http(s) URLs '?' starts a query
 and '#' a fragment; in object-store URLs (s3://b/a?b#c.mp4) both are part of the key. Names (keys, member and cache
-file names) come from a URL's path only (`url_path`). A fetch with a `timeout` fails when a part of it makes no
-progress for that long (`fetch`, `TimeoutError`), its request cancelled.
+file names) come from a URL's path only (`url_path`). A read with a `timeout` fails when a part of it makes no
+progress for that long (`read_bytes`, `TimeoutError`), its request cancelled.
 """
 
 from __future__ import annotations
@@ -187,6 +187,8 @@ _FORWARDED = {  # (family, option; '*' for unnamed ones) -> where its entries go
     ("http", "*"): "aiohttp:ClientSession._request",
     ("http", "client_kwargs"): "aiohttp:ClientSession.__init__",
 }
+_TEXT_OPTIONS = {"key", "secret", "token", "profile", "username", "password", "region_name", "project", "account_name",
+                 "account_key", "sas_token", "connection_string", "tenant_id", "client_id", "client_secret"}
 _GENERIC_OPTIONS = {"skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths", "batch_size"}
 
 
@@ -214,11 +216,13 @@ def _check_type(option: str, value: Any, default: Any) -> None:
         else ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)) if isinstance(default, (int, float))
         else ("a string", lambda v: isinstance(v, str)) if isinstance(default, str)
         else ("a JSON object", lambda v: isinstance(v, Mapping)) if option.endswith("_kwargs")
+        else ("a string", lambda v: isinstance(v, str)) if option.rpartition(".")[2] in _TEXT_OPTIONS or option.endswith("_url")
         else None
     )
     if wanted and value is not None and not wanted[1](value):
-        shown = scrub(json.dumps(value, default=str))[:60]
-        raise UsageError(f"--storage-options: {option!r} must be {wanted[0]}, got {shown}")
+        kinds = {bool: "true or false", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+        got = kinds.get(type(value), type(value).__name__)  # its kind, never its value (it may be a secret)
+        raise UsageError(f"--storage-options: {option!r} must be {wanted[0]}, got {got}")
 
 
 def check_options(scheme: str, options: Mapping[str, Any]) -> None:
@@ -272,7 +276,7 @@ def _remember_secrets(options: Any, under: str = "") -> None:
     elif isinstance(options, str) and len(options) >= 4:
         if _SECRET_OPTION.search(under):
             _SECRETS.add(options)
-        if is_url(options) or options.lower().startswith(("http://", "https://")):
+        if is_url(options):
             parts = urlsplit(options)
             if "@" in parts.netloc:
                 _SECRETS.add(parts.netloc.rpartition("@")[0])
@@ -323,7 +327,7 @@ def errors() -> tuple[type[BaseException], ...]:
 
 
 _STATUS_WORDS = {401: "check the credentials", 403: "access denied: check the credentials or the URL's signature",
-                 404: "no such object", 416: "the range asked for is past the end of the object"}
+                 416: "the range asked for is past the end of the object"}
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -342,7 +346,9 @@ def describe(exc: BaseException) -> str:
     """One line for a storage error: its kind in words (an HTTP status as such: '403 Forbidden', '500 from the
     server'), never the request it came from (which may hold secrets)."""
     cause = exc.__cause__ or exc.__context__
-    status = status_of(exc) if status_of(exc) is not None else status_of(cause) if cause is not None else None
+    status = status_of(exc)
+    if status is None and cause is not None:
+        status = status_of(cause)
     if status is not None and status != 404:
         import http
 
@@ -351,7 +357,7 @@ def describe(exc: BaseException) -> str:
         except ValueError:
             phrase = ""
         if status >= 500:
-            return f"{status} from the server ({phrase or 'server error'}); it may pass: rerun to retry"
+            return f"{status} from the server ({phrase or 'server error'})"
         hint = _STATUS_WORDS.get(status)
         return f"{status} {phrase}".strip() + (f" ({hint})" if hint else "")
     if isinstance(exc, FileNotFoundError):
