@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from ..errors import LfqtokError, UsageError
 from .images import image_clip
 from .sources import VideoItem, iter_fetched, read_extras, read_video_bytes
-from ..io.storage import Options
+from ..io.storage import Options, scrub
 from .video import Clip, ClipSpec, VideoMeta, iter_clips, resolve_decoder
 
 POLL_SECONDS = 0.2  # how often the parent checks decode clocks while it waits for events
@@ -104,7 +104,7 @@ def decode_item(
     except LfqtokError as exc:
         yield FailEvent(index, str(exc))
     except Exception as exc:  # a decoder bug on one file must not end the run: it is that video's failure
-        yield FailEvent(index, " ".join(f"{type(exc).__name__}: {exc}".split()))
+        yield FailEvent(index, scrub(" ".join(f"{type(exc).__name__}: {exc}".split())))  # recorded: no URL's credentials
 
 
 # worker side
