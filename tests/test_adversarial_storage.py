@@ -259,6 +259,9 @@ def test_out_naming_an_existing_object_is_refused_and_left_alone(tmp_path, clips
     assert code == 2 and "existing object" in line and f"{s3}/data.bin" in line
     fs, bucket = storage.filesystem(s3)
     assert storage.read_bytes(f"{s3}/data.bin") == b"precious" and fs.find(bucket) == [f"{bucket}/data.bin"]
+    (tmp_path / "data.bin").write_bytes(b"precious")
+    code, stdout, stderr = cli(*encode_args(str(clips), out=str(tmp_path / "data.bin"), model=model))
+    assert code == 2 and "existing file" in one_line(stderr) and (tmp_path / "data.bin").read_bytes() == b"precious"
 
 
 def test_double_slashes_in_an_object_url_are_normalized_so_reruns_and_stats_find_the_shards(tmp_path, clips, model, s3):

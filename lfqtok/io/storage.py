@@ -382,9 +382,13 @@ def storage_error(kind: type[LfqtokError], action: str, url: Location, exc: Base
     return kind(f"cannot {action} {redact(url)}: {describe(exc)}")
 
 
-def check_writable(url: str, options: Options = None) -> None:
+def check_writable(url: Location, options: Options = None) -> None:
     """OUT may not be a read-only protocol (http), nor an existing object (OUT is a prefix that shards go under:
-    written under an object, they would hide from every reader behind it)."""
+    written under an object, they would hide from every reader behind it). A local OUT that is a file: the same."""
+    if not is_url(url):
+        if location(url).is_file():
+            raise UsageError(f"{url} is an existing file, not a folder: -o names a folder to write the shards in")
+        return
     if protocol(url) in READ_ONLY:
         raise UsageError(f"{redact(url)}: {protocol(url)}:// is read-only; write to a local path or an object store")
     try:
