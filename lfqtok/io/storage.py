@@ -382,9 +382,10 @@ def storage_error(kind: type[LfqtokError], action: str, url: Location, exc: Base
     return kind(f"cannot {action} {redact(url)}: {describe(exc)}")
 
 
-def check_writable(url: Location, options: Options = None) -> None:
+def check_writable(url: Location, options: Options = None, timeout: float | None = None) -> None:
     """OUT may not be a read-only protocol (http), nor an existing object (OUT is a prefix that shards go under:
-    written under an object, they would hide from every reader behind it). A local OUT that is a file: the same."""
+    written under an object, they would hide from every reader behind it). A local OUT that is a file: the same.
+    `timeout`: seconds the store may take to answer (as in `read_bytes`)."""
     if not is_url(url):
         if location(url).is_file():
             raise UsageError(f"{url} is an existing file, not a folder: -o names a folder to write the shards in")
@@ -392,7 +393,7 @@ def check_writable(url: Location, options: Options = None) -> None:
     if protocol(url) in READ_ONLY:
         raise UsageError(f"{redact(url)}: {protocol(url)}:// is read-only; write to a local path or an object store")
     try:
-        found = info(url, options)
+        found = info(url, options, timeout)
     except errors() as exc:
         raise storage_error(OutputError, "check", url, exc) from None
     if found is not None and found.get("type") == "file":

@@ -204,7 +204,7 @@ def encode_dataset(
     for url in (str(out), config.model):  # a missing protocol package or a read-only OUT: now, not after listing
         if storage.is_url(url):
             storage.filesystem(url, config.storage_options)
-    storage.check_writable(out, config.storage_options)
+    storage.check_writable(out, config.storage_options, config.video_timeout)
     items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders,
                        timeout=config.video_timeout)
     if not items:
