@@ -302,6 +302,18 @@ def test_what_users_see_of_a_url_keeps_the_object_and_drops_credentials():
     assert not any(f"S{i}" in line for i in range(4, 8)) and "http://h:9/p?a=1" in line, line
 
 
+def test_a_presigned_list_of_presigned_urls_gives_keys_from_paths(clips, http_server):
+    from lfqtok.pipeline.sources import list_items
+
+    for name in ("a.mp4", "b.mp4"):
+        (http_server.root / "v" / name).parent.mkdir(exist_ok=True)
+        (http_server.root / "v" / name).write_bytes((clips / name).read_bytes())
+    (http_server.root / "v" / "list.txt").write_text(f"a.mp4\n{http_server.url('v/b.mp4')}?token={CANARY}\n")
+    items = list_items([f"@{http_server.url('v/list.txt')}?X-Amz-Signature={CANARY}"], timeout=TIMEOUT)
+    assert [(i.key, i.source) for i in items] == [("a", http_server.url("v/a.mp4")), ("b", http_server.url("v/b.mp4"))]
+    assert items[1].path.endswith(f"?token={CANARY}")  # what is fetched keeps its signature; what is shown does not
+
+
 def _files_hold(root: Path, secret: str) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 

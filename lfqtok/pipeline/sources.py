@@ -164,13 +164,13 @@ def _dirname(path: str) -> str:
     return str(storage.parent(path)) if storage.is_url(path) else os.path.dirname(path)
 
 
-def _read_list(path: str, options: Options = None) -> list[str]:
+def _read_list(path: str, options: Options = None, timeout: float | None = None) -> list[str]:
     """@list.txt (a file or a URL): one path or URL per line; blank lines and # comments skipped; relative
     entries are relative to the list's directory."""
     if storage.is_url(path):
         try:
-            lines = storage.read_bytes(path, options).decode("utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
+            lines = storage.read_bytes(path, options, timeout=timeout).decode("utf-8").splitlines()
+        except (*storage.errors(), UnicodeDecodeError) as exc:
             raise storage.storage_error(InputError, "read list", path, exc) from None
     else:
         try:
@@ -270,12 +270,12 @@ def _normpath(path: str) -> str:
     return storage.normalize(path).rstrip("/") if storage.is_url(path) else os.path.normpath(storage.location(path))
 
 
-def _leaves(inputs: Sequence[str], options: Options = None, root: str | None = None) -> Iterator[tuple[str, str | None]]:
+def _leaves(inputs: Sequence[str], options: Options = None, root: str | None = None, timeout: float | None = None) -> Iterator[tuple[str, str | None]]:
     """(path, key root) per directory, file or tar: brace patterns expanded, @lists read (their entries' keys
     are relative to the list's directory)."""
     for spec in inputs:
         if spec.startswith("@"):
-            yield from _leaves(_read_list(spec[1:], options), options, _dirname(spec[1:]) or ".")
+            yield from _leaves(_read_list(spec[1:], options, timeout), options, _dirname(spec[1:]) or ".", timeout)
         else:
             yield from ((_normpath(path), root) for path in _expand(spec))
 
@@ -374,7 +374,7 @@ def _walk_url(url: str, options: Options) -> Iterator[tuple[str, str]]:
 
 
 def _list_items(inputs: Sequence[str], options: Options, class_folders: bool = False, timeout: float | None = None) -> ItemList:
-    leaves = list(_leaves([inputs] if isinstance(inputs, str) else inputs, options))
+    leaves = list(_leaves([inputs] if isinstance(inputs, str) else inputs, options, timeout=timeout))
     kinds = []
     for path, _ in leaves:
         kinds.append(_kind(path, options, timeout))
