@@ -211,6 +211,21 @@ def test_an_s3_object_that_never_answers_is_a_recorded_failure(tmp_path, clips, 
     assert json.loads(stdout)["videos_ok"] == 1 and elapsed < 3 * TIMEOUT + 20, elapsed
 
 
+def test_a_model_url_that_stalls_is_one_line(tmp_path, model, http_server, monkeypatch):
+    from lfqtok.errors import InputError
+    from lfqtok.tokenizers.model import load_tokenizer
+
+    monkeypatch.setenv("LFQTOK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(storage, "MODEL_TIMEOUT", 1.0)
+    (http_server.root / "m.safetensors").write_bytes(Path(model).read_bytes())
+    http_server.behave("m.safetensors", "stall-body")
+    with pytest.raises(InputError, match="cannot fetch model .*m.safetensors: no progress for 1 s"):
+        load_tokenizer(http_server.url("m.safetensors"))
+    assert not list((tmp_path / "cache" / "models").rglob("*.tmp"))  # no half copy left behind
+    http_server.behave("m.safetensors", "normal")
+    assert load_tokenizer(http_server.url("m.safetensors")).sha256 == load_tokenizer(model).sha256
+
+
 # errors say what happened
 
 

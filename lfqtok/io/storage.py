@@ -46,6 +46,7 @@ QUERY_PROTOCOLS = frozenset({"http", "https"})  # where '?' starts a query and '
 FETCH_PART = 8 * 2**20  # bytes one fetch request asks for, at most: a fetch's `timeout` bounds each part
 PART_SIZE = 16 * 2**20  # bytes a writer buffers before uploading them as one part (S3's minimum part is 5 MiB)
 CACHE_ENV = "LFQTOK_CACHE"  # where fetched models are kept (default ~/.cache/lfqtok)
+MODEL_TIMEOUT = 300.0  # seconds a model fetch may make no progress (a request unanswered) before it fails
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>,;)\]}]+")
 _CREDENTIAL = re.compile(  # query parameters that carry or sign a credential (S3/GCS/Azure/CloudFront signed URLs, tokens)
@@ -555,12 +556,13 @@ def cache_dir() -> Path:
 
 def fetch_cached(url: Location, options: Options = None) -> Location:
     """A local copy of a checkpoint URL, fetched once per machine: kept under `models/{sha256}/{name}` in the cache,
-    found again by the object's ETag/size (one metadata request); plain paths are returned as they are."""
+    found again by the object's ETag/size (one metadata request); plain paths are returned as they are. Each
+    request that has not answered within MODEL_TIMEOUT fails the fetch (a store that stalls is one line)."""
     if not is_url(url):
         return url
     fs, inner = filesystem(str(url), options)
     try:
-        meta = fs.info(inner)
+        meta = _bounded(fs, "info", MODEL_TIMEOUT, inner)
     except errors() as exc:
         raise storage_error(InputError, "read model", url, exc) from None
     version = json.dumps([redact(url), meta.get("ETag") or meta.get("etag"), meta.get("size")], default=str)
@@ -576,8 +578,8 @@ def fetch_cached(url: Location, options: Options = None) -> Location:
     digest = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=models, suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as out, fs.open(inner, "rb") as src:
-            while chunk := src.read(PART_SIZE):
+        with os.fdopen(fd, "wb") as out:
+            for chunk in _parts(str(url), options, meta.get("size")):
                 digest.update(chunk)
                 out.write(chunk)
         final = models / digest.hexdigest() / (name(url) or "model")  # the path's basename: never a query
@@ -591,3 +593,16 @@ def fetch_cached(url: Location, options: Options = None) -> Location:
     index_tmp.write_text(json.dumps({"url": redact(url), "path": str(final)}))
     os.replace(index_tmp, index)
     return final
+
+
+def _parts(url: str, options: Options, size: int | None) -> Iterator[bytes]:
+    """A model object's bytes in PART_SIZE pieces, each request bounded by MODEL_TIMEOUT (one whole read when the
+    store gives no size)."""
+    if size is None:
+        yield read_bytes(url, options, timeout=MODEL_TIMEOUT)
+        return
+    for start in range(0, size, PART_SIZE):
+        chunk = read_bytes(url, options, start, min(size, start + PART_SIZE), timeout=MODEL_TIMEOUT)
+        if len(chunk) != min(size, start + PART_SIZE) - start:
+            raise OSError(f"truncated: {start + len(chunk)} of {size} bytes")
+        yield chunk
