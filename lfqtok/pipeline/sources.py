@@ -14,8 +14,8 @@ and its label the class's index in the sorted list of all classes (`ItemList.cla
 from __future__ import annotations
 
 import gc
-import io
 import hashlib
+import io
 import os
 import re
 import tarfile
