@@ -12,6 +12,7 @@ that try crashed or hung before sending anything, PyAV alone; otherwise the vide
 from __future__ import annotations
 
 import functools
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -27,6 +28,7 @@ from .sources import VideoItem, iter_fetched, read_extras, read_video_bytes
 from ..io.storage import Options, scrub
 from .video import Clip, ClipSpec, VideoMeta, iter_clips, resolve_decoder
 
+MAX_WORKERS = 256  # decode processes: more than any machine's useful count (each holds a decoder and its frames)
 POLL_SECONDS = 0.2  # how often the parent checks decode clocks while it waits for events
 
 # events
@@ -75,10 +77,10 @@ def decoder_attempts(decoder: str) -> tuple[str, str]:
 
 def validate_pool(workers: int, timeout: float) -> None:
     """The options of a decode pool, checked where they are taken and by `EncodeConfig.validate` before any work."""
-    if workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {workers}")
-    if timeout <= 0:
-        raise UsageError(f"--video-timeout must be > 0, got {timeout}")
+    if not 0 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be in [0, {MAX_WORKERS}], got {workers}")
+    if not 0 < timeout < math.inf:  # nan and inf fail this too: a fetch or decode that never ends must fail
+        raise UsageError(f"--video-timeout must be a finite number of seconds > 0, got {timeout}")
 
 
 def decode_item(

@@ -6,7 +6,11 @@ million inputs list in seconds. Every input may also be a URL (`storage.py`): a 
 (one recursive listing), and a prefix gives the same keys and order as the same tree on disk. Keys are the path relative to its input root (or the tar sample key), with
 [A-Za-z0-9_-] only; colliding keys all get a short hash of their source, so a key never depends on order.
 Images (jpg, jpeg, png, webp, bmp) are items too: files given one by one (or listed), and the images of a directory
-or tar input that holds no video (a video dataset's posters and thumbnails stay out, as they always did).
+or tar input that holds no video (a video dataset's posters and thumbnails stay out, as they always did; the
+listing's `left_out` names them, and encode's summary and manifest count them).
+GIFs take the side of what else their directory or tar holds: among videos they are videos; among images (and no
+other video) they are animated images, decoded as their first frame; a directory of GIFs alone is a video folder.
+A GIF given as a file is a video.
 With `class_folders`, each item's class is the first path component under its input root (ImageNet-style folders)
 and its label the class's index in the sorted list of all classes (`ItemList.classes`).
 """
@@ -65,12 +69,13 @@ class VideoItem:
     segment: int | None = None  # the index of its range within its row
     caption: str | None = None  # written as the sample's `{key}.txt`
     columns: dict | None = field(default=None, compare=False)  # the row's other cells, as typed in the table
+    still: bool = False  # a GIF among images (module docstring): decoded as a still image, its first frame
     fetched: "Fetched | None" = field(default=None, repr=False, compare=False)  # a remote item's bytes, read ahead
 
     @property
     def is_image(self) -> bool:
         """A still image (a 1-frame clip), not a video: by the extension of its file or tar member."""
-        return is_image_name(self.member.name if self.member is not None else storage.url_path(self.path))
+        return self.still or is_image_name(self.member.name if self.member is not None else storage.url_path(self.path))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +89,13 @@ class Fetched:
 
 class ItemList(list):
     """`list_items`' result: the items, plus `skipped`, the number of tar samples without a video or image member,
-    and `classes`, the sorted class names (`class_folders`; else empty)."""
+    `classes`, the sorted class names (`class_folders`; else empty), `left_out`, the images a directory or tar of
+    videos left out (their sources, sorted), and `roots`, the inputs' paths (directories, files, tars)."""
 
     skipped: int = 0
     classes: list[str] = []
+    left_out: list[str] = []
+    roots: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,24 @@ def _expand(pattern: str) -> list[str]:
 
 def _is_media(name: str) -> bool:
     return _is_video(name) or is_image_name(name)
+
+
+def _is_gif(name: str) -> bool:
+    return name.lower().endswith(".gif")
+
+
+def _side(names: Iterable[str]) -> str:
+    """Which media of a directory or tar are its items: "videos" when it holds a video other than a GIF, or GIFs
+    alone; else "images" (a GIF among images is an animated image: its first frame)."""
+    images = False
+    for name in names:
+        if _is_gif(name):
+            continue
+        if _is_video(name):
+            return "videos"
+        elif is_image_name(name):
+            images = True
+    return "images" if images else "videos"
 
 
 def _walk(root: str, prefix: str = "") -> Iterator[tuple[str, str]]:
@@ -262,6 +288,7 @@ class _Raw:
     member: Member | None = None
     extras: tuple[Member, ...] = ()
     rel: str | None = None  # its path under its input root (a tar sample: its key), where its class folder is
+    still: bool = False  # a GIF on the images side
 
 
 def _normpath(path: str) -> str:
@@ -294,22 +321,28 @@ def _list_file(path: str, root: str | None) -> _Raw:
     return _Raw(_sanitize(os.path.splitext(base)[0]), storage.redact(path), path, rel=rel.replace(os.sep, "/") if inside else None)
 
 
-def _list_tar(path: str, prefix: bool, out: list[_Raw], options: Options = None, timeout: float | None = None) -> int:
+def _list_tar(path: str, prefix: bool, out: list[_Raw], left_out: list[str], options: Options = None, timeout: float | None = None) -> int:
     """Append the tar's samples that hold a video (a video sample's jpg passes through as before); in a tar of no
-    video at all, its samples that hold an image. Return how many samples are left out."""
+    video at all, its samples that hold an image (or a GIF). Return how many samples hold no media; the
+    image samples a tar of videos leaves out go to `left_out`."""
     stem = storage.name(path)[: -len(".tar")]
     samples = list(_tar_samples(path, options, timeout))
-    videos = any(_is_video(f".{ext}") for _, members in samples for ext, _ in members)
-    wanted = _is_video if videos else is_image_name
+    videos = _side(f".{ext}" for _, members in samples for ext, _ in members) == "videos"
+    wanted = _is_video if videos else lambda name: is_image_name(name) or _is_gif(name)
     skipped = 0
     for key, members in samples:
         media = [m for ext, m in members if wanted(f".{ext}")]
         if not media:
-            skipped += 1
+            image = next((m for ext, m in members if is_image_name(f".{ext}")), None)
+            if image is not None:
+                left_out.append(f"{storage.redact(path)}:{image.name}")
+            else:
+                skipped += 1
             continue
         main = media[0]
         extras = tuple(m for _, m in members if m is not main)
-        out.append(_Raw(_sanitize(f"{stem}/{key}" if prefix else key), f"{storage.redact(path)}:{main.name}", path, main, extras, key))
+        still = not videos and _is_gif(main.name)
+        out.append(_Raw(_sanitize(f"{stem}/{key}" if prefix else key), f"{storage.redact(path)}:{main.name}", path, main, extras, key, still))
     return skipped
 
 
@@ -331,7 +364,7 @@ def _assign_keys(raws: list, names: Sequence[str] | None = None, classes: Sequen
     for i, raw in enumerate(raws):  # raw.source is what users see (redacted): a re-signed URL keeps its key
         key = f"{raw.base}_{_short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
         name = names[i] if names is not None else None
-        raws[i] = VideoItem(key, raw.source, raw.path, raw.member, raw.extras, name, labels.get(name))
+        raws[i] = VideoItem(key, raw.source, raw.path, raw.member, raw.extras, name, labels.get(name), still=raw.still)
     return raws
 
 
@@ -384,14 +417,18 @@ def _list_items(inputs: Sequence[str], options: Options, class_folders: bool = F
             raise InputError(f"{storage.redact(path)}: compressed tar shards are not supported; decompress them to .tar")
     is_tar = [storage.url_path(path).lower().endswith(".tar") and kind != "dir" for (path, _), kind in zip(leaves, kinds)]
     raws: list[_Raw] = []
+    left_out: list[str] = []
     skipped = 0
     for (path, root), tar, kind in zip(leaves, is_tar, kinds):
         if tar:
-            skipped += _list_tar(path, sum(is_tar) > 1, raws, options, timeout)
+            skipped += _list_tar(path, sum(is_tar) > 1, raws, left_out, options, timeout)
         elif kind == "dir":
             walked = list(_walk_url(path, options) if storage.is_url(path) else _walk(path))
-            media = [f for f in walked if _is_video(f[1])] or walked  # videos' posters and thumbnails stay out, as always
-            raws.extend(_Raw(_sanitize(rel.rpartition(".")[0]), storage.redact(p), p, rel=rel) for p, rel in media)
+            if _side(rel for _, rel in walked) == "videos":  # videos' posters and thumbnails stay out, as always
+                left_out.extend(p for p, rel in walked if not _is_video(rel))
+                raws.extend(_Raw(_sanitize(rel.rpartition(".")[0]), storage.redact(p), p, rel=rel) for p, rel in walked if _is_video(rel))
+            else:
+                raws.extend(_Raw(_sanitize(rel.rpartition(".")[0]), storage.redact(p), p, rel=rel, still=_is_gif(rel)) for p, rel in walked)
         else:
             raws.append(_list_file(path, root))
     # duplicates (a file under two inputs) keep the key from the outermost root, whatever the input order
@@ -403,6 +440,8 @@ def _list_items(inputs: Sequence[str], options: Options, class_folders: bool = F
     _assign_keys(result, names, classes)
     result.skipped = skipped
     result.classes = classes
+    result.left_out = sorted(storage.redact(p) for p in left_out)
+    result.roots = [path for path, _ in leaves]
     return result
 
 
@@ -424,6 +463,22 @@ def plan_shards(items: Sequence[VideoItem], samples_per_shard: int, num_shards: 
         for i, start in enumerate(range(0, len(items), samples_per_shard))
         if i % num_shards == shard_index
     ]
+
+
+def plan_segments(items: Sequence[VideoItem], entries: Sequence[Sequence[str]], segments: Sequence[Sequence[int]],
+                  samples_per_shard: int, num_shards: int = 1, shard_index: int = 0) -> list[ShardJob]:
+    """The shard jobs of an OUT grown by --append: the recorded `entries` ([key, source] in shard order; each names
+    one of `items` by its source and keeps its recorded key) cut into `segments` ([first shard, items] each), every
+    segment's shards numbered from its first; keeps jobs i with i % num_shards == shard_index."""
+    validate_split(samples_per_shard, num_shards, shard_index)
+    by_source = {item.source: item for item in items}
+    ordered = [replace(by_source[source], key=key) for key, source in entries]
+    jobs, start = [], 0
+    for first, count in segments:
+        part = plan_shards(ordered[start : start + count], samples_per_shard)
+        jobs.extend(ShardJob(first + job.index, job.items) for job in part if (first + job.index) % num_shards == shard_index)
+        start += count
+    return jobs
 
 
 # reading

@@ -20,7 +20,7 @@ import av
 import numpy as np
 
 from ..errors import UsageError, VideoError
-from .shapes import Layout, Plan, Shapes, Size, place, short_side
+from .shapes import Layout, Plan, Shapes, Size, check_scale, place, short_side
 
 try:  # decord has no wheels for some platforms; PyAV alone decodes everything, only slower
     import decord
@@ -36,6 +36,7 @@ DECORD_CHUNK = 16  # frames per decord read: small, so a huge fps-subsampling st
 MAX_BAD_PACKETS = 16  # corrupt packets skipped per video before it counts as undecodable
 TIE_SECONDS = 1e-4  # timestamps this close to a target count as equally near
 ALPHA_FORMATS = ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya")  # composited over black
+MAX_FPS = 1000  # --fps above this only repeats frames (no camera films faster); inf and nan are refused too
 DECODERS = ("auto", "pyav", "decord")  # auto: decord where it reads right (DECORD_CODECS, short, unrotated), else PyAV
 
 # config and results
@@ -113,7 +114,7 @@ def validate_spec(spec: ClipSpec) -> None:
     checks = [
         (spec.clip_frames >= 1 and (spec.clip_frames - 1) % 4 == 0, f"--clip-frames must be 1 + 4k (1, 5, 9, 17, ...), got {spec.clip_frames}"),
         (spec.clip_stride is None or spec.clip_stride >= 1, f"--clip-stride must be >= 1, got {spec.clip_stride}"),
-        (spec.fps is None or spec.fps > 0, f"--fps must be > 0, got {spec.fps}"),
+        (spec.fps is None or 0 < spec.fps <= MAX_FPS, f"--fps must be a number in (0, {MAX_FPS}], got {spec.fps}"),
         (spec.max_clips is None or spec.max_clips >= 1, f"--max-clips must be >= 1, got {spec.max_clips}"),
     ]
     for ok, message in checks:
@@ -429,6 +430,7 @@ def iter_clips(
     probe = _probe(video)
     display = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
     plan = spec.shapes.plan(*display)
+    check_scale(plan, "video", VideoError)
     decoder = _Decoder(video, probe, plan.for_frame, threads, resolve_decoder(decoder))
     meta = VideoMeta(fps=probe.fps, num_frames=probe.num_frames, orig_size=display, decoder=decoder.name, plan=plan)
 
