@@ -284,7 +284,8 @@ def test_double_slashes_in_an_object_url_are_normalized_so_reruns_and_stats_find
     assert code == 0, stderr
     assert json.loads(stdout)["out"] == f"{s3}/tok"
     fs, bucket = storage.filesystem(s3)
-    assert sorted(fs.find(bucket)) == [f"{bucket}/tok/{n}" for n in ("00000.tar", "00000_stats.json", "lfqtok.json")]
+    keys = fs.find(bucket)
+    assert all(k.startswith(f"{bucket}/tok/") for k in keys) and f"{bucket}/tok/00000_stats.json" in keys, keys  # no '/tok' key
     code, stdout, stderr = cli(*encode_args(str(clips), out=f"{s3}//tok//", model=model))
     assert code == 0 and json.loads(stdout)["shards_skipped"] == 1, stderr
     code, stdout, stderr = cli("stats", f"{s3}//tok", "--json")
