@@ -56,7 +56,9 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]lfqtok: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    from .io.storage import scrub  # the last guard: no URL's credentials or storage option's secret on stderr
+
+    err.print(f"[bold red]lfqtok: error:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -122,7 +124,7 @@ def encode(
     shard_index: Annotated[int, typer.Option(help="...and run part I.")] = 0,
     engine: Annotated[str, typer.Option(help="local | ray")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address ('auto' joins a running one).")] = None,
-    video_timeout: Annotated[float, typer.Option(help="Seconds a video may decode without progress before it fails.")] = 60.0,
+    video_timeout: Annotated[float, typer.Option(help="Seconds a video may be fetched or decoded without progress before it fails.")] = 60.0,
     class_folders: Annotated[bool, typer.Option("--class-folders", help="ImageNet-style ROOT/CLASS/...: sample json gets 'class' and 'label' (index into the manifest's sorted 'classes').")] = False,
     hflip: Annotated[bool, typer.Option("--hflip", help="Images: also write the tokens of the mirrored model input ({key}.tokens_flip.npy).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's own log lines too (--engine ray; LFQTOK_DEBUG=1 does as well).")] = False,

@@ -54,7 +54,7 @@ class EncodeConfig:
     shard_index: int = 0  # ... and run part I of them
     engine: str = "local"  # local | ray
     ray_address: str | None = None  # Ray cluster address for --engine ray (None: start or join a local one)
-    video_timeout: float = 60.0  # seconds one video may decode without progress before its worker is killed
+    video_timeout: float = 60.0  # seconds one video may be fetched or decode without progress before it fails
     decoder: str | None = None  # each video's first decoder: auto | pyav | decord; None: $LFQTOK_DECODER, else auto
     verbose: bool = False  # let Ray's own log lines through to the terminal (--engine ray)
     class_folders: bool = False  # ImageNet-style ROOT/CLASS/...: each sample json gets "class" and "label"
@@ -243,9 +243,9 @@ def encode_dataset(
     for url in (str(out), config.model):  # a missing protocol package or a read-only OUT: now, not after listing
         if storage.is_url(url):
             storage.filesystem(url, config.storage_options)
-    if storage.is_url(out):
-        storage.check_writable(str(out))
-    items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders)
+    storage.check_writable(out, config.storage_options, config.video_timeout)
+    items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders,
+                       timeout=config.video_timeout)
     if not items:
         raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
     check_apart(out, items.roots)

@@ -146,7 +146,7 @@ class RayDecodePool:
         self.spec, self.workers, self.timeout = spec, max(1, workers), timeout
         self.decoders = decoder_attempts(resolve_decoder(decoder))
         # one core per task; a remote video is fetched by its task, on its node (tasks in flight overlap fetches)
-        self.decode = decode or functools.partial(decode_item, threads=1, storage_options=storage_options)
+        self.decode = decode or functools.partial(decode_item, threads=1, storage_options=storage_options, fetch_timeout=timeout)
         self.active: list[_Decoding] = []
 
     def __enter__(self) -> "RayDecodePool":
