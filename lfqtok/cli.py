@@ -57,7 +57,9 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]lfqtok: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    from .io.storage import scrub  # the last guard: no URL's credentials or storage option's secret on stderr
+
+    err.print(f"[bold red]lfqtok: error:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -156,7 +158,7 @@ def encode(
     engine: Annotated[str, typer.Option(metavar="local|ray", help="Run on this machine, or on a Ray cluster.", rich_help_panel=PANEL_RUN)] = "local",
     ray_address: Annotated[Optional[str], typer.Option(metavar="ADDR", show_default="start or join a local one", help="Ray cluster address ('auto': a running one).", rich_help_panel=PANEL_RUN)] = None,
     workers: Annotated[Optional[int], typer.Option(metavar="N", show_default="cores - 1, at most 16", help="Decode processes.", rich_help_panel=PANEL_RUN)] = None,
-    video_timeout: Annotated[float, typer.Option(metavar="SECONDS", help="A video that decodes nothing this long fails.", rich_help_panel=PANEL_RUN)] = 60.0,
+    video_timeout: Annotated[float, typer.Option(metavar="SECONDS", help="A video fetched or decoded without progress this long fails.", rich_help_panel=PANEL_RUN)] = 60.0,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any video failed.", rich_help_panel=PANEL_RUN)] = False,
     log_every: LogEvery = None,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's own log lines too (as LFQTOK_DEBUG=1 does).", rich_help_panel=PANEL_RUN)] = False,
@@ -202,6 +204,8 @@ def _encode_table(summary, label: str = "") -> None:
         table.add_row("[yellow]images left out (folders or tars of videos)[/]", f"{summary.left_out:,}: {escape(first)}")
     for reason, count in summary.failures_by_reason.most_common():
         table.add_row(f"[red]failed: {reason}[/]", str(count))
+    if summary.skipped:
+        table.add_row("time ranges skipped (shorter than one clip)", f"{len(summary.skipped):,}")
     err.print(table)
 
 

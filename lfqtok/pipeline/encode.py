@@ -54,7 +54,7 @@ class EncodeConfig:
     shard_index: int = 0  # ... and run part I of them
     engine: str = "local"  # local | ray
     ray_address: str | None = None  # Ray cluster address for --engine ray (None: start or join a local one)
-    video_timeout: float = 60.0  # seconds one video may decode without progress before its worker is killed
+    video_timeout: float = 60.0  # seconds one video may be fetched or decode without progress before it fails
     decoder: str | None = None  # each video's first decoder: auto | pyav | decord; None: $LFQTOK_DECODER, else auto
     verbose: bool = False  # let Ray's own log lines through to the terminal (--engine ray)
     class_folders: bool = False  # ImageNet-style ROOT/CLASS/...: each sample json gets "class" and "label"
@@ -138,9 +138,10 @@ class EncodeSummary:
     frames: int
     tokens: int
     seconds: float
-    failures: list[dict[str, str]]
+    failures: list[dict[str, Any]]
     left_out: int = 0  # images a folder or tar of videos left out (videos' posters and thumbnails)
     left_out_first: list[str] = field(default_factory=list)  # the first few of them, sorted
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # time ranges shorter than one clip: no sample, no failure
 
     @property
     def failures_by_reason(self) -> Counter[str]:
@@ -242,9 +243,9 @@ def encode_dataset(
     for url in (str(out), config.model):  # a missing protocol package or a read-only OUT: now, not after listing
         if storage.is_url(url):
             storage.filesystem(url, config.storage_options)
-    if storage.is_url(out):
-        storage.check_writable(str(out))
-    items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders)
+    storage.check_writable(out, config.storage_options, config.video_timeout)
+    items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders,
+                       timeout=config.video_timeout)
     if not items:
         raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
     check_apart(out, items.roots)
@@ -305,6 +306,7 @@ def encode_dataset(
         failures=failures,
         left_out=len(items.left_out),
         left_out_first=items.left_out[:LEFT_OUT_SHOWN],
+        skipped=[s for r in results for s in r.skipped],
     )
     if config.strict and failures:
         raise LfqtokError(f"{len(failures)} video(s) failed (--strict); first: {failures[0]['source']}: {failures[0]['error']}")
