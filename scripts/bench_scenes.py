@@ -1,0 +1,112 @@
+"""Shot detection, measured: accuracy and speed of each `--scenes` detector, and what `--scenes on` costs an encode.
+
+    python scripts/make_cuts.py /tmp/cuts            # the test set (real cuts at known frames, cut-free stretches)
+    python scripts/bench_scenes.py /tmp/cuts [--encode]
+
+Per detector: precision, recall and F1 of the cuts in the cut videos (a cut found within one frame of a true one
+counts), the cuts it invents in the cut-free videos (each named), and frames/s of the detector alone on the
+thumbnails (one torch thread, as in a decode worker). Thumbnails come from lfqtok's own decode path
+(`iter_frames` at the pipeline's scaled size, then `scenes.thumbnail`). `--encode`: the same encode of the cut
+videos with `--scenes off` and `--scenes on`, best of 2, videos/s and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lfqtok.pipeline.scenes import DEFAULTS, SceneSpec, detect_cuts, thumbnail
+from lfqtok.pipeline.video import iter_frames
+
+TOLERANCE = 1  # frames
+
+
+def score(found: list[int], truth: list[int]) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives): each true cut matched at most once, within TOLERANCE."""
+    left = list(truth)
+    tp = 0
+    for cut in found:
+        near = [t for t in left if abs(t - cut) <= TOLERANCE]
+        if near:
+            left.remove(min(near, key=lambda t: abs(t - cut)))
+            tp += 1
+    return tp, len(found) - tp, len(left)
+
+
+def bench_detectors(labels: dict, size: int) -> dict:
+    thumbs = {name: [thumbnail(f) for f in iter_frames(v["path"], size=size, decoder="pyav")] for name, v in labels.items()}
+    results = {}
+    for detector, (threshold, min_frames) in DEFAULTS.items():
+        spec = SceneSpec(detector, threshold, min_frames)
+        detect_cuts(thumbs[next(iter(thumbs))][:10], spec)  # load the model outside the timing
+        tp = fp = fn = frames = 0
+        invented, misses, seconds = [], [], 0.0
+        for name, v in labels.items():
+            start = time.perf_counter()
+            found = detect_cuts(thumbs[name], spec)
+            seconds += time.perf_counter() - start
+            frames += len(thumbs[name])
+            t, f, n = score(found, v["cuts"])
+            if v["kind"] == "cuts":
+                tp, fp, fn = tp + t, fp + f, fn + n
+                misses += [f"{name}: missed {sorted(set(v['cuts']) - {c for c in v['cuts'] if any(abs(c - x) <= TOLERANCE for x in found)})}"] if n else []
+                misses += [f"{name}: extra {[x for x in found if all(abs(c - x) > TOLERANCE for c in v['cuts'])]}"] if f else []
+            elif found:
+                invented.append(f"{name}: {found}")
+        precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+        results[detector] = {
+            "threshold": threshold, "min_scene_frames": min_frames, "cuts": tp + fn, "precision": round(precision, 3),
+            "recall": round(recall, 3), "f1": round(2 * precision * recall / max(precision + recall, 1e-9), 3),
+            "errors_in_cut_videos": misses, "invented_in_cut_free": invented,
+            "frames_per_s": round(frames / seconds, 1), "frames": frames,
+        }
+        print(json.dumps({detector: results[detector]}), flush=True)
+    return results
+
+
+def bench_encode(labels: dict, repeats: int) -> dict:
+    """`lfqtok encode` of the cut videos (default model, CPU, --size 128), --scenes off vs on: best of `repeats`."""
+    inputs = [v["path"] for v in labels.values() if v["kind"] == "cuts"]
+    with tempfile.TemporaryDirectory() as tmp:
+        listing = Path(tmp) / "inputs.txt"
+        listing.write_text("\n".join(inputs) + "\n")
+        seconds: dict[str, float] = {}
+        for _ in range(repeats):
+            for mode in ("off", "on"):
+                out = Path(tmp) / f"out_{mode}"
+                start = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "lfqtok", "encode", f"@{listing}", "-o", str(out), "--size", "128",
+                                "--device", "cpu", "--scenes", mode, "--overwrite", "--workers", "1"],
+                               check=True, capture_output=True, env={**os.environ, "LFQTOK_LOG": "plain"})
+                seconds[mode] = min(seconds.get(mode, 1e9), time.perf_counter() - start)
+    frames = sum(v["frames"] for v in labels.values() if v["kind"] == "cuts")
+    result = {"videos": len(inputs), "frames": frames, **{f"seconds_{m}": round(s, 2) for m, s in seconds.items()},
+              "ratio_on_vs_off": round(seconds["off"] / seconds["on"], 3)}
+    print(json.dumps({"encode": result}), flush=True)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cuts", type=Path, help="the folder scripts/make_cuts.py wrote")
+    ap.add_argument("--size", type=int, default=128, help="the encode's --size: frames are scaled to it, then thumbnailed")
+    ap.add_argument("--encode", action="store_true", help="also time an encode with --scenes off and on")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    labels = json.loads((args.cuts / "labels.json").read_text())
+    bench_detectors(labels, args.size)
+    if args.encode:
+        bench_encode(labels, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
