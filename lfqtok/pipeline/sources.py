@@ -59,6 +59,11 @@ class VideoItem:
     extras: tuple[Member, ...] = ()  # other members of the same tar sample (txt, json, cls, ...)
     class_name: str | None = None  # its class folder (`list_items(class_folders=True)`), else None
     label: int | None = None  # the index of class_name in the sorted classes of the whole input
+    span: tuple[float, float] | None = None  # a table's clip range [start, end) in source seconds; None: the whole video
+    row: int | None = None  # 0-based data row of the table it came from
+    segment: int | None = None  # the index of its range within its row
+    caption: str | None = None  # written as the sample's `{key}.txt`
+    columns: dict | None = field(default=None, compare=False)  # the row's other cells, as typed in the table
     fetched: "Fetched | None" = field(default=None, repr=False, compare=False)  # a remote item's bytes, read ahead
 
     @property

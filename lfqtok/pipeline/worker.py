@@ -11,7 +11,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -24,7 +24,7 @@ from ..errors import LfqtokError
 from .pool import ClipEvent, DecodePool, DoneEvent, FailEvent
 from ..io.shards import ShardWriter
 from .sources import ShardJob, VideoItem
-from .shapes import Plan
+from .record import ClipOrigin, sample_members, sample_record
 from ..io.storage import Location, Options, location
 from .video import ClipSpec
 
@@ -155,11 +155,12 @@ class ShardEncoder:
                         break
                     if isinstance(event, ClipEvent):
                         clip = event.clip  # the frames go into the batch; only where they came from travels on
-                        ref = (event.item, event.clip_index, _ClipOrigin(clip.frame_indices, clip.padded))
+                        origin = ClipOrigin(clip.frame_indices, clip.padded, clip.times, clip.scene)
+                        ref = (event.item, event.clip_index, origin)
                         for batch in batcher.add(clip.frames, ref):
                             gpu_q.put(batch)
                         if self.hflip and items[event.item].is_image:  # the model input mirrored: (T, H, W, 3)
-                            flipped = (event.item, event.clip_index, _ClipOrigin(clip.frame_indices, clip.padded, True))
+                            flipped = (event.item, event.clip_index, replace(origin, flipped=True))
                             for batch in batcher.add(clip.frames[:, :, ::-1], flipped):
                                 gpu_q.put(batch)
                     else:
@@ -259,21 +260,6 @@ def _writer_loop(write_q: queue.Queue, assembler: "_ShardAssembler") -> None:
 # assembling samples and shards
 
 
-def shape_fields(plan: Plan) -> dict[str, Any]:
-    """A sample's json fields of a run with shape options: frame size, valid (unpadded) box, bucket."""
-    fields = {"frame_size": list(plan.layout.frame), "valid": list(plan.layout.valid)}
-    return fields | ({"bucket": list(plan.bucket)} if plan.bucket is not None else {})
-
-
-@dataclass
-class _ClipOrigin:
-    """Where a clip's frames came from: all the writer keeps of a clip besides its tokens."""
-
-    frame_indices: list[int]
-    padded: int
-    flipped: bool = False  # the tokens of the mirrored clip (--hflip)
-
-
 @dataclass
 class _Pending:
     """One video between its first clip and its write."""
@@ -368,27 +354,13 @@ class _ShardAssembler:
         done = pending.done
         clips = [pending.clips[i] for i in range(done.num_clips)]
         tokens = np.stack([t for _, t in clips]).astype(self.storage, copy=False)  # (clips, t, h, w) [+ (c)]
-        indices = [list(map(int, c.frame_indices)) for c, _ in clips]
-        meta = {
-            "source": item.source,
-            "frame_indices": indices,
-            "clips": [[ix[0], ix[-1] + 1] for ix in indices],
-            "padded_frames": int(sum(c.padded for c, _ in clips)),
-            "fps": done.meta.fps,
-            "num_frames": done.meta.num_frames,
-            "orig_size": list(done.meta.orig_size),
-            "decoder": done.meta.decoder,
-            **(shape_fields(done.meta.plan) if self.shaped and done.meta.plan is not None else {}),
-            "tokens_shape": list(tokens.shape),
-        }
-        if item.class_name is not None:
-            meta.update({"class": item.class_name, "label": item.label})
+        meta = sample_record(item, done.meta, [c for c, _ in clips], tokens.shape, shaped=self.shaped, timed=item.row is not None)
         flips = np.stack([pending.flips[i] for i in range(done.num_clips)]).astype(self.storage, copy=False) if pending.flip else None
-        self._writer(j).write(item.key, tokens, meta, done.extras, flip_tokens=flips)
+        self._writer(j).write(item.key, tokens, meta, {**done.extras, **sample_members(item)}, flip_tokens=flips)
         stats["samples"] += 1
         stats["clips"] += tokens.shape[0]
         stats["tokens"] += int(tokens.size)
-        stats["frames"] += sum(len(ix) for ix in indices)
+        stats["frames"] += sum(len(c.frame_indices) for c, _ in clips)
         self.counters.videos_done += 1
 
     def _stats(self, j: int) -> dict[str, Any]:
