@@ -244,6 +244,11 @@ def stats(
     for row in result.get("per_bucket", []):
         bucket = "x".join(map(str, row["bucket"])) if row["bucket"] else "none"
         table.add_row(f"bucket {bucket}", f"{row['num_samples']:,} samples, {row['num_clips']:,} clips, {row['num_tokens']:,} tokens")
+    if "scenes" in result:
+        sc = result["scenes"]
+        spread = lambda d: f"{d['mean']:.2f} (min {d['min']}, max {d['max']})"  # noqa: E731
+        table.add_row("scenes per video", f"{spread(sc['scenes_per_video'])}; {sc['num_scenes']:,} scenes in {sc['num_videos']:,} videos")
+        table.add_row("clips per scene", f"{spread(sc['clips_per_scene'])}; {sc['scenes_too_short']:,} scenes shorter than a clip")
     err.print(table)
 
 
