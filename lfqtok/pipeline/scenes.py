@@ -27,7 +27,9 @@ from ..errors import UsageError
 
 THUMB_SIZE = (48, 27)  # (width, height) every detector sees: TransNetV2's input, the whole frame squeezed to 16:9
 SCENE_MODES = ("off", "on", "content", "transnetv2")
-DEFAULTS = {"content": (27.0, 8), "transnetv2": (0.5, 8)}  # detector -> (threshold, min scene frames)
+DEFAULTS = {"content": (27.0, 8), "transnetv2": (0.5, 1)}  # detector -> (threshold, min scene frames): TransNetV2
+# needs no minimum (a transition of several frames is one cut, at its first frame), the content detector one against
+# flashes (a flash is two changes, into it and out of it)
 ON_GATE = 27.0  # `--scenes on`: TransNetV2 cuts confirmed by a content score this high (PySceneDetect's default
 # threshold), the combination that met the targets on the cut test set (docs/performance.md, "Scenes")
 INSTALL_HINT = "--scenes {mode} needs {package}, which is not installed: pip install 'lfqtok[scenes]'"

@@ -346,10 +346,12 @@ class _SceneStage:
 
     def run(self, frames: Iterator[Frame]) -> Iterator[Frame]:
         held: deque[Frame] = deque()
+        previous = None
         for frame in frames:
             scaled = self.decoder.scaled(frame)
-            if held:
-                self._step = max(frame.time - held[-1].time, 0.0)
+            if previous is not None:
+                self._step = max(frame.time - previous, 0.0)
+            previous = frame.time
             held.append(frame._replace(data=scaled))
             self._cuts.extend(self.detector.push(thumbnail(scaled.rgb)))
             while len(held) > self.detector.lookahead:
