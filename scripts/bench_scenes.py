@@ -6,8 +6,9 @@
 Per detector: precision, recall and F1 of the cuts in the cut videos (a cut found within one frame of a true one
 counts), the cuts it invents in the cut-free videos (each named), and frames/s of the detector alone on the
 thumbnails (one torch thread, as in a decode worker). Thumbnails come from lfqtok's own decode path
-(`iter_frames` at the pipeline's scaled size, then `scenes.thumbnail`). `--encode`: the same encode of the cut
-videos with `--scenes off` and `--scenes on`, best of 2, videos/s and the ratio.
+(`iter_frames` at the pipeline's scaled size, then `scenes.thumbnail`). Then `--scenes on` through the encode's
+decode path with decord and with PyAV: the same scenes? `--encode`: the same encode of the cut videos with
+`--scenes off` and `--scenes on` (CPU, default model), best of 2, and the ratio of their times.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from lfqtok.pipeline.scenes import detect_cuts, scene_spec, thumbnail
-from lfqtok.pipeline.video import iter_frames
+from lfqtok.pipeline.video import ClipSpec, iter_clips, iter_frames
 
 TOLERANCE = 1  # frames
 
@@ -71,6 +72,24 @@ def bench_detectors(labels: dict, size: int) -> dict:
     return results
 
 
+def bench_decoders(labels: dict, size: int) -> dict:
+    """`--scenes on` through the encode's decode path (`iter_clips`) with decord and with PyAV: the scene starts of
+    every video decord reads, per decoder, and whether they agree."""
+    spec = ClipSpec(size=size, scenes=scene_spec("on"))
+    result = {}
+    for name, v in labels.items():
+        starts = {}
+        for decoder in ("decord", "pyav"):
+            meta, clips = iter_clips(v["path"], spec, decoder=decoder)
+            for _ in clips:
+                pass
+            starts[meta.decoder] = [round(start, 3) for start, _ in meta.scenes]
+        if "decord" in starts:  # decord reads it (else both runs were PyAV's)
+            result[name] = {"same": starts["decord"] == starts["pyav"], "scene_starts_s": starts["pyav"]}
+    print(json.dumps({"decoders": result}), flush=True)
+    return result
+
+
 def bench_encode(labels: dict, repeats: int) -> dict:
     """`lfqtok encode` of the cut videos (default model, CPU, --size 128), --scenes off vs on: best of `repeats`."""
     inputs = [v["path"] for v in labels.values() if v["kind"] == "cuts"]
@@ -78,12 +97,12 @@ def bench_encode(labels: dict, repeats: int) -> dict:
         listing = Path(tmp) / "inputs.txt"
         listing.write_text("\n".join(inputs) + "\n")
         seconds: dict[str, float] = {}
-        for _ in range(repeats):
+        for repeat in range(repeats):
             for mode in ("off", "on"):
-                out = Path(tmp) / f"out_{mode}"
+                out = Path(tmp) / f"out_{mode}_{repeat}"  # a fresh OUT each time: a rerun into the same one resumes
                 start = time.perf_counter()
                 subprocess.run([sys.executable, "-m", "lfqtok", "encode", f"@{listing}", "-o", str(out), "--size", "128",
-                                "--device", "cpu", "--scenes", mode, "--overwrite", "--workers", "1"],
+                                "--device", "cpu", "--scenes", mode, "--workers", "1"],
                                check=True, capture_output=True)
                 seconds[mode] = min(seconds.get(mode, 1e9), time.perf_counter() - start)
     frames = sum(v["frames"] for v in labels.values() if v["kind"] == "cuts")
@@ -105,6 +124,7 @@ def main() -> None:
     labels = json.loads((args.cuts / "labels.json").read_text())
     if not args.encode_only:
         bench_detectors(labels, args.size)
+        bench_decoders(labels, args.size)
     if args.encode or args.encode_only:
         bench_encode(labels, args.repeats)
 
