@@ -1,7 +1,7 @@
 """Shot detection, measured: accuracy and speed of each `--scenes` detector, and what `--scenes on` costs an encode.
 
     python scripts/make_cuts.py /tmp/cuts            # the test set (real cuts at known frames, cut-free stretches)
-    python scripts/bench_scenes.py /tmp/cuts [--encode]
+    python scripts/bench_scenes.py /tmp/cuts [--encode [--footage ../shared/data/videos/train]]
 
 Per detector: precision, recall and F1 of the cuts in the cut videos (a cut found within one frame of a true one
 counts), the cuts it invents in the cut-free videos (each named), and frames/s of the detector alone on the
@@ -90,24 +90,24 @@ def bench_decoders(labels: dict, size: int) -> dict:
     return result
 
 
-def bench_encode(labels: dict, repeats: int) -> dict:
-    """`lfqtok encode` of the cut videos (default model, CPU, --size 128), --scenes off vs on: best of `repeats`."""
-    inputs = [v["path"] for v in labels.values() if v["kind"] == "cuts"]
+def bench_encode(name: str, inputs: list[str], repeats: int) -> dict:
+    """`lfqtok encode` of `inputs` (default model, CPU, --size 128, one decode worker), --scenes off vs on: the best
+    of `repeats` runs each, alternating, every run into a fresh OUT."""
+    seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         listing = Path(tmp) / "inputs.txt"
         listing.write_text("\n".join(inputs) + "\n")
-        seconds: dict[str, float] = {}
         for repeat in range(repeats):
             for mode in ("off", "on"):
                 out = Path(tmp) / f"out_{mode}_{repeat}"  # a fresh OUT each time: a rerun into the same one resumes
                 start = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "lfqtok", "encode", f"@{listing}", "-o", str(out), "--size", "128",
-                                "--device", "cpu", "--scenes", mode, "--workers", "1"],
-                               check=True, capture_output=True)
+                done = subprocess.run([sys.executable, "-m", "lfqtok", "encode", f"@{listing}", "-o", str(out), "--size", "128",
+                                       "--device", "cpu", "--scenes", mode, "--workers", "1", "--json"],
+                                      check=True, capture_output=True, text=True)
                 seconds[mode] = min(seconds.get(mode, 1e9), time.perf_counter() - start)
-    frames = sum(v["frames"] for v in labels.values() if v["kind"] == "cuts")
-    result = {"videos": len(inputs), "frames": frames, **{f"seconds_{m}": round(s, 2) for m, s in seconds.items()},
-              "ratio_on_vs_off": round(seconds["off"] / seconds["on"], 3)}
+                frames = json.loads(done.stdout)["frames"]
+    result = {"inputs": name, "videos": len(inputs), "frames_encoded": frames,
+              **{f"seconds_{m}": round(s, 2) for m, s in seconds.items()}, "on_vs_off": round(seconds["off"] / seconds["on"], 3)}
     print(json.dumps({"encode": result}), flush=True)
     return result
 
@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--encode", action="store_true", help="also time an encode with --scenes off and on")
     ap.add_argument("--encode-only", action="store_true", help="only the encode timing")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--footage", type=Path, help="also time the encode of this folder's videos (footage with few cuts)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     labels = json.loads((args.cuts / "labels.json").read_text())
@@ -126,7 +127,9 @@ def main() -> None:
         bench_detectors(labels, args.size)
         bench_decoders(labels, args.size)
     if args.encode or args.encode_only:
-        bench_encode(labels, args.repeats)
+        bench_encode("cut videos", [v["path"] for v in labels.values() if v["kind"] == "cuts"], args.repeats)
+        if args.footage:
+            bench_encode(str(args.footage), sorted(str(p) for p in args.footage.iterdir() if p.suffix in (".mp4", ".webm", ".avi")), args.repeats)
 
 
 if __name__ == "__main__":

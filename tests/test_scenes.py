@@ -136,6 +136,13 @@ def test_a_scene_shorter_than_a_clip_gives_none_and_is_counted(tmp_path, cut_vid
     assert (stats["scenes"], stats["scenes_too_short"]) == (3, 1)
 
 
+def test_a_video_whose_every_scene_is_too_short_is_a_recorded_failure(tmp_path, model):
+    video = make_cut_video(tmp_path / "flicker.mp4", scenes=(6, 6, 6))
+    summary = encode([video], tmp_path / "tok", model, min_scene_frames=1)
+    assert summary.videos_failed == 1
+    assert summary.failures[0]["error"] == f"each of its 3 scenes is shorter than one clip of {FRAMES} frames"
+
+
 # the encode run
 
 

@@ -38,6 +38,7 @@ INSTALL_HINT = "--scenes {mode} needs {package}, which is not installed: pip ins
 # TransNetV2 reads windows of 100 frames and keeps the predictions of the middle 50 (upstream's predict_frames)
 TN_WINDOW, TN_STEP, TN_CONTEXT = 100, 50, 25
 GATE_CONTEXT = 24  # `on`: thumbnails on each side of a frame where the picture changes, for TransNetV2 to judge it
+GATE_MARGIN = 12  # `on`: a window's probabilities serve later frames that still have this much context on each side
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,9 @@ class TransNetCuts:
 class GatedCuts:
     """`--scenes on`: a cut is where the picture changes (the content score of a frame against the one before
     reaches the gate) and TransNetV2, run on a window of 2 x GATE_CONTEXT thumbnails around that frame, calls the
-    frame before it the last of its shot (probability rising above the threshold there).
+    frame before it the last of its shot (probability rising above the threshold there). A later such frame that
+    the last window covers with GATE_MARGIN frames on each side is judged from that window's probabilities (fast
+    motion changes the picture on every frame: one window serves a run of them).
 
     The content score alone takes fast motion, flashes and fire for cuts; TransNetV2 alone takes a dip to black
     or a light switched on inside one shot for a transition. Together they met the targets (docs/performance.md),
@@ -267,6 +270,7 @@ class GatedCuts:
         self._buffer: deque[np.ndarray] = deque(maxlen=2 * GATE_CONTEXT)  # the last thumbnails pushed
         self._candidates: deque[int] = deque()  # frames whose content score reached the gate, not yet decided
         self._pushed = 0
+        self._window: tuple[int, np.ndarray] | None = None  # the last window run: its first frame, its probabilities
 
     def push(self, thumb: np.ndarray) -> list[int]:
         if self._pushed and content_score(self._buffer[-1], thumb) >= self.gate:
@@ -283,11 +287,13 @@ class GatedCuts:
         cuts = []
         while self._candidates and self._candidates[0] <= upto:
             cut = self._candidates.popleft()
-            first = cut - 1 - GATE_CONTEXT  # the window [first, cut - 1 + GATE_CONTEXT), edges repeated as upstream pads
-            held = self._pushed - len(self._buffer)  # index of the oldest thumbnail held
-            window = [self._buffer[min(max(i, 0), self._pushed - 1) - held] for i in range(first, first + 2 * GATE_CONTEXT)]
-            probs = _probabilities(self.net, window)
-            if probs[GATE_CONTEXT] > self.threshold >= probs[GATE_CONTEXT - 1]:
+            if self._window is None or not (self._window[0] + GATE_MARGIN <= cut - 2 <= self._window[0] + 2 * GATE_CONTEXT - 2 - GATE_MARGIN):
+                first = cut - 1 - GATE_CONTEXT  # the window [first, cut - 1 + GATE_CONTEXT), edges repeated as upstream pads
+                held = self._pushed - len(self._buffer)  # index of the oldest thumbnail held
+                window = [self._buffer[min(max(i, 0), self._pushed - 1) - held] for i in range(first, first + 2 * GATE_CONTEXT)]
+                self._window = (first, _probabilities(self.net, window))
+            first, probs = self._window
+            if probs[cut - 1 - first] > self.threshold >= probs[cut - 2 - first]:
                 cuts.append(cut)
         return self._keep(cuts)
 
