@@ -90,6 +90,24 @@ def bench_decoders(labels: dict, size: int) -> dict:
     return result
 
 
+def bench_decode_stage(name: str, inputs: list[str], size: int, repeats: int) -> dict:
+    """The decode stage alone (`iter_clips` in this process, what one decode worker does), --scenes off vs on: best
+    of `repeats` seconds each, and the clip frames it cut."""
+    result: dict = {"inputs": name}
+    for mode in ("off", "on"):
+        spec = ClipSpec(size=size, scenes=scene_spec(mode))
+        best, frames = 1e9, 0
+        for _ in range(repeats):
+            start, frames = time.perf_counter(), 0
+            for path in inputs:
+                _, clips = iter_clips(path, spec)
+                frames += sum(len(clip.frame_indices) for clip in clips)
+            best = min(best, time.perf_counter() - start)
+        result |= {f"seconds_{mode}": round(best, 2), f"clip_frames_{mode}": frames}
+    print(json.dumps({"decode_stage": result}), flush=True)
+    return result
+
+
 def bench_encode(name: str, inputs: list[str], repeats: int) -> dict:
     """`lfqtok encode` of `inputs` (default model, CPU, --size 128, one decode worker), --scenes off vs on: the best
     of `repeats` runs each, alternating, every run into a fresh OUT."""
@@ -127,9 +145,12 @@ def main() -> None:
         bench_detectors(labels, args.size)
         bench_decoders(labels, args.size)
     if args.encode or args.encode_only:
-        bench_encode("cut videos", [v["path"] for v in labels.values() if v["kind"] == "cuts"], args.repeats)
+        sets = {"cut videos": [v["path"] for v in labels.values() if v["kind"] == "cuts"]}
         if args.footage:
-            bench_encode(str(args.footage), sorted(str(p) for p in args.footage.iterdir() if p.suffix in (".mp4", ".webm", ".avi")), args.repeats)
+            sets[str(args.footage)] = sorted(str(p) for p in args.footage.iterdir() if p.suffix in (".mp4", ".webm", ".avi"))
+        for name, inputs in sets.items():
+            bench_decode_stage(name, inputs, args.size, args.repeats)
+            bench_encode(name, inputs, args.repeats)
 
 
 if __name__ == "__main__":
