@@ -54,7 +54,7 @@ class EncodeProgress:
         self.progress.update(
             self.task,
             total=counters.videos_total or None,
-            completed=counters.videos_done + counters.videos_failed,
+            completed=counters.videos_done + counters.videos_failed + counters.videos_skipped,
             clips=counters.clips,
             fps=counters.frames / seconds,
             tps=counters.tokens / seconds,

@@ -17,11 +17,12 @@ from typing import Any, Sequence
 from .. import __version__
 from ..device import resolve_device
 from ..io import storage
+from .batch import check_buffers
 from .engines import ENGINES, run_jobs
 from ..errors import LfqtokError, UsageError
 from .pool import validate_pool
-from ..io.shards import build_manifest, prepare_output
-from .sources import list_items, plan_shards, validate_split
+from ..io.shards import LISTING_KEY, build_manifest, listing_identity, prepare_output
+from .sources import ItemList, list_items, plan_segments, plan_shards, validate_split
 from .shapes import MIN_MULTIPLE, PRESET, frame_dims, parse_buckets, parse_size, preset_buckets
 from .scenes import scene_spec
 from .video import ClipSpec, resolve_decoder, validate_spec
@@ -50,13 +51,14 @@ class EncodeConfig:
     workers: int | None = None  # decode processes; None: all cores but one (at most 16)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     samples_per_shard: int = 1000  # videos per output tar
-    overwrite: bool = False  # replace an existing OUT made with other settings
+    overwrite: bool = False  # replace an existing OUT made with other settings or inputs (only lfqtok's own files go)
+    append: bool = False  # an OUT made from fewer inputs: encode only the new ones, into new shards after its last
     strict: bool = False  # any failed video makes the run fail (after everything else is written)
     num_shards: int = 1  # split the shard list into N parts (SLURM arrays, several machines) ...
     shard_index: int = 0  # ... and run part I of them
     engine: str = "local"  # local | ray
     ray_address: str | None = None  # Ray cluster address for --engine ray (None: start or join a local one)
-    video_timeout: float = 60.0  # seconds one video may decode without progress before its worker is killed
+    video_timeout: float = 60.0  # seconds one video may be fetched or decode without progress before it fails
     decoder: str | None = None  # each video's first decoder: auto | pyav | decord; None: $LFQTOK_DECODER, else auto
     verbose: bool = False  # let Ray's own log lines through to the terminal (--engine ray)
     class_folders: bool = False  # ImageNet-style ROOT/CLASS/...: each sample json gets "class" and "label"
@@ -89,9 +91,13 @@ class EncodeConfig:
     def validate(self) -> None:
         """Fail in the first second, not after an hour: every option is checked before any work, each by the
         module that takes it."""
-        validate_spec(self.clip_spec())
+        spec = self.clip_spec()
+        validate_spec(spec)
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.append and self.overwrite:
+            raise UsageError("--append keeps OUT's shards and --overwrite replaces them: give one of them")
+        check_buffers(self.batch_size, (spec.clip_frames, *spec.shapes.largest, 3), str(self.size))
         validate_pool(self.num_workers(), self.video_timeout)
         validate_split(self.samples_per_shard, self.num_shards, self.shard_index)
         resolve_decoder(self.decoder)
@@ -137,7 +143,10 @@ class EncodeSummary:
     frames: int
     tokens: int
     seconds: float
-    failures: list[dict[str, str]]
+    failures: list[dict[str, Any]]
+    left_out: int = 0  # images a folder or tar of videos left out (videos' posters and thumbnails)
+    left_out_first: list[str] = field(default_factory=list)  # the first few of them, sorted
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # time ranges shorter than one clip: no sample, no failure
 
     @property
     def failures_by_reason(self) -> Counter[str]:
@@ -181,6 +190,36 @@ def check_window(tok, config: EncodeConfig, images: bool = False) -> None:
         )
 
 
+LEFT_OUT_SHOWN = 5  # images left out that the summary and the manifest name
+
+
+def left_out(items: ItemList) -> dict[str, Any]:
+    """The manifest's `images_left_out`: how many images the videos-only rule left out, and the first few."""
+    return {"count": len(items.left_out), "first": items.left_out[:LEFT_OUT_SHOWN]}
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_apart(out: storage.Location, roots: Sequence[str]) -> None:
+    """UsageError when OUT is an input, holds one, or is inside an input directory: the run would write among (and
+    --overwrite could delete) the user's own files, and a rerun would list its own output."""
+    if storage.is_url(out):
+        target, paths = str(out).rstrip("/"), [(r, r.rstrip("/")) for r in roots if storage.is_url(r)]
+    else:
+        target = os.path.realpath(out)
+        paths = [(r, os.path.realpath(r)) for r in roots if not storage.is_url(r)]
+    for root, path in paths:
+        if _inside(path, target):
+            where = "is" if path == target else "holds"
+            raise UsageError(f"the output {storage.redact(str(out))} {where} the input {storage.redact(root)}: write the tokens "
+                             "to a directory (or prefix) outside the inputs")
+        if _inside(target, path):
+            raise UsageError(f"the output {storage.redact(str(out))} is inside the input {storage.redact(root)}: write the "
+                             "tokens to a directory (or prefix) outside the inputs")
+
+
 def _model_name(model: str) -> str:
     """The manifest's `tokenizer.name`: 'default', a resolved path, or the URL as users may see it."""
     if model == "default":
@@ -209,11 +248,13 @@ def encode_dataset(
     for url in (str(out), config.model):  # a missing protocol package or a read-only OUT: now, not after listing
         if storage.is_url(url):
             storage.filesystem(url, config.storage_options)
-    if storage.is_url(out):
-        storage.check_writable(str(out))
-    items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders)
+    storage.check_writable(out, config.storage_options, config.video_timeout)
+    items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders,
+                       timeout=config.video_timeout)
     if not items:
         raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
+    check_apart(out, items.roots)
+    listing = [[item.key, item.source] for item in items]
     images = sum(item.is_image for item in items)
     from ..tokenizers.model import load_tokenizer
 
@@ -243,12 +284,17 @@ def encode_dataset(
             "cwd": os.getcwd(),  # sources are stored as given: decode resolves relative ones against this
             **({"classes": items.classes} if config.class_folders else {}),  # sample json "label" indexes this
             **({"hflip": True} if config.hflip else {}),
+            **({"images_left_out": left_out(items)} if items.left_out else {}),
+            LISTING_KEY: listing_identity(listing),
         },
     )
     del tok  # the encode processes load their own copy: a large model is not held twice while they run
-    finished = prepare_output(out, manifest, config.overwrite, config.storage_options)
-    jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
-    todo = [job for job in jobs if job.index not in finished]
+    prepared = prepare_output(out, manifest, config.overwrite, config.storage_options, listing=listing, append=config.append)
+    if prepared.segments is not None:  # grown by --append: the recorded order, keys and shard numbers
+        jobs = plan_segments(items, prepared.entries, prepared.segments, config.samples_per_shard, config.num_shards, config.shard_index)
+    else:
+        jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
+    todo = [job for job in jobs if job.index not in prepared.finished]
     encoder = config.shard_encoder(out, spec)
     results = run_jobs(encoder, todo, config.engine, ray_address=config.ray_address, verbose=config.verbose, on_progress=on_progress)
     failures = [f for r in results for f in r.failures]
@@ -263,6 +309,9 @@ def encode_dataset(
         tokens=sum(r.tokens for r in results),
         seconds=time.perf_counter() - started,
         failures=failures,
+        left_out=len(items.left_out),
+        left_out_first=items.left_out[:LEFT_OUT_SHOWN],
+        skipped=[s for r in results for s in r.skipped],
     )
     if config.strict and failures:
         raise LfqtokError(f"{len(failures)} video(s) failed (--strict); first: {failures[0]['source']}: {failures[0]['error']}")

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Protocol
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from ..errors import UsageError
 
@@ -103,12 +104,14 @@ def check_installed(spec: SceneSpec, mode: str | None = None) -> None:
             raise UsageError(INSTALL_HINT.format(mode=mode or spec.detector, package=package)) from None
 
 
-def thumbnail(rgb: np.ndarray) -> np.ndarray:
+def thumbnail(rgb: np.ndarray, reformatter: VideoReformatter | None = None) -> np.ndarray:
     """A decoded frame (H, W, 3) uint8 RGB, scaled but not cropped -> the (27, 48, 3) uint8 RGB every detector
     reads: one swscale AREA conversion, whichever decoder made the frame (decord's bilinear frames and PyAV's AREA
-    ones differ by about a level; averaged down to 48 x 27 they agree to a fraction of one)."""
+    ones differ by about a level; averaged down to 48 x 27 they agree to a fraction of one). `reformatter`: one
+    kept over a video keeps its swscale context (the same pixels)."""
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    return frame.to_ndarray(width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="rgb24", interpolation="AREA")
+    small = (reformatter or VideoReformatter()).reformat(frame, width=THUMB_SIZE[0], height=THUMB_SIZE[1], format="rgb24", interpolation="AREA")
+    return small.to_ndarray()
 
 
 class Detector(Protocol):
