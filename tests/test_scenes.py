@@ -104,6 +104,14 @@ def test_fps_sampling_keeps_clips_inside_scenes(cut_videos):
     assert [c.frame_indices[0] for c in clips] == [0, 10, 20, 30, 40, 56, 66, 76, 86]  # scene 2's first sampled frame is 56
 
 
+def test_scenes_are_detected_inside_a_time_range(cut_videos):
+    spec = ClipSpec(size=32, clip_frames=5, scenes=CONTENT)
+    meta, clips = iter_clips(str(cut_videos / "a.mp4"), spec, span=(0.5, 3.0))
+    clips = list(clips)
+    assert [round(start * 24) for start, _ in meta.scenes] == [12, 30, 55]  # source seconds, from the range's start
+    assert [c.frame_indices[0] for c in clips] == [0, 5, 10, 18, 23, 28, 33, 38, 43, 48, 53]  # counted in the range
+
+
 def test_decord_and_pyav_give_the_same_scenes(cut_videos):
     if video_mod.decord is None:
         pytest.skip("decord not installed")
