@@ -417,7 +417,9 @@ class _Decoder:
         return _scale(frame.data, self.layout_of, self.probe.rotation, self.reformatter)
 
     def to_rgb(self, frame: Frame) -> np.ndarray:
-        return _placed(self.scaled(frame))
+        if isinstance(frame.data, _Scaled):
+            return _placed(frame.data)
+        return frame_to_rgb(frame.data, self.layout_of, self.probe.rotation, self.reformatter)
 
 
 class _SceneStage:
