@@ -145,6 +145,9 @@ def encode(
     max_clips: Annotated[Optional[int], typer.Option(metavar="N", show_default="all", help="At most N clips per video.", rich_help_panel=PANEL_FRAMES)] = None,
     no_pad_short: Annotated[bool, typer.Option("--no-pad-short", help="Fail videos shorter than a clip (else: padded with their last frame).", rich_help_panel=PANEL_FRAMES)] = False,
     hflip: Annotated[bool, typer.Option("--hflip", help="Images: also write the tokens of the mirrored input ({key}.tokens_flip.npy).", rich_help_panel=PANEL_FRAMES)] = False,
+    scenes: Annotated[str, typer.Option(metavar="MODE", help="Shot detection, off | on | content | transnetv2: clips never cross a cut (pip install 'lfqtok[scenes]').", rich_help_panel=PANEL_FRAMES)] = "off",
+    scene_threshold: Annotated[Optional[float], typer.Option(metavar="T", show_default="27 content score, 0.5 TransNetV2", help="Cut threshold: a content score 0-255, or a TransNetV2 probability.", rich_help_panel=PANEL_FRAMES)] = None,
+    min_scene_frames: Annotated[Optional[int], typer.Option(metavar="N", show_default="8", help="A cut closer than N decoded frames to the last one is dropped.", rich_help_panel=PANEL_FRAMES)] = None,
     model: Annotated[str, typer.Option(metavar="MODEL", help="'default' (embedded), a .safetensors or an Open-MAGVIT2 video .ckpt (path or URL).", rich_help_panel=PANEL_MODEL)] = "default",
     device: Device = "auto",
     batch_size: Annotated[int, typer.Option(metavar="N", help="Clips per encoder batch.", rich_help_panel=PANEL_MODEL)] = 16,
@@ -171,7 +174,8 @@ def encode(
     check_log_every(log_every)
     config = EncodeConfig(
         model=model, size=size, resize=resize, buckets=buckets, clip_frames=clip_frames, clip_stride=clip_stride, fps=fps, max_clips=max_clips,
-        pad_short=not no_pad_short, batch_size=batch_size, workers=workers, device=device,
+        pad_short=not no_pad_short, scenes=scenes, scene_threshold=scene_threshold, min_scene_frames=min_scene_frames,
+        batch_size=batch_size, workers=workers, device=device,
         samples_per_shard=samples_per_shard, overwrite=overwrite, append=append, strict=strict, num_shards=num_shards,
         shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout, verbose=verbose or DEBUG,
         class_folders=class_folders, hflip=hflip,
@@ -296,6 +300,11 @@ def stats(
     for row in result.get("per_bucket", []):
         bucket = "x".join(map(str, row["bucket"])) if row["bucket"] else "none"
         table.add_row(f"bucket {bucket}", f"{row['num_samples']:,} samples, {row['num_clips']:,} clips, {row['num_tokens']:,} tokens")
+    if "scenes" in result:
+        sc = result["scenes"]
+        spread = lambda d: f"{d['mean']:.2f} (min {d['min']}, max {d['max']})"  # noqa: E731
+        table.add_row("scenes per video", f"{spread(sc['scenes_per_video'])}; {sc['num_scenes']:,} scenes in {sc['num_videos']:,} videos")
+        table.add_row("clips per scene", f"{spread(sc['clips_per_scene'])}; {sc['scenes_too_short']:,} scenes shorter than a clip")
     err.print(table)
 
 

@@ -152,13 +152,16 @@ SETTING_FLAGS: dict[str, tuple[str, Any, Any]] = {
     "clip.fps": ("--fps", None, _value),
     "clip.max_clips": ("--max-clips", None, _value),
     "clip.pad_short": ("--no-pad-short", True, lambda v: _on_off(not v)),
+    "clip.scenes.detector": ("--scenes", "off", _value),  # "on" is transnetv2 with a content gate
+    "clip.scenes.threshold": ("--scene-threshold", None, _value),
+    "clip.scenes.min_scene_frames": ("--min-scene-frames", None, _value),
     "hflip": ("--hflip", False, _on_off),
     "classes": ("--class-folders", None, lambda v: "off" if v is None else f"{len(v)} classes"),
     "samples_per_shard": ("--samples-per-shard", None, _value),
 }
 DERIVED = ("format", "format_version", "codebook_size", "num_codebooks", "token_dtype", "bit_order", "causal",
            "window_frames", "token_shape", "token_shapes", "clip_frames", "size", "resize", "buckets", "clip.multiple",
-           "tokenizer.config.")  # the model's, or copies of the clip settings (a trailing dot: every key under it)
+           "clip.scenes.gate", "clip.scenes.thumbnail", "tokenizer.config.")  # the model's, or copies of the clip settings (a trailing dot: every key under it)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
