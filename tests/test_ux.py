@@ -147,10 +147,11 @@ def test_encode_help_groups_its_options_into_panels():
     text = runner.invoke(cli.app, ["encode", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"}).stdout
     panels = re.findall(r"╭─ (.+?) ─", text)
     assert panels == ["Arguments", "Options", cli.PANEL_INPUTS, cli.PANEL_FRAMES, cli.PANEL_MODEL, cli.PANEL_OUTPUT, cli.PANEL_RUN]
-    frames = text[text.index(cli.PANEL_FRAMES) : text.index(cli.PANEL_MODEL)]
-    assert all(f"--{name}" in frames for name in ("size", "resize", "buckets", "clip-frames", "clip-stride", "fps", "max-clips"))
+    flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())  # the words, however the columns wrapped them
+    frames = flat[flat.index(cli.PANEL_FRAMES) : flat.index(cli.PANEL_MODEL)]
+    assert all(f"--{name} " in frames for name in ("size", "resize", "buckets", "clip-frames", "clip-stride", "fps", "max-clips", "scenes"))
     assert "[default: (--clip-frames, no overlap)]" in frames and "[default: 17]" in frames
-    assert "[default: (cores - 1, at most 16)]" in text[text.index(cli.PANEL_RUN) :]
+    assert "[default: (cores - 1, at most 16)]" in flat[flat.index(cli.PANEL_RUN) :]
 
 
 # errors in the user's words
