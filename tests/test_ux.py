@@ -190,7 +190,7 @@ def test_every_difference_is_named_and_none_is_hidden(tmp_path, change, said):
 def test_clip_labels_give_index_time_and_psnr():
     meta = {"frame_indices": [[0, 1, 2], [9, 10, 11]], "fps": 12.0, "num_frames": 20}
     assert clip_label(meta, 1, 17.04) == "clip 1 | 0.75-0.92 s | PSNR 17.0 dB"
-    assert clip_label({"clip_times": [[1.0, 1.5]]}, 0, None) == "clip 0 | 1.00-1.50 s"
+    assert clip_label({"clip_times": [[1.0, 1.5]], "clip_scenes": [2]}, 0, None) == "clip 0 | 1.00-1.50 s | scene 2"
     assert clip_label({"decoder": "pillow", "frame_indices": [[0]], "fps": None, "num_frames": 1}, 0, 30.0) == "image | PSNR 30.0 dB"
 
 

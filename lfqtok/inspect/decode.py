@@ -186,8 +186,8 @@ def wrap_text(text: str, width: int, font: Any, max_lines: int = 6) -> list[str]
 
 
 def clip_label(meta: dict[str, Any], clip: int, psnr_db: float | None) -> str:
-    """A contact sheet's clip header: `clip 0 | 0.00-0.67 s | PSNR 31.2 dB` (time and PSNR when known; an image's
-    one clip is `image`)."""
+    """A contact sheet's clip header: `clip 0 | 0.00-0.67 s | scene 1 | PSNR 31.2 dB` (time, scene and PSNR when
+    known; an image's one clip is `image`)."""
     from ..pipeline.images import DECODER as IMAGE_DECODER
 
     parts = ["image" if meta.get("decoder") == IMAGE_DECODER else f"clip {clip}"]
@@ -197,6 +197,9 @@ def clip_label(meta: dict[str, Any], clip: int, psnr_db: float | None) -> str:
         parts.append(f"{times[clip][0]:.2f}-{times[clip][1]:.2f} s")
     elif isinstance(indices, list) and clip < len(indices) and indices[clip] and fps:
         parts.append(f"{indices[clip][0] / fps:.2f}-{indices[clip][-1] / fps:.2f} s")
+    scenes = meta.get("clip_scenes")  # --scenes runs: the scene each clip lies in
+    if isinstance(scenes, list) and clip < len(scenes):
+        parts.append(f"scene {scenes[clip]}")
     if psnr_db is not None:
         parts.append(f"PSNR {psnr_db:.1f} dB")
     return " | ".join(parts)
