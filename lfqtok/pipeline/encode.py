@@ -22,6 +22,7 @@ from ..errors import LfqtokError, UsageError
 from .pool import validate_pool
 from ..io.shards import build_manifest, prepare_output
 from .sources import list_items, plan_shards, validate_split
+from .tables import Table, TableJobs, TableOptions, table_format
 from .shapes import MIN_MULTIPLE, PRESET, frame_dims, parse_buckets, parse_size, preset_buckets
 from .video import ClipSpec, resolve_decoder, validate_spec
 from .worker import ProgressFn, ShardEncoder, decode_workers
@@ -57,6 +58,7 @@ class EncodeConfig:
     verbose: bool = False  # let Ray's own log lines through to the terminal (--engine ray)
     class_folders: bool = False  # ImageNet-style ROOT/CLASS/...: each sample json gets "class" and "label"
     hflip: bool = False  # images also get the tokens of their mirrored model input ({key}.tokens_flip.npy)
+    table: TableOptions = field(default_factory=TableOptions)  # how a table input's rows become samples (tables.py)
     storage_options: dict | None = field(default=None, repr=False)  # fsspec options for URLs; never saved anywhere
 
     def clip_spec(self, multiple: int = MIN_MULTIPLE) -> ClipSpec:
@@ -89,6 +91,7 @@ class EncodeConfig:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
         validate_pool(self.num_workers(), self.video_timeout)
         validate_split(self.samples_per_shard, self.num_shards, self.shard_index)
+        self.table.validate()
         resolve_decoder(self.decoder)
         if self.engine not in ENGINES:
             raise UsageError(f"--engine must be 'local' or 'ray', got {self.engine!r}")
@@ -132,7 +135,7 @@ class EncodeSummary:
     frames: int
     tokens: int
     seconds: float
-    failures: list[dict[str, str]]
+    failures: list[dict[str, Any]]
 
     @property
     def failures_by_reason(self) -> Counter[str]:
@@ -176,6 +179,23 @@ def check_window(tok, config: EncodeConfig, images: bool = False) -> None:
         )
 
 
+def open_table(inputs: Sequence[str], config: EncodeConfig) -> Table | None:
+    """The table among the inputs (opened: columns checked, classes read), or None when there is none; a table is
+    encoded alone, and the table options need one."""
+    tables = [spec for spec in inputs if table_format(spec, config.storage_options)]
+    if not tables:
+        if config.table.used:
+            named = ", ".join(f"--{k.replace('_', '-')}" for k in config.table.settings())
+            raise UsageError(f"{named} read a table: give a .csv, .tsv, .jsonl or .parquet file (or a folder or glob of parquet parts)")
+        return None
+    if len(inputs) > 1:
+        raise UsageError(f"a table is encoded alone: {', '.join(map(storage.redact, tables))} with other inputs; "
+                         "give one table (or a folder or glob of its parquet parts)")
+    if config.class_folders:
+        raise UsageError("--class-folders does not apply to a table: its classes come from --label-col")
+    return Table.open(inputs[0], config.table, config.storage_options)
+
+
 def _model_name(model: str) -> str:
     """The manifest's `tokenizer.name`: 'default', a resolved path, or the URL as users may see it."""
     if model == "default":
@@ -191,8 +211,8 @@ def encode_dataset(
     on_progress: ProgressFn | None = None,
     **options: Any,
 ) -> EncodeSummary:
-    """Encode videos and images (dirs, files, @lists, tar shards; paths or URLs) into token shards under `out`
-    (DESIGN.md §4), a directory or a URL prefix.
+    """Encode videos and images (dirs, files, @lists, tar shards, or one table of rows; paths or URLs) into token
+    shards under `out` (DESIGN.md §4), a directory or a URL prefix.
 
     `options` override fields of `config` (e.g. `size=256`). Resumes: shards whose `_stats.json` exists are
     skipped and left untouched. Raises `LfqtokError` subclasses for anything a user can fix; failed videos
@@ -206,10 +226,14 @@ def encode_dataset(
             storage.filesystem(url, config.storage_options)
     if storage.is_url(out):
         storage.check_writable(str(out))
-    items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders)
-    if not items:
-        raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
-    images = sum(item.is_image for item in items)
+    table = open_table([str(i) for i in inputs], config)
+    if table is None:
+        items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders)
+        if not items:
+            raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
+        images, classes = sum(item.is_image for item in items), items.classes
+    else:
+        items, images, classes = (), 0, table.classes  # a table's rows are streamed, never listed; rows are videos
     from ..tokenizers.model import load_tokenizer
 
     started = time.perf_counter()
@@ -236,21 +260,27 @@ def encode_dataset(
             "samples_per_shard": config.samples_per_shard,
             "inputs": [storage.redact(str(i)) for i in inputs],
             "cwd": os.getcwd(),  # sources are stored as given: decode resolves relative ones against this
-            **({"classes": items.classes} if config.class_folders else {}),  # sample json "label" indexes this
+            **({"classes": classes} if config.class_folders or config.table.label_col else {}),  # sample json "label" indexes this
             **({"hflip": True} if config.hflip else {}),
+            **({"table": table.identity()} if table is not None else {}),  # a changed table is another run: refused
         },
     )
     del tok  # the encode processes load their own copy: a large model is not held twice while they run
     finished = prepare_output(out, manifest, config.overwrite, config.storage_options)
-    jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
-    todo = [job for job in jobs if job.index not in finished]
+    if table is None:
+        jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
+        todo = [job for job in jobs if job.index not in finished]
+        skipped = len(jobs) - len(todo)
+    else:
+        todo = TableJobs(table, config.samples_per_shard, config.num_shards, config.shard_index, frozenset(finished))
+        skipped = sum(1 for i in finished if i % config.num_shards == config.shard_index)
     encoder = config.shard_encoder(out, spec)
     results = run_jobs(encoder, todo, config.engine, ray_address=config.ray_address, verbose=config.verbose, on_progress=on_progress)
     failures = [f for r in results for f in r.failures]
     summary = EncodeSummary(
         out=storage.redact(str(out)),
         shards_written=len(results),
-        shards_skipped=len(jobs) - len(todo),
+        shards_skipped=skipped,
         videos_ok=sum(r.samples for r in results),
         videos_failed=len(failures),
         clips=sum(r.clips for r in results),

@@ -60,6 +60,12 @@ class VideoItem:
     class_name: str | None = None  # its class folder (`list_items(class_folders=True)`), else None
     label: int | None = None  # the index of class_name in the sorted classes of the whole input
     fetched: "Fetched | None" = field(default=None, repr=False, compare=False)  # a remote item's bytes, read ahead
+    span: tuple[float, float] | None = None  # a table row's clip range [start, end) in source seconds, else the whole video
+    row: int | None = None  # the table row it comes from (0-based over data rows), else None
+    segment: int | None = None  # the index of its range in its row (--clip-col), else None
+    caption: str | None = None  # its text (a table's --caption-col): the sample's {key}.txt member
+    columns: dict | None = field(default=None, compare=False)  # the row's other cells, as typed in the table
+    error: str | None = None  # a table row that cannot become a sample (a cell that does not parse): its failure
 
     @property
     def is_image(self) -> bool:
@@ -109,11 +115,13 @@ def is_image_name(name: str) -> bool:
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
-def _sanitize(text: str) -> str:
+def sanitize_key(text: str) -> str:
+    """A key from any text: [A-Za-z0-9_-] only, other characters replaced by '_' (never empty)."""
     return _UNSAFE.sub("_", text).strip("_") or "video"
 
 
-def _short_hash(text: str) -> str:
+def short_hash(text: str) -> str:
+    """8 hex digits of a text's hash: what makes colliding keys unique, whatever the order."""
     return hashlib.blake2s(text.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
 
 
@@ -249,7 +257,7 @@ def _list_file(path: str, root: str | None) -> _Raw:
     rel = _relative(path, root) if root is not None else ".."
     inside = not rel.startswith("..")
     base = rel if inside else storage.name(path)
-    return _Raw(_sanitize(os.path.splitext(base)[0]), path, path, rel=rel.replace(os.sep, "/") if inside else None)
+    return _Raw(sanitize_key(os.path.splitext(base)[0]), path, path, rel=rel.replace(os.sep, "/") if inside else None)
 
 
 def _list_tar(path: str, prefix: bool, out: list[_Raw], options: Options = None) -> int:
@@ -267,7 +275,7 @@ def _list_tar(path: str, prefix: bool, out: list[_Raw], options: Options = None)
             continue
         main = media[0]
         extras = tuple(m for _, m in members if m is not main)
-        out.append(_Raw(_sanitize(f"{stem}/{key}" if prefix else key), f"{path}:{main.name}", path, main, extras, key))
+        out.append(_Raw(sanitize_key(f"{stem}/{key}" if prefix else key), f"{path}:{main.name}", path, main, extras, key))
     return skipped
 
 
@@ -287,7 +295,7 @@ def _assign_keys(raws: list, names: Sequence[str] | None = None, classes: Sequen
     counts = Counter(r.base for r in raws)
     labels = {name: label for label, name in enumerate(classes)}
     for i, raw in enumerate(raws):
-        key = f"{raw.base}_{_short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
+        key = f"{raw.base}_{short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
         name = names[i] if names is not None else None
         raws[i] = VideoItem(key, storage.redact(raw.source), raw.path, raw.member, raw.extras, name, labels.get(name))
     return raws
@@ -346,7 +354,7 @@ def _list_items(inputs: Sequence[str], options: Options, class_folders: bool = F
         elif kind == "dir":
             walked = list(_walk_url(path, options) if storage.is_url(path) else _walk(path))
             media = [f for f in walked if _is_video(f[1])] or walked  # videos' posters and thumbnails stay out, as always
-            raws.extend(_Raw(_sanitize(rel.rpartition(".")[0]), p, p, rel=rel) for p, rel in media)
+            raws.extend(_Raw(sanitize_key(rel.rpartition(".")[0]), p, p, rel=rel) for p, rel in media)
         else:
             raws.append(_list_file(path, root))
     # duplicates (a file under two inputs) keep the key from the outermost root, whatever the input order
@@ -469,7 +477,7 @@ def iter_fetched(items: Iterable[VideoItem], options: Options = None, budget: in
                 if item is None:
                     exhausted = True
                     break
-                remote = storage.is_url(item.path) and item.fetched is None
+                remote = storage.is_url(item.path) and item.fetched is None and item.error is None
                 window.append((item, pool.submit(fetched, item) if remote else None))
             if not window:
                 return
