@@ -1,4 +1,4 @@
-"""Write stage and reading back: the token directory format of DESIGN.md §4.
+"""Write stage and reading back: the token directory format (docs/format.md).
 
 OUT/lfqtok.json (manifest, written first), OUT/{shard:05d}.tar (WebDataset, written to a `.tmp` name, then
 renamed), OUT/{shard:05d}_stats.json (written last: a shard is finished exactly when it exists).
@@ -145,7 +145,7 @@ def build_manifest(
     bit_order: str = "msb_first",
     window_frames: int | None = None,
 ) -> dict:
-    """The DESIGN §4 manifest (format_version 1); `extra` adds keys (clip settings, version, ...).
+    """The manifest (docs/format.md, format_version 1); `extra` adds keys (clip settings, version, ...).
 
     `bit_order` is the tokenizer's ("lsb_first" for Open-MAGVIT2). A non-causal tokenizer names the clip length
     it encodes as independent windows: the manifest then says `"causal": false, "window_frames": N` (absent: causal).

@@ -212,7 +212,7 @@ def encode_dataset(
     **options: Any,
 ) -> EncodeSummary:
     """Encode videos and images (dirs, files, @lists, tar shards, or one table of rows; paths or URLs) into token
-    shards under `out` (DESIGN.md §4), a directory or a URL prefix.
+    shards under `out` (docs/format.md), a directory or a URL prefix.
 
     `options` override fields of `config` (e.g. `size=256`). Resumes: shards whose `_stats.json` exists are
     skipped and left untouched. Raises `LfqtokError` subclasses for anything a user can fix; failed videos

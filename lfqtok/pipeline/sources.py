@@ -59,12 +59,12 @@ class VideoItem:
     extras: tuple[Member, ...] = ()  # other members of the same tar sample (txt, json, cls, ...)
     class_name: str | None = None  # its class folder (`list_items(class_folders=True)`), else None
     label: int | None = None  # the index of class_name in the sorted classes of the whole input
-    fetched: "Fetched | None" = field(default=None, repr=False, compare=False)  # a remote item's bytes, read ahead
-    span: tuple[float, float] | None = None  # a table row's clip range [start, end) in source seconds, else the whole video
-    row: int | None = None  # the table row it comes from (0-based over data rows), else None
-    segment: int | None = None  # the index of its range in its row (--clip-col), else None
-    caption: str | None = None  # its text (a table's --caption-col): the sample's {key}.txt member
+    span: tuple[float, float] | None = None  # a table's clip range [start, end) in source seconds; None: the whole video
+    row: int | None = None  # 0-based data row of the table it came from
+    segment: int | None = None  # the index of its range within its row
+    caption: str | None = None  # written as the sample's `{key}.txt`
     columns: dict | None = field(default=None, compare=False)  # the row's other cells, as typed in the table
+    fetched: "Fetched | None" = field(default=None, repr=False, compare=False)  # a remote item's bytes, read ahead
     error: str | None = None  # a table row that cannot become a sample (a cell that does not parse): its failure
 
     @property

@@ -92,6 +92,8 @@ class Clip:
     frames: np.ndarray
     frame_indices: list[int]
     padded: int  # number of padding frames at the end (0 unless the video is shorter than one clip)
+    times: tuple[float, float] = (0.0, 0.0)  # presentation times (s) of its first and last source frame
+    scene: int = 0  # index of the scene all its frames lie in (0 without scene detection)
 
 
 @dataclass
@@ -122,10 +124,14 @@ def validate_spec(spec: ClipSpec) -> None:
 # helpers
 
 
-class _Frame(NamedTuple):
+class Frame(NamedTuple):
+    """One decoded frame as the decode stage passes it on: from the decoder, through scene and rate stages, to the
+    clip planner."""
+
     index: int  # position in the decoded stream
     time: float  # seconds since the first frame
     data: Any  # decoder-specific: a resized ndarray (decord) or an av.VideoFrame (PyAV)
+    scene: int = 0  # the scene it lies in, set by a scene stage between decoding and sampling (0 without one)
 
 
 @dataclass(frozen=True)
@@ -185,10 +191,10 @@ def _probe(video: str | bytes) -> _Probe:
         )
 
 
-# decoders: each is a sequential stream of _Frame plus a function turning one into an (H, W, 3) array
+# decoders: each is a sequential stream of Frame plus a function turning one into an (H, W, 3) array
 
 
-def _decord_frames(video: str | bytes, width: int, height: int, start: int, threads: int) -> Iterator[_Frame]:
+def _decord_frames(video: str | bytes, width: int, height: int, start: int, threads: int) -> Iterator[Frame]:
     """Frames from `start` on, read in short contiguous chunks (decord never seeks: its seeks can mis-map)."""
     reader = decord.VideoReader(io.BytesIO(video) if isinstance(video, bytes) else video, width=width, height=height, num_threads=threads)
     total = len(reader)
@@ -201,7 +207,7 @@ def _decord_frames(video: str | bytes, width: int, height: int, start: int, thre
         if batch.shape[1:] != (height, width, 3):
             raise VideoError(f"decord returned frames of shape {batch.shape[1:]}, expected {(height, width, 3)}")
         for i in range(lo, hi):
-            yield _Frame(i, float(times[i]), batch[i - lo])
+            yield Frame(i, float(times[i]), batch[i - lo])
 
 
 def _decord_times(reader: Any, total: int) -> np.ndarray:
@@ -213,7 +219,7 @@ def _decord_times(reader: Any, total: int) -> np.ndarray:
     return np.arange(total) / (reader.get_avg_fps() or 25.0)
 
 
-def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[_Frame]:
+def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[Frame]:
     """Every decoded frame from `start` on (earlier ones are decoded and dropped); needs no duration or count.
 
     A corrupt packet is skipped, as the ffmpeg CLI does (the decoder conceals what it referenced), up to
@@ -240,7 +246,7 @@ def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[_Fram
                     t0 = t if t0 is None else t0
                     last = max(t, last)  # guard against timestamps that go backwards
                     if index >= start:
-                        yield _Frame(index, last - t0, frame)
+                        yield Frame(index, last - t0, frame)
         except av.FFmpegError as exc:
             raise VideoError(f"decode failed after frame {index}: {_reason(exc)}") from None
 
@@ -278,7 +284,7 @@ class _Decoder:
         self.use_decord = (prefer == "decord" and decord is not None) or (prefer == "auto" and readable)
         self.name = "decord" if self.use_decord else "pyav"
 
-    def frames(self) -> Iterator[_Frame]:
+    def frames(self) -> Iterator[Frame]:
         next_index = 0
         if self.use_decord:
             lay = self.layout_of(self.probe.width, self.probe.height) if self.layout_of else None  # unrotated only
@@ -292,7 +298,7 @@ class _Decoder:
                 self.name = "pyav"  # decord failed (open, a bad size, the end of a short stream): PyAV goes on
         yield from _pyav_frames(self.video, next_index, self.threads)
 
-    def to_rgb(self, frame: _Frame) -> np.ndarray:
+    def to_rgb(self, frame: Frame) -> np.ndarray:
         if isinstance(frame.data, np.ndarray):
             return np.ascontiguousarray(frame.data)
         return frame_to_rgb(frame.data, self.layout_of, self.probe.rotation)
@@ -301,7 +307,7 @@ class _Decoder:
 # sampling and windows
 
 
-def _sample(frames: Iterator[_Frame], fps: float | None) -> Iterator[_Frame]:
+def _sample(frames: Iterator[Frame], fps: float | None) -> Iterator[Frame]:
     """The frames nearest to times k / fps (k = 0, 1, ...; a frame repeats when fps is above the native rate).
 
     Online, holding one frame: a frame is dropped as soon as the next one is nearer to every later target.
@@ -319,31 +325,49 @@ def _sample(frames: Iterator[_Frame], fps: float | None) -> Iterator[_Frame]:
         prev = frame
 
 
-def _windows(sampled: Iterator[_Frame], spec: ClipSpec, to_rgb: Callable[[_Frame], np.ndarray]) -> Iterator[Clip]:
-    """Clips of clip_frames sampled frames, one every stride; converts only frames that some clip uses."""
+class _Window(NamedTuple):
+    index: int  # source frame index
+    time: float  # its presentation time, s
+    rgb: np.ndarray  # (H, W, 3)
+
+
+def plan_clips(sampled: Iterator[Frame], spec: ClipSpec, to_rgb: Callable[[Frame], np.ndarray]) -> Iterator[Clip]:
+    """The clip planner: clips of clip_frames sampled frames, one every stride, never over two scenes.
+
+    Each scene (`Frame.scene`; one scene without detection) starts its clips at its first sampled frame; what is
+    left of a scene after its last whole clip is dropped, and `--max-clips` counts clips over the whole video.
+    Only a video of one scene shorter than one clip is padded (repeating its last frame). Converts only frames
+    that some clip uses."""
     t, stride = spec.clip_frames, spec.stride
-    buffer: deque[tuple[int, np.ndarray]] = deque()  # (source index, (H, W, 3)) from the next clip's start on
+    buffer: deque[_Window] = deque()  # from the next clip's start on, within the current scene
     clips = 0
-    last: tuple[int, np.ndarray | None] = (-1, None)  # the last converted frame, reused when fps repeats it
-    for position, frame in enumerate(sampled):
-        if position < clips * stride:
+    scene, scenes, position = None, 0, 0  # the current scene, scenes seen, its sampled frames so far
+    scene_clips = 0  # clips of the current scene
+    last: _Window | None = None  # the last converted frame, reused when fps repeats it
+    for frame in sampled:
+        if frame.scene != scene:
+            scene, scenes, position, scene_clips = frame.scene, scenes + 1, 0, 0
+            buffer.clear()
+        position += 1
+        if position - 1 < scene_clips * stride:
             continue  # between clips (stride > clip_frames): never converted
-        if frame.index != last[0]:
-            last = (frame.index, to_rgb(frame))
+        if last is None or frame.index != last.index:
+            last = _Window(frame.index, frame.time, to_rgb(frame))
         buffer.append(last)
         if len(buffer) == t:
-            yield Clip(np.stack([f for _, f in buffer]), [i for i, _ in buffer], 0)  # (T, H, W, 3)
+            yield Clip(np.stack([w.rgb for w in buffer]), [w.index for w in buffer], 0, (buffer[0].time, buffer[-1].time), scene)  # (T, H, W, 3)
             clips += 1
+            scene_clips += 1
             if spec.max_clips is not None and clips >= spec.max_clips:
                 return
             for _ in range(min(stride, t)):  # keep only the overlap with the next clip
                 buffer.popleft()
-    if clips == 0 and buffer:
+    if clips == 0 and scenes == 1 and buffer:
         if not spec.pad_short:
             raise VideoError(f"video has {len(buffer)} sampled frames, shorter than one clip of {t} (padding is off)")
         pad = t - len(buffer)
         window = list(buffer) + [buffer[-1]] * pad
-        yield Clip(np.stack([f for _, f in window]), [i for i, _ in window], pad)
+        yield Clip(np.stack([w.rgb for w in window]), [w.index for w in window], pad, (window[0].time, window[-1].time), scene)
 
 
 # still images (decoded elsewhere): the scaling, crop and pad every video frame gets, so an image is tokenized
@@ -410,7 +434,7 @@ def iter_clips(
 
     def clips() -> Iterator[Clip]:
         produced = 0
-        for clip in _windows(_sample(decoder.frames(), spec.fps), spec, decoder.to_rgb):
+        for clip in plan_clips(_sample(decoder.frames(), spec.fps), spec, decoder.to_rgb):
             produced += 1
             meta.decoder = decoder.name
             yield clip

@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -25,7 +25,7 @@ from ..errors import LfqtokError
 from .pool import ClipEvent, DecodePool, DoneEvent, FailEvent
 from ..io.shards import ShardWriter
 from .sources import ShardJob, VideoItem
-from .shapes import Plan
+from .record import ClipOrigin, sample_members, sample_record
 from ..io.storage import Location, Options, location
 from .video import ClipSpec
 
@@ -165,11 +165,12 @@ class ShardEncoder:
                         break
                     if isinstance(event, ClipEvent):
                         clip = event.clip  # the frames go into the batch; only where they came from travels on
-                        ref = (event.item, event.clip_index, _ClipOrigin(clip.frame_indices, clip.padded))
+                        origin = ClipOrigin(clip.frame_indices, clip.padded, clip.times, clip.scene)
+                        ref = (event.item, event.clip_index, origin)
                         for batch in batcher.add(clip.frames, ref):
                             gpu_q.put(batch)
                         if self.hflip and assembler.item(event.item).is_image:  # the model input mirrored: (T, H, W, 3)
-                            flipped = (event.item, event.clip_index, _ClipOrigin(clip.frame_indices, clip.padded, True))
+                            flipped = (event.item, event.clip_index, replace(origin, flipped=True))
                             for batch in batcher.add(clip.frames[:, :, ::-1], flipped):
                                 gpu_q.put(batch)
                     else:
@@ -269,36 +270,10 @@ def _writer_loop(write_q: queue.Queue, assembler: "_ShardAssembler") -> None:
 # assembling samples and shards
 
 
-def table_fields(item: VideoItem, failure: bool = False) -> dict[str, Any]:
-    """A table sample's json fields (none for other inputs): its row, range index, time range and other cells; a
-    failure records its row and range index only."""
-    if item.row is None:
-        return {}
-    fields: dict[str, Any] = {"row": item.row}
-    if item.segment is not None:
-        fields["segment"] = item.segment
-    if failure:
-        return fields
-    if item.span is not None:
-        fields["time_range"] = [float(t) for t in item.span]
-    if item.columns is not None:
-        fields["columns"] = item.columns
-    return fields
-
-
-def shape_fields(plan: Plan) -> dict[str, Any]:
-    """A sample's json fields of a run with shape options: frame size, valid (unpadded) box, bucket."""
-    fields = {"frame_size": list(plan.layout.frame), "valid": list(plan.layout.valid)}
-    return fields | ({"bucket": list(plan.bucket)} if plan.bucket is not None else {})
-
-
-@dataclass
-class _ClipOrigin:
-    """Where a clip's frames came from: all the writer keeps of a clip besides its tokens."""
-
-    frame_indices: list[int]
-    padded: int
-    flipped: bool = False  # the tokens of the mirrored clip (--hflip)
+def failure_fields(item: VideoItem) -> dict[str, Any]:
+    """Where a table sample's failure comes from (none for other inputs): its row and range index."""
+    fields = {"row": item.row, "segment": item.segment}
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 @dataclass
@@ -412,35 +387,19 @@ class _ShardAssembler:
             stats["rows"] += 1
             self.counters.rows_done += 1
         if pending.error is not None:
-            stats["failures"].append({"source": item.source, "error": pending.error, **table_fields(item, failure=True)})
+            stats["failures"].append({"source": item.source, "error": pending.error, **failure_fields(item)})
             self.counters.videos_failed += 1
             return
         done = pending.done
         clips = [pending.clips[i] for i in range(done.num_clips)]
         tokens = np.stack([t for _, t in clips]).astype(self.storage, copy=False)  # (clips, t, h, w) [+ (c)]
-        indices = [list(map(int, c.frame_indices)) for c, _ in clips]
-        meta = {
-            "source": item.source,
-            "frame_indices": indices,
-            "clips": [[ix[0], ix[-1] + 1] for ix in indices],
-            "padded_frames": int(sum(c.padded for c, _ in clips)),
-            "fps": done.meta.fps,
-            "num_frames": done.meta.num_frames,
-            "orig_size": list(done.meta.orig_size),
-            "decoder": done.meta.decoder,
-            **(shape_fields(done.meta.plan) if self.shaped and done.meta.plan is not None else {}),
-            "tokens_shape": list(tokens.shape),
-        }
-        if item.class_name is not None:
-            meta.update({"class": item.class_name, "label": item.label})
-        meta.update(table_fields(item))
-        extras = done.extras | ({"txt": item.caption.encode("utf-8")} if item.caption is not None else {})
+        meta = sample_record(item, done.meta, [c for c, _ in clips], tokens.shape, shaped=self.shaped, timed=item.row is not None)
         flips = np.stack([pending.flips[i] for i in range(done.num_clips)]).astype(self.storage, copy=False) if pending.flip else None
-        self._writer(j).write(item.key, tokens, meta, extras, flip_tokens=flips)
+        self._writer(j).write(item.key, tokens, meta, {**done.extras, **sample_members(item)}, flip_tokens=flips)
         stats["samples"] += 1
         stats["clips"] += tokens.shape[0]
         stats["tokens"] += int(tokens.size)
-        stats["frames"] += sum(len(ix) for ix in indices)
+        stats["frames"] += sum(len(c.frame_indices) for c, _ in clips)
         self.counters.videos_done += 1
 
     def _stats(self, j: int) -> dict[str, Any]:
