@@ -276,7 +276,7 @@ class Table:
             table._filter(first[1], 0)
         table.rows_estimate = table._estimate(first)
         if options.label_col:
-            table.classes = sorted({str(v) for _, block in table._kept_blocks([options.label_col])
+            table.classes = sorted({str(v) for block in table._kept_blocks([options.label_col])
                                     for v in block.column(0).to_pylist() if v is not None})
         return table
 

@@ -1,0 +1,271 @@
+"""Tables as inputs, on fixtures written as the datasets publish them: Panda-70M csv (Python-literal lists,
+H:MM:SS.mmm), OpenVid csv (spaces in column names, --where), WebVid parquet (http URLs, over a local server), Kinetics
+csv (seconds, labels), InternVid-style jsonl. Exact samples, captions, labels and columns; failures with their row;
+streamed shards (--num-shards, resume, a changed table refused); the failures table retried; captions in readers."""
+
+import json
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+pytest.importorskip("duckdb")
+import pyarrow.parquet as pq  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+import lfqtok  # noqa: E402
+from lfqtok.cli import app  # noqa: E402
+from lfqtok.errors import OutputError, UsageError  # noqa: E402
+from lfqtok.pipeline.tables import Table, TableJobs, TableOptions, parse_ranges, parse_time  # noqa: E402
+from videos import make_video  # noqa: E402
+
+SIZE, FRAMES = 32, 9
+OPTIONS = {"size": SIZE, "clip_frames": FRAMES, "workers": 0, "batch_size": 4, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("table-videos")
+    make_video(root / "v" / "a.mp4", frames=48, width=64, height=48, fps=24)
+    make_video(root / "v" / "b.mp4", frames=30, width=48, height=64, fps=12)
+    return root
+
+
+def encode(source, out, model, **options):
+    return lfqtok.encode_dataset([str(source)], out, model=model, **{**OPTIONS, **options})
+
+
+def samples(out: Path) -> dict[str, dict]:
+    """key -> {"json": record, "txt": caption or None}, over every shard in order."""
+    found = {}
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                entry = found.setdefault(key, {"json": None, "txt": None})
+                if ext == "json":
+                    entry["json"] = json.loads(tar.extractfile(m).read())
+                elif ext == "txt":
+                    entry["txt"] = tar.extractfile(m).read().decode()
+    return found
+
+
+def failures(out: Path) -> list[dict]:
+    return [f for p in sorted(out.glob("*_stats.json")) for f in json.loads(p.read_text())["failures"]]
+
+
+PANDA = """videoID,url,timestamp,caption,matching_score
+a,https://www.youtube.com/watch?v=a,"[['0:00:00.000', '0:00:00.900'], ['0:00:01.000', '0:00:01.900']]","['a cat sits, then stands', ""a dog's nose""]",0.41
+b,https://www.youtube.com/watch?v=b,"[['0:00:00.500', '0:00:02.000']]",['a red car'],0.39
+gone,https://www.youtube.com/watch?v=gone,"[['0:00:00.000', '0:00:02.000']]",['never downloaded'],0.30
+a,https://www.youtube.com/watch?v=a,not a list,['bad cell'],0.20
+"""
+
+
+def test_panda_csv_gives_a_sample_per_range_with_its_caption_and_records_bad_rows(tmp_path, videos, model):
+    table = videos / "panda.csv"
+    table.write_text(PANDA)
+    out = tmp_path / "tok"
+    summary = encode(table, out, model, table=TableOptions(path_format="v/{videoID}.mp4", caption_col="caption", clip_col="timestamp"))
+    found = samples(out)
+    assert sorted(found) == ["000000000_0000", "000000000_0001", "000000001_0000"]
+    first, second, third = (found[k] for k in sorted(found))
+    assert [first["txt"], second["txt"], third["txt"]] == ["a cat sits, then stands", "a dog's nose", "a red car"]
+    assert (first["json"]["row"], first["json"]["segment"], second["json"]["segment"], third["json"]["row"]) == (0, 0, 1, 1)
+    assert second["json"]["time_range"] == [1.0, 1.9] and third["json"]["time_range"] == [0.5, 2.0]
+    assert first["json"]["columns"] == {"videoID": "a", "url": "https://www.youtube.com/watch?v=a", "matching_score": 0.41}
+    assert first["json"]["source"] == str(videos / "v" / "a.mp4")
+    bad = failures(out)
+    assert [(f["row"], f.get("segment")) for f in bad] == [(2, 0), (3, None)]
+    assert "panda.csv row 3" in bad[1]["error"] and "not a list" in bad[1]["error"]
+    assert (summary.videos_ok, summary.videos_failed) == (3, 2)
+    manifest = json.loads((out / "lfqtok.json").read_text())
+    assert manifest["table"]["format"] == "csv" and manifest["table"]["files"][0]["size"] == len(PANDA)
+    assert manifest["table"]["clip_col"] == "timestamp" and manifest["table"]["path_format"] == "v/{videoID}.mp4"
+
+
+OPENVID = """video,caption,aesthetic score,motion score,temporal consistency score,camera motion,frame,fps,seconds
+v/a.mp4,a cat,5.5,3.1,0.99,static,48,24.0,2.0
+v/b.mp4,a car,4.2,8.0,0.97,pan_right,30,12.0,2.5
+v/b.mp4,a car again,6.0,8.0,0.97,pan_right,30,12.0,25.0
+"""
+
+
+def test_openvid_csv_with_spaces_in_names_keeps_the_rows_where_holds(tmp_path, videos, model):
+    table = videos / "openvid.csv"
+    table.write_text(OPENVID)
+    out = tmp_path / "tok"
+    where = '"aesthetic score" >= 5 AND seconds <= 20'
+    encode(table, out, model, table=TableOptions(path_col="video", caption_col="caption", where=where, keep_cols=("aesthetic score", "camera motion")))
+    found = samples(out)
+    assert list(found) == ["000000000"] and found["000000000"]["txt"] == "a cat"
+    assert found["000000000"]["json"]["columns"] == {"aesthetic score": 5.5, "camera motion": "static"}
+    assert json.loads((out / "lfqtok.json").read_text())["table"]["where"] == where
+
+
+def test_kinetics_csv_seconds_and_labels(tmp_path, videos, model):
+    table = videos / "kinetics.csv"
+    table.write_text("label,youtube_id,time_start,time_end,split\n"
+                     "riding a bike,a,0,1.5,v\nabseiling,b,1,2,v\nriding a bike,b,0.5,2,v\n")
+    out = tmp_path / "tok"
+    encode(table, out, model, table=TableOptions(path_format="{split}/{youtube_id}.mp4", start_col="time_start", end_col="time_end",
+                                                 label_col="label", key_col="youtube_id"))
+    manifest = json.loads((out / "lfqtok.json").read_text())
+    assert manifest["classes"] == ["abseiling", "riding a bike"]
+    records = {k: v["json"] for k, v in samples(out).items()}
+    assert len(records) == 3 and {"a", "b"} <= set(records)  # a key repeated in a shard gets a hash of its row
+    by_row = {r["row"]: r for r in records.values()}
+    assert [(by_row[i]["class"], by_row[i]["label"], by_row[i]["time_range"]) for i in range(3)] == [
+        ("riding a bike", 1, [0.0, 1.5]), ("abseiling", 0, [1.0, 2.0]), ("riding a bike", 1, [0.5, 2.0])]
+    assert "segment" not in by_row[0] and by_row[0]["columns"] == {"split": "v"}
+
+
+def test_jsonl_clock_times_and_captions(tmp_path, videos, model):
+    table = videos / "internvid.jsonl"
+    rows = [{"YoutubeID": "a", "Start_timestamp": "00:00:00.100", "End_timestamp": "00:00:01.200", "Caption": "a cat, close up"},
+            {"YoutubeID": "b", "Start_timestamp": "00:00:01.000", "End_timestamp": "00:00:02.000", "Caption": "ünïcode ✓"}]
+    table.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out = tmp_path / "tok"
+    encode(table, out, model, table=TableOptions(path_format="v/{YoutubeID}.mp4", start_col="Start_timestamp",
+                                                 end_col="End_timestamp", caption_col="Caption"))
+    found = samples(out)
+    assert [found[k]["txt"] for k in sorted(found)] == ["a cat, close up", "ünïcode ✓"]
+    assert [found[k]["json"]["time_range"] for k in sorted(found)] == [[0.1, 1.2], [1.0, 2.0]]
+    reader = lfqtok.TokenDataset(str(out), shuffle=False, batch_size=8)
+    batch = next(iter(reader))
+    assert sorted(set(batch["caption"])) == ["a cat, close up", "ünïcode ✓"]
+    assert {m["caption"] for _, _, m in lfqtok.read_tokens(out)} == {"a cat, close up", "ünïcode ✓"}
+
+
+def test_webvid_parquet_over_http(tmp_path, videos, model):
+    pytest.importorskip("aiohttp")
+    from http_server import HttpServer
+
+    with HttpServer(videos) as server:
+        data = pa.table({"videoid": [1, 2], "contentUrl": [server.url("v/a.mp4"), server.url("v/missing.mp4")],
+                         "duration": ["PT00H00M02S", "PT00H00M03S"], "page_dir": ["001", "002"], "name": ["Aerial shot", "Gone"]})
+        pq.write_table(data, videos / "webvid.parquet")
+        out = tmp_path / "tok"
+        summary = encode(server.url("webvid.parquet"), out, model, table=TableOptions(path_col="contentUrl", caption_col="name", key_col="videoid"))
+    found = samples(out)
+    assert list(found) == ["1"] and found["1"]["txt"] == "Aerial shot"
+    assert found["1"]["json"]["columns"] == {"duration": "PT00H00M02S", "page_dir": "001"}
+    assert [(f["row"], f["source"].endswith("v/missing.mp4")) for f in failures(out)] == [(1, True)]
+    assert summary.videos_failed == 1
+    assert json.loads((out / "lfqtok.json").read_text())["table"]["format"] == "parquet"
+
+
+def test_shards_are_consecutive_rows_and_a_split_encodes_each_once(tmp_path, model):
+    data = pa.table({"path": [f"missing/{i}.mp4" for i in range(10)], "keep": [i % 3 != 0 for i in range(10)]})
+    pq.write_table(data, tmp_path / "t.parquet", row_group_size=4)
+    table = Table.open(str(tmp_path / "t.parquet"), TableOptions(where="keep"))
+    rows = lambda jobs: [(job.index, [item.row for item in job.items]) for job in jobs]
+    assert rows(TableJobs(table, 2)) == [(0, [1, 2]), (1, [4, 5]), (2, [7, 8])]
+    assert rows(TableJobs(table, 2, num_shards=2, shard_index=1)) == [(1, [4, 5])]
+    assert rows(TableJobs(table, 2, skip=frozenset({1}))) == [(0, [1, 2]), (2, [7, 8])]
+    assert rows(TableJobs(table, 2).part(1, 2)) == [(1, [4, 5])]
+    assert TableJobs(table, 2).table.rows_estimate == 10
+
+
+def test_a_changed_table_is_refused_on_resume(tmp_path, videos, model):
+    table = tmp_path / "t.csv"
+    table.write_text(f"path\n{videos / 'v' / 'a.mp4'}\n")
+    out = tmp_path / "tok"
+    encode(table, out, model)
+    table.write_text(f"path\n{videos / 'v' / 'b.mp4'}\n")
+    with pytest.raises(OutputError, match=r"other settings \(table\.files"):
+        encode(table, out, model)
+
+
+def test_a_column_that_does_not_exist_is_one_line_naming_the_columns(tmp_path, videos, model):
+    table = videos / "cols.csv"
+    table.write_text("video,caption\nv/a.mp4,x\n")
+    result = CliRunner().invoke(app, ["encode", str(table), "-o", str(tmp_path / "o"), "--model", model, "--path-col", "video",
+                                      "--caption-col", "text", "--device", "cpu"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "--caption-col 'text'" in lines[0] and "video, caption" in lines[0]
+    with pytest.raises(UsageError, match="no 'path' column"):
+        encode(table, tmp_path / "o", model)
+    with pytest.raises(UsageError, match="--where"):
+        encode(table, tmp_path / "o", model, table=TableOptions(path_col="video", where="nope > 1"))
+
+
+def test_the_failures_table_retries_exactly_the_failed_rows(tmp_path, videos, model):
+    root = tmp_path / "data"
+    (root / "v").mkdir(parents=True)
+    (root / "v" / "a.mp4").write_bytes((videos / "v" / "a.mp4").read_bytes())
+    table = root / "t.csv"
+    table.write_text("path,caption,score\nv/a.mp4,one,1\nv/b.mp4,two,2\nv/c.mp4,three,3\n")
+    out = tmp_path / "tok"
+    encode(table, out, model, table=TableOptions(caption_col="caption"))
+    listed = tmp_path / "retry" / "failed.jsonl"
+    listed.parent.mkdir()
+    result = CliRunner().invoke(app, ["stats", str(out), "--failures", str(listed)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in listed.read_text().splitlines()]
+    assert rows == [{"path": str(root / "v" / "b.mp4"), "caption": "two", "score": 2},
+                    {"path": str(root / "v" / "c.mp4"), "caption": "three", "score": 3}]
+    (root / "v" / "b.mp4").write_bytes((videos / "v" / "b.mp4").read_bytes())
+    again = encode(listed, tmp_path / "again", model, table=TableOptions(caption_col="caption"))
+    assert (again.videos_ok, again.videos_failed) == (1, 1)
+    assert [v["txt"] for v in samples(tmp_path / "again").values()] == ["two"]
+
+
+def test_times_and_ranges_parse_as_datasets_write_them():
+    assert parse_time("0:00:08.141") == pytest.approx(8.141)
+    assert parse_time("01:02.5") == 62.5 and parse_time(3) == 3.0 and parse_time("12.25") == 12.25
+    assert parse_ranges("[['0:00:00.000', '0:00:08.141'], ['0:00:09', '0:00:10']]") == [(0.0, 8.141), (9.0, 10.0)]
+    assert parse_ranges("[[0, 1.5]]") == [(0.0, 1.5)] and parse_ranges([[1, 2]]) == [(1.0, 2.0)]
+    for bad in ("[[2, 1]]", "[[0]]", "nope", "[['x', 1]]", "[[-1, 1]]"):
+        with pytest.raises(ValueError):
+            parse_ranges(bad)
+
+
+def output_bytes(out: Path) -> dict[str, bytes]:
+    files = {}
+    for path in sorted(out.iterdir()):
+        data = path.read_bytes()
+        if path.name.endswith("_stats.json"):
+            stats = json.loads(data)
+            stats.pop("seconds")
+            data = json.dumps(stats, sort_keys=True).encode()
+        files[path.name] = data
+    return files
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_is_byte_identical(tmp_path, videos, model):
+    table = videos / "many.csv"
+    table.write_text("path,caption\n" + "".join(f"v/{'ab'[i % 2]}.mp4,caption {i}\n" for i in range(8)))
+    whole = tmp_path / "whole"
+    encode(table, whole, model, samples_per_shard=1)
+    out = tmp_path / "killed"
+    script = ("import sys, lfqtok; from lfqtok.pipeline.tables import TableOptions; lfqtok.encode_dataset([sys.argv[1]], "
+              "sys.argv[2], model=sys.argv[3], size=%d, clip_frames=%d, workers=0, batch_size=1, device='cpu', "
+              "samples_per_shard=1, table=TableOptions(caption_col='caption'))" % (SIZE, FRAMES))
+    proc = subprocess.Popen([sys.executable, "-c", script, str(table), str(out), model])
+    deadline = time.time() + 60
+    while not list(out.glob("0000[1-9]_stats.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(list(out.glob("*_stats.json"))) < 8
+    summary = encode(table, out, model, samples_per_shard=1, table=TableOptions(caption_col="caption"))
+    assert summary.shards_skipped >= 1
+    assert output_bytes(out) == output_bytes(whole)
+
+
+@pytest.mark.slow
+def test_the_ray_engine_encodes_a_table_as_the_local_one(tmp_path, videos, model):
+    pytest.importorskip("ray")
+    table = videos / "ray.csv"
+    table.write_text("path,caption\n" + "".join(f"v/{'ab'[i % 2]}.mp4,caption {i}\n" for i in range(4)))
+    encode(table, tmp_path / "local", model, samples_per_shard=2, table=TableOptions(caption_col="caption"))
+    encode(table, tmp_path / "ray", model, samples_per_shard=2, engine="ray", workers=1, table=TableOptions(caption_col="caption"))
+    assert output_bytes(tmp_path / "ray") == output_bytes(tmp_path / "local")
