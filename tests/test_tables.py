@@ -244,7 +244,7 @@ def test_kill_9_mid_run_then_resume_is_byte_identical(tmp_path, videos, model):
     table = videos / "many.csv"
     table.write_text("path,caption\n" + "".join(f"v/{'ab'[i % 2]}.mp4,caption {i}\n" for i in range(8)))
     whole = tmp_path / "whole"
-    encode(table, whole, model, samples_per_shard=1)
+    encode(table, whole, model, samples_per_shard=1, table=TableOptions(caption_col="caption"))
     out = tmp_path / "killed"
     script = ("import sys, lfqtok; from lfqtok.pipeline.tables import TableOptions; lfqtok.encode_dataset([sys.argv[1]], "
               "sys.argv[2], model=sys.argv[3], size=%d, clip_frames=%d, workers=0, batch_size=1, device='cpu', "
