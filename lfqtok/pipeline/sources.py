@@ -35,6 +35,7 @@ IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp"})  # still ima
 COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 READAHEAD_BYTES = 64 * 2**20  # remote video bytes fetched ahead of the decoders, at most (plus one per fetch thread)
 FETCH_THREADS = 8  # remote videos fetched at once: requests overlap their latency
+FETCH_WINDOW = 256  # items taken from the input ahead of the decoders, at most (a table's stream is never drained)
 
 # items
 
@@ -472,7 +473,8 @@ def iter_fetched(items: Iterable[VideoItem], options: Options = None, budget: in
     with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="lfqtok-fetch") as pool:
         exhausted = False
         while True:
-            while not exhausted and sum(f is not None and not f.done() for _, f in window) < FETCH_THREADS and held[0] < budget:
+            while (not exhausted and len(window) < FETCH_WINDOW and held[0] < budget
+                   and sum(f is not None and not f.done() for _, f in window) < FETCH_THREADS):
                 item = next(source, None)
                 if item is None:
                     exhausted = True

@@ -1,0 +1,163 @@
+"""Benchmark tables as encode inputs: a generated multi-million-row table, as parquet and as csv.
+
+    python scripts/bench_tables.py make DIR --videos VIDEO_DIR [--rows 10000000]
+    python scripts/bench_tables.py engines DIR [--where 'videoid % 10 = 0']
+    python scripts/bench_tables.py stream DIR --videos VIDEO_DIR [--seconds 60] [--model default]
+
+`make` writes DIR/table.parquet and DIR/table.csv with the same WebVid-like rows (videoid, contentUrl, duration,
+page_dir, name), written in blocks of a million rows; contentUrl cycles over the videos of VIDEO_DIR (paths relative
+to it, as a dataset's table names its files), so every row is a real video.
+
+`engines` reads each table once through every candidate engine, in a subprocess each: lfqtok's reader (pyarrow's
+streaming readers, `--where` run by DuckDB over each block, the rows of every block numbered: a --num-shards part
+whose shards are all at the end, so it scans the whole table and builds no item), DuckDB alone (`read_parquet` /
+`read_csv` with the WHERE, record batches fetched) and polars (`scan_*` + `sql_expr` filter, batches collected in
+streaming). Prints seconds, peak RSS and rows kept.
+
+`stream` runs `lfqtok.encode_dataset` on each table in a subprocess: the whole table, and the last part of a
+`--num-shards` split whose only shard holds the table's last rows (its reader streams every row before its first
+sample). Prints the seconds to the first encoded sample (after imports: listing, table hash, model load, first
+decode and batch) and the process's peak RSS after --seconds of encoding (or at its end), for both formats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BLOCK_ROWS = 1_000_000
+
+ENGINE = r"""
+import json, resource, sys, time
+engine, path, where = sys.argv[1], sys.argv[2], sys.argv[3]
+if engine == "lfqtok":
+    from lfqtok.pipeline.tables import Table, TableOptions
+elif engine == "duckdb":
+    import duckdb
+else:
+    import polars as pl
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+imported = rss()
+t = time.perf_counter()
+if engine == "lfqtok":
+    table = Table.open(path, TableOptions(path_col="contentUrl", where=where or None))
+    kept = sum(b.num_rows for b in table._kept_blocks())
+elif engine == "duckdb":
+    reader = "read_parquet" if path.endswith(".parquet") else "read_csv"
+    sql = f"SELECT * FROM {reader}(?)" + (f" WHERE {where}" if where else "")
+    kept = sum(b.num_rows for b in duckdb.connect().execute(sql, [path]).to_arrow_reader(65536))
+else:
+    lazy = pl.scan_parquet(path) if path.endswith(".parquet") else pl.scan_csv(path)
+    lazy = lazy.with_row_index("__row")
+    if where:
+        lazy = lazy.filter(pl.sql_expr(where))
+    kept = sum(df.height for df in lazy.collect_batches())
+print(json.dumps({"engine": engine, "seconds": round(time.perf_counter() - t, 2), "kept": kept,
+                  "rss_mib": round(rss()), "rss_over_imports_mib": round(rss() - imported)}))
+"""
+
+ENCODE = r"""
+import json, os, resource, sys, threading, time
+import lfqtok
+from lfqtok.pipeline.tables import TableOptions
+table, out, options, limit = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
+t = time.perf_counter()
+first = []
+
+def report(done):
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"first_sample_s": round(first[0], 1) if first else None, "rss_mib": round(rss),
+                      "ran_s": round(time.perf_counter() - t, 1), "finished": done}), flush=True)
+    os._exit(0)
+
+def progress(counters):
+    if not first and counters.videos_done + counters.videos_failed > 0:
+        first.append(time.perf_counter() - t)
+        threading.Timer(limit, report, (False,)).start()
+
+options["table"] = TableOptions(**options.pop("table"))
+lfqtok.encode_dataset([table], out, on_progress=progress, **options)
+report(True)
+"""
+
+
+def make(directory: Path, videos: Path, rows: int) -> None:
+    """DIR/table.parquet and DIR/table.csv: the same rows, written a block at a time (bounded memory)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    names = sorted(p.name for p in videos.iterdir() if p.suffix.lower() in (".mp4", ".webm", ".avi", ".mkv", ".mov"))
+    directory.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("videoid", pa.int64()), ("contentUrl", pa.string()), ("duration", pa.string()),
+                        ("page_dir", pa.string()), ("name", pa.string())])
+    started = time.perf_counter()
+    with pq.ParquetWriter(directory / "table.parquet", schema) as parquet, \
+            pcsv.CSVWriter(str(directory / "table.csv"), schema) as csv:
+        for start in range(0, rows, BLOCK_ROWS):
+            ids = np.arange(start, min(rows, start + BLOCK_ROWS), dtype=np.int64)
+            block = pa.table({
+                "videoid": ids,
+                "contentUrl": [names[i % len(names)] for i in ids],
+                "duration": [f"PT00H00M{i % 60:02d}S" for i in ids],
+                "page_dir": [f"{i // 50 * 50:07d}_{i // 50 * 50 + 49:07d}" for i in ids],
+                "name": [f"generated clip {i}: a person walks along a beach at sunset" for i in ids],
+            }, schema=schema)
+            parquet.write_table(block, row_group_size=128 * 1024)
+            csv.write_table(block)
+    sizes = {p.name: p.stat().st_size for p in directory.glob("table.*")}
+    print(json.dumps({"rows": rows, "bytes": sizes, "seconds": round(time.perf_counter() - started, 1)}))
+
+
+def engines(directory: Path, where: str) -> None:
+    for name in ("table.parquet", "table.csv"):
+        for engine in ("lfqtok", "duckdb", "polars"):
+            run = subprocess.run([sys.executable, "-c", ENGINE, engine, str(directory / name), where], capture_output=True, text=True)
+            line = run.stdout.strip().splitlines()[-1] if run.returncode == 0 else f"failed: {run.stderr.strip().splitlines()[-1]}"
+            print(f"{name:14s} {engine:8s} {line}", flush=True)
+
+
+def stream(directory: Path, videos: Path, seconds: float, model: str, samples_per_shard: int) -> None:
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(directory / "table.parquet").metadata.num_rows
+    shards = -(-rows // samples_per_shard)
+    base = {"model": model, "size": 64, "clip_frames": 5, "max_clips": 1, "batch_size": 4, "workers": 1, "device": "cpu",
+            "samples_per_shard": samples_per_shard, "overwrite": True,
+            "table": {"path_col": "contentUrl", "caption_col": "name", "root": str(videos)}}
+    for name in ("table.parquet", "table.csv"):
+        for label, split in (("full run", {}), (f"last of {shards} parts", {"num_shards": shards, "shard_index": shards - 1})):
+            out = directory / f"out-{name.replace('.', '-')}"
+            run = subprocess.run([sys.executable, "-c", ENCODE, str(directory / name), str(out), json.dumps({**base, **split}), str(seconds)],
+                                 capture_output=True, text=True)
+            line = run.stdout.strip().splitlines()[-1] if run.returncode == 0 and run.stdout.strip() else f"failed: {run.stderr.strip()[-300:]}"
+            print(f"{name:14s} {label:22s} {line}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("make", "engines", "stream"))
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--videos", type=Path)
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--where", default="videoid % 10 = 0")
+    parser.add_argument("--seconds", type=float, default=60.0, help="stream: encode this long after the first sample")
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--samples-per-shard", type=int, default=1000)
+    args = parser.parse_args()
+    if args.mode == "make":
+        make(args.dir, args.videos, args.rows)
+    elif args.mode == "engines":
+        engines(args.dir, args.where)
+    else:
+        stream(args.dir, args.videos.resolve(), args.seconds, args.model, args.samples_per_shard)
+
+
+if __name__ == "__main__":
+    main()
