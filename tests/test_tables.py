@@ -269,3 +269,24 @@ def test_the_ray_engine_encodes_a_table_as_the_local_one(tmp_path, videos, model
     encode(table, tmp_path / "local", model, samples_per_shard=2, table=TableOptions(caption_col="caption"))
     encode(table, tmp_path / "ray", model, samples_per_shard=2, engine="ray", workers=1, table=TableOptions(caption_col="caption"))
     assert output_bytes(tmp_path / "ray") == output_bytes(tmp_path / "local")
+
+
+def test_a_folder_of_parquet_parts_is_one_table_read_in_order(tmp_path, videos, model):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i, name in enumerate(("b.mp4", "a.mp4")):
+        pq.write_table(pa.table({"path": [str(videos / "v" / name)], "text": [f"part {i}"]}), parts / f"part-{i:05d}.parquet")
+    out = tmp_path / "tok"
+    encode(parts, out, model, table=TableOptions(caption_col="text"))
+    found = samples(out)
+    assert [(k, v["txt"], v["json"]["source"].endswith(n)) for (k, v), n in zip(sorted(found.items()), ("b.mp4", "a.mp4"))] == [
+        ("000000000", "part 0", True), ("000000001", "part 1", True)]
+    assert [f["path"].endswith(f"part-{i:05d}.parquet") for i, f in enumerate(json.loads((out / "lfqtok.json").read_text())["table"]["files"])] == [True, True]
+
+
+def test_without_the_tables_extra_a_table_is_one_usage_line(tmp_path, monkeypatch, model):
+    table = tmp_path / "t.csv"
+    table.write_text("path\nx.mp4\n")
+    monkeypatch.setitem(sys.modules, "duckdb", None)  # what an environment without lfqtok[tables] imports
+    with pytest.raises(UsageError, match=r'pip install "lfqtok\[tables\]"'):
+        encode(table, tmp_path / "o", model)

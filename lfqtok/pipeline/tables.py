@@ -474,10 +474,12 @@ class Table:
         if self.format in ("csv", "tsv"):
             import pyarrow.csv as pcsv
 
+            o = self.options  # columns of text whatever the first block holds (types are inferred from it alone)
+            text = {c: pa.string() for c in (o.path_col, o.caption_col, o.clip_col) if c}
             reader = pcsv.open_csv(
                 f, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES),
                 parse_options=pcsv.ParseOptions(delimiter="\t" if self.format == "tsv" else ",", newlines_in_values=True),
-                convert_options=pcsv.ConvertOptions(include_columns=list(columns) if columns else None))
+                convert_options=pcsv.ConvertOptions(include_columns=list(columns) if columns else None, column_types=text))
         else:
             import pyarrow.json as pjson
 
