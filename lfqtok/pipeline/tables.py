@@ -257,7 +257,8 @@ class Table:
     files: list[str] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
-    rows_estimate: int = 0  # for progress: exact for parquet (its metadata), else from the first block's bytes per row
+    rows_estimate: int = 0  # rows kept, for progress: parquet's row count (csv/jsonl: from the first block's bytes per
+    # row), times the share of the first block that --where keeps
 
     @classmethod
     def open(cls, spec: str, options: TableOptions, storage_options: Options = None) -> "Table":
@@ -272,9 +273,8 @@ class Table:
             raise InputError(f"{table.name}: an empty table (no header or no parts)")
         table.columns = list(first[1].schema.names)
         table._check_columns()
-        if options.where:
-            table._filter(first[1], 0)
-        table.rows_estimate = table._estimate(first)
+        kept = table._filter(first[1], 0).num_rows if options.where else first[1].num_rows  # a bad --where: now
+        table.rows_estimate = round(table._estimate(first) * kept / max(1, first[1].num_rows))
         if options.label_col:
             table.classes = sorted({str(v) for block in table._kept_blocks([options.label_col])
                                     for v in block.column(0).to_pylist() if v is not None})
@@ -591,4 +591,5 @@ class TableJobs:
     @property
     def rows_total(self) -> int:
         rows = math.ceil(self.table.rows_estimate / self.num_shards)
-        return max(0, rows - len(self.skip) * self.samples_per_shard) // self.parts[1]
+        done = sum(1 for s in self.skip if s % self.num_shards == self.shard_index)
+        return max(0, rows - done * self.samples_per_shard) // self.parts[1]
