@@ -30,7 +30,8 @@ from ..io.storage import Options
 from .sources import ShardJob, VideoItem, sanitize_key, short_hash
 
 TABLE_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-BLOCK_BYTES = 8 * 2**20  # csv/jsonl bytes per block: types are inferred from the first one
+INFER_BYTES = 8 * 2**20  # csv/jsonl: column types are inferred from this many bytes at the start (pyarrow's first block)
+BLOCK_BYTES = 2**20  # csv/jsonl bytes per block after that (pyarrow's reader holds more of larger blocks at once)
 PARQUET_BATCH_ROWS = 65536  # rows per parquet batch (row groups are read one by one)
 HASH_CHUNK = 8 * 2**20
 ROW_COLUMN = "__lfqtok_row"  # each block's row numbers, as `--where` sees the block
@@ -257,6 +258,7 @@ class Table:
     files: list[str] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
+    schema: Any = None  # csv/jsonl: the column types inferred from its first INFER_BYTES, fixed for every block
     rows_estimate: int = 0  # rows kept, for progress: parquet's row count (csv/jsonl: from the first block's bytes per
     # row), times the share of the first block that --where keeps
 
@@ -272,6 +274,7 @@ class Table:
         if first is None:
             raise InputError(f"{table.name}: an empty table (no header or no parts)")
         table.columns = list(first[1].schema.names)
+        table.schema = first[1].schema if fmt != "parquet" else None
         table._check_columns()
         kept = table._filter(first[1], 0).num_rows if options.where else first[1].num_rows  # a bad --where: now
         table.rows_estimate = round(table._estimate(first) * kept / max(1, first[1].num_rows))
@@ -475,15 +478,18 @@ class Table:
             import pyarrow.csv as pcsv
 
             o = self.options  # columns of text whatever the first block holds (types are inferred from it alone)
-            text = {c: pa.string() for c in (o.path_col, o.caption_col, o.clip_col) if c}
+            types = {c: pa.string() for c in (o.path_col, o.caption_col, o.clip_col) if c}
+            if self.schema is not None:
+                types = {field.name: field.type for field in self.schema}
             reader = pcsv.open_csv(
-                f, read_options=pcsv.ReadOptions(block_size=BLOCK_BYTES),
+                f, read_options=pcsv.ReadOptions(block_size=INFER_BYTES if self.schema is None else BLOCK_BYTES),
                 parse_options=pcsv.ParseOptions(delimiter="\t" if self.format == "tsv" else ",", newlines_in_values=True),
-                convert_options=pcsv.ConvertOptions(include_columns=list(columns) if columns else None, column_types=text))
+                convert_options=pcsv.ConvertOptions(include_columns=list(columns) if columns else None, column_types=types))
         else:
             import pyarrow.json as pjson
 
-            reader = pjson.open_json(f, read_options=pjson.ReadOptions(block_size=BLOCK_BYTES))
+            reader = pjson.open_json(f, read_options=pjson.ReadOptions(block_size=INFER_BYTES if self.schema is None else BLOCK_BYTES),
+                                     parse_options=pjson.ParseOptions(explicit_schema=self.schema))
         for batch in reader:
             yield f.tell(), batch.select(list(columns)) if columns and self.format == "jsonl" else batch
 
