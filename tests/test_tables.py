@@ -291,3 +291,36 @@ def test_without_the_tables_extra_a_table_is_one_usage_line(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "duckdb", None)  # what an environment without lfqtok[tables] imports
     with pytest.raises(UsageError, match=r'pip install "lfqtok\[tables\]"'):
         encode(table, tmp_path / "o", model)
+
+
+def test_the_cli_takes_every_table_option_and_the_manifest_records_them(tmp_path, videos, model):
+    table = videos / "openvid-cli.csv"
+    table.write_text(OPENVID)
+    out = tmp_path / "tok"
+    where = '"aesthetic score" >= 5 AND seconds <= 20'
+    result = CliRunner().invoke(app, [
+        "encode", str(table), "-o", str(out), "--model", model, "--size", str(SIZE), "--clip-frames", str(FRAMES), "--workers", "0",
+        "--device", "cpu", "--path-col", "video", "--caption-col", "caption", "--where", where, "--keep-cols", "fps,seconds",
+        "--key-col", "camera motion", "--label-col", "camera motion", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["videos_ok"] == 1
+    recorded = json.loads((out / "lfqtok.json").read_text())
+    assert {k: v for k, v in recorded["table"].items() if k not in ("format", "files")} == {
+        "path_col": "video", "caption_col": "caption", "where": where, "keep_cols": ["fps", "seconds"],
+        "key_col": "camera motion", "label_col": "camera motion"}
+    assert recorded["classes"] == ["static"]  # the classes of the rows --where keeps
+    found = samples(out)
+    assert list(found) == ["static"] and found["static"]["json"]["columns"] == {"fps": 24.0, "seconds": 2.0}
+    assert (found["static"]["json"]["class"], found["static"]["json"]["label"]) == ("static", 0)
+
+
+def test_the_failures_of_a_folder_run_are_its_files(tmp_path, videos, model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "ok.mp4").write_bytes((videos / "v" / "a.mp4").read_bytes())
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "tok"
+    encode(folder, out, model)
+    listed = tmp_path / "failed.jsonl"
+    assert CliRunner().invoke(app, ["stats", str(out), "--failures", str(listed)]).exit_code == 0
+    assert [json.loads(line) for line in listed.read_text().splitlines()] == [{"path": str(folder / "broken.mp4")}]
