@@ -56,7 +56,9 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]lfqtok: error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    from .io.storage import scrub  # the last guard: no URL's credentials or storage option's secret on stderr
+
+    err.print(f"[bold red]lfqtok: error:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -115,13 +117,14 @@ def encode(
     workers: Annotated[Optional[int], typer.Option(help="Decode processes [default: cores - 1, at most 16].")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N ('auto'/'cuda' use every GPU).")] = "auto",
     samples_per_shard: Annotated[int, typer.Option(help="Videos per output shard.")] = 1000,
-    overwrite: Annotated[bool, typer.Option(help="Replace an OUT made with other settings.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an OUT made with other settings or inputs (only lfqtok's own files are deleted).")] = False,
+    append: Annotated[bool, typer.Option("--append", help="OUT was made from fewer inputs: encode only the new ones, into new shards after its last.")] = False,
     strict: Annotated[bool, typer.Option(help="Exit 1 if any video failed.")] = False,
     num_shards: Annotated[int, typer.Option(help="Split the shards into N parts (SLURM arrays, many machines)...")] = 1,
     shard_index: Annotated[int, typer.Option(help="...and run part I.")] = 0,
     engine: Annotated[str, typer.Option(help="local | ray")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address ('auto' joins a running one).")] = None,
-    video_timeout: Annotated[float, typer.Option(help="Seconds a video may decode without progress before it fails.")] = 60.0,
+    video_timeout: Annotated[float, typer.Option(help="Seconds a video may be fetched or decoded without progress before it fails.")] = 60.0,
     class_folders: Annotated[bool, typer.Option("--class-folders", help="ImageNet-style ROOT/CLASS/...: sample json gets 'class' and 'label' (index into the manifest's sorted 'classes').")] = False,
     hflip: Annotated[bool, typer.Option("--hflip", help="Images: also write the tokens of the mirrored model input ({key}.tokens_flip.npy).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's own log lines too (--engine ray; LFQTOK_DEBUG=1 does as well).")] = False,
@@ -152,7 +155,7 @@ def encode(
     config = EncodeConfig(
         model=model, size=size, resize=resize, buckets=buckets, clip_frames=clip_frames, clip_stride=clip_stride, fps=fps, max_clips=max_clips,
         pad_short=pad_short, batch_size=batch_size, workers=workers, device=device,
-        samples_per_shard=samples_per_shard, overwrite=overwrite, strict=strict, num_shards=num_shards,
+        samples_per_shard=samples_per_shard, overwrite=overwrite, append=append, strict=strict, num_shards=num_shards,
         shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout, verbose=verbose or DEBUG,
         class_folders=class_folders, hflip=hflip, table=table,
         storage_options=parse_options(storage_options),
@@ -178,8 +181,13 @@ def _encode_table(summary) -> None:
     ]
     for name, value in rows:
         table.add_row(name, value)
+    if summary.left_out:
+        first = ", ".join(summary.left_out_first) + (", ..." if summary.left_out > len(summary.left_out_first) else "")
+        table.add_row("[yellow]images left out (folders or tars of videos)[/]", f"{summary.left_out:,}: {escape(first)}")
     for reason, count in summary.failures_by_reason.most_common():
         table.add_row(f"[red]failed: {escape(reason)}[/]", str(count))
+    if summary.skipped:
+        table.add_row("time ranges skipped (shorter than one clip)", f"{len(summary.skipped):,}")
     err.print(table)
 
 

@@ -56,7 +56,7 @@ class EncodeProgress:
         self.progress.update(
             self.task,
             total=(max(counters.rows_total, counters.rows_done) if rows else counters.videos_total) or None,
-            completed=counters.rows_done if rows else counters.videos_done + counters.videos_failed,
+            completed=counters.rows_done if rows else counters.videos_done + counters.videos_failed + counters.videos_skipped,
             unit="rows" if rows else "samples",
             clips=counters.clips,
             fps=counters.frames / seconds,

@@ -149,3 +149,17 @@ def s3(s3_server, monkeypatch) -> str:
     bucket = f"lfqtok-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem().mkdir(bucket)
     return f"s3://{bucket}"
+
+
+# an HTTP server on 127.0.0.1 that serves a folder and can stall, answer 403/500 or hang up (tests/http_server.py)
+
+
+@pytest.fixture
+def http_server(tmp_path_factory):
+    """A started `HttpServer` serving a fresh empty folder (`http_server.root`: put files there; `behave(path, how)`
+    makes a path misbehave); stopped, with every thread joined, after the test."""
+    pytest.importorskip("aiohttp")  # what fsspec's http backend needs
+    from http_server import HttpServer
+
+    with HttpServer(tmp_path_factory.mktemp("http")) as server:
+        yield server

@@ -141,7 +141,7 @@ def test_malformed_images_raise_one_line_reasons():
         "truncated": (photo[: len(photo) * 6 // 10], "truncated"),
         "bomb": (bomb_png(), rf"image has 1,600,000,000 pixels \(from its header\), over the {MAX_PIXELS:,} pixel limit"),
         "not an image": (b"plain text, not a picture", "not a readable image"),
-        "another format": (encoded(PHOTO, "GIF"), "not a readable image"),  # only the jpg/png/webp/bmp parsers run
+        "another format": (encoded(PHOTO, "TIFF"), "not a readable image"),  # only the jpg/png/webp/bmp/gif parsers run
     }
     for name, (data, reason) in cases.items():
         with pytest.raises(ImageError, match=reason) as caught:

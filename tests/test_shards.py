@@ -1,6 +1,7 @@
 """The token directory format (DESIGN.md §4): manifest first, temp name then rename, stats last, byte-identical
 reruns, settings checks on resume, and shards that read back with plain tarfile + numpy and with webdataset."""
 
+import gzip
 import io
 import json
 import os
@@ -16,7 +17,11 @@ from lfqtok.io.shards import (
     MANIFEST_NAME,
     ShardWriter,
     build_manifest,
+    listing_change,
+    listing_identity,
+    listing_name,
     prepare_output,
+    read_listing,
     read_manifest,
     read_tokens,
     shard_path,
@@ -53,7 +58,7 @@ def test_manifest_has_every_design_key():
 
 def test_write_then_read_back_with_ours_tarfile_and_webdataset(tmp_path):
     out = tmp_path / "tok"
-    assert prepare_output(out, manifest(), overwrite=False) == set()
+    assert prepare_output(out, manifest(), overwrite=False).finished == set()
     write_shard(out, 0, TOKENS, extras={"txt": b"a caption", "json": b'{"id": 1}'})
     assert sorted(p.name for p in out.iterdir()) == ["00000.tar", "00000_stats.json", MANIFEST_NAME]
     ours = list(read_tokens(out))
@@ -107,7 +112,7 @@ def test_resume_returns_finished_shards_and_keeps_them(tmp_path):
     shard_path(out, 1).write_bytes(b"unfinished: no stats")  # killed after the rename, before its stats
     before = shard_path(out, 0).read_bytes()
     changed_info = manifest(extra={"clip": {"fps": None, "clip_stride": None}, "inputs": ["/abs/videos"]})
-    assert prepare_output(out, changed_info, overwrite=False) == {0}  # inputs spelled differently: same run
+    assert prepare_output(out, changed_info, overwrite=False).finished == {0}  # inputs spelled differently: same run
     assert shard_path(out, 0).read_bytes() == before
     assert json.loads((out / MANIFEST_NAME).read_text())["inputs"] == ["videos/"]
 
@@ -120,7 +125,7 @@ def test_other_settings_are_refused_naming_the_keys_unless_overwrite(tmp_path):
     with pytest.raises(OutputError, match=r"tokenizer\.sha256.*clip\.fps|clip\.fps.*tokenizer\.sha256") as info:
         prepare_output(out, other, overwrite=False)
     assert "--overwrite" in str(info.value) and "\n" not in str(info.value)
-    assert prepare_output(out, other, overwrite=True) == set()
+    assert prepare_output(out, other, overwrite=True).finished == set()
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME]
     assert read_manifest(out)["clip"]["fps"] == 8.0
 
@@ -153,3 +158,31 @@ def test_unwritable_output_is_one_line_output_error(tmp_path):
         with ShardWriter(blocker, 0, np.uint32) as writer:
             writer.write("a", TOKENS["a"], {})
     assert "\n" not in str(info.value)
+
+
+# the listing
+
+
+ENTRIES = [["a", "/v/a.mp4"], ["b", "/v/b.mp4"], ["c", "/v/\u00e9t\u00e9 \"x\".mp4"]]
+
+
+def test_the_listing_identity_and_what_changed():
+    assert listing_identity(ENTRIES) == listing_identity([list(e) for e in ENTRIES]) and listing_identity(ENTRIES)["count"] == 3
+    assert listing_identity(ENTRIES) != listing_identity(ENTRIES[::-1])  # order is part of it
+    assert listing_change(ENTRIES, ENTRIES + [["d", "/v/d.mp4"], ["e", "/v/e.mp4"]]) == "2 inputs added, 0 removed"
+    assert listing_change(ENTRIES, ENTRIES[1:]) == "0 inputs added, 1 removed"
+    assert listing_change(ENTRIES, [["x", s] for _, s in ENTRIES]) == "the same inputs under other keys or in another order"
+    assert listing_change(None, ENTRIES, 5) == "the inputs changed (5 then, 3 now)"
+
+
+def test_the_listing_sidecar_is_written_before_the_manifest_and_checked_by_its_hash(tmp_path):
+    out = tmp_path / "tok"
+    m = manifest(extra={"clip": {}, "listing": listing_identity(ENTRIES)})
+    prepare_output(out, m, overwrite=False, listing=ENTRIES)
+    identity = m["listing"]
+    assert read_listing(out, identity) == ENTRIES and (out / listing_name(identity)).is_file()
+    lines = [json.loads(line) for line in gzip.decompress((out / listing_name(identity)).read_bytes()).splitlines()]
+    assert lines == ENTRIES  # one JSON [key, source] a line
+    (out / listing_name(identity)).write_bytes(gzip.compress(b'["a", "/v/other.mp4"]\n'))
+    assert read_listing(out, identity) is None  # another listing under its name: not taken for it
+

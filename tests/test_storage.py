@@ -62,7 +62,7 @@ def contents(out: str | Path, roots: tuple[str, ...]) -> dict[str, object]:
     names = storage.list_names(str(out)) if storage.is_url(out) else sorted(p.name for p in Path(out).iterdir())
     files: dict[str, object] = {}
     for name in names:
-        if name == "lfqtok.json":
+        if name == "lfqtok.json" or name.startswith("lfqtok.listing."):  # the listing names its sources, local or not
             continue
         data = storage.read_bytes(storage.join(out, name))
         if name.endswith("_stats.json"):

@@ -449,8 +449,8 @@ def _existing_file(path: str, cwd: str | None) -> str | None:
 
 
 def open_source(sample: Sample, size: int | tuple[int, int], clip_frames: int, tars: TarSources | None = None) -> tuple[Iterator[Any] | None, str | None]:
-    """The source's clips cut like at encode time (manifest clip settings; an image: its one clip, decoded as
-    encode decodes it), or None and why not."""
+    """The source's clips cut like at encode time (manifest clip settings; a sample of a time range: that range,
+    its json `time_range`; an image: its one clip, decoded as encode decodes it), or None and why not."""
     if exists(sample.generated):
         return None, None
     source = source_video(sample.meta.get("source"), (sample.manifest or {}).get("cwd"), tars)
@@ -465,7 +465,8 @@ def open_source(sample: Sample, size: int | tuple[int, int], clip_frames: int, t
         if sample.meta.get("decoder") == IMAGE_DECODER:
             clips = iter([image_clip(source, spec)[1]])
         else:
-            _, clips = iter_clips(source, spec)
+            span = sample.meta.get("time_range")
+            _, clips = iter_clips(source, spec, span=tuple(span) if span is not None else None)
     except (VideoError, ImageError) as exc:
         return None, f"source unreadable ({exc}): no psnr"
     return clips, None

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import InputError, UsageError
 from ..io import storage
-from ..io.shards import finished_shards, read_manifest, stats_path
+from ..io.shards import LISTING_KEY, finished_shards, read_listing, read_manifest, stats_path
 from ..io.storage import Location, Options
 from ..pipeline.tables import ROW_COLUMN, Table, TableOptions, json_safe
 
@@ -48,23 +48,22 @@ def write_failures(out: Location, dest: str | Path, storage_options: Options = N
         sources = dict.fromkeys(f["source"] for f in failures)
         rows = [{"path": s if storage.is_url(s) or os.path.isabs(s) else os.path.join(cwd, s)} for s in sources]
     else:
-        rows = _table_rows(manifest, {f["row"] for f in failures if "row" in f}, storage_options)
+        rows = _table_rows(out, manifest, {f["row"] for f in failures if "row" in f}, storage_options)
     with open(dest, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     return len(rows)
 
 
-def _table_rows(manifest: dict[str, Any], wanted: set[int], storage_options: Options) -> list[dict[str, Any]]:
+def _table_rows(out: Location, manifest: dict[str, Any], wanted: set[int], storage_options: Options) -> list[dict[str, Any]]:
     """The rows numbered `wanted` of the manifest's table, all their cells as typed; the table must be unchanged."""
-    recorded = manifest["table"]
-    names = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items() if k not in ("format", "files")}
+    names = {k: tuple(v) if isinstance(v, list) else v for k, v in manifest["table"].items() if k != "format"}
     spec = manifest["inputs"][0]
     if not storage.is_url(spec) and not os.path.isabs(spec):
         spec = os.path.join(manifest.get("cwd", ""), spec)
     table = Table.open(spec, TableOptions(**names), storage_options)
-    same = lambda files: [{k: v for k, v in f.items() if k != "path"} for f in files]  # where it was read from aside
-    if same(table.identity()["files"]) != same(recorded["files"]):
+    same = lambda entries: [entry[1:] for entry in entries]  # size and digest: where it was read from aside
+    if same(table.identity()) != same(read_listing(out, manifest.get(LISTING_KEY), storage_options) or []):
         raise InputError(f"{table.name} changed since the run: its failed rows can no longer be read back from it")
     rows = []
     for block in table.all_blocks():

@@ -40,6 +40,7 @@ MAX_LISTED = 10  # redundant bit pairs listed
 MAX_BIT_TICKS = 24  # bit-balance plot: every bit labelled up to this many bits, every 2nd, 3rd, ... above
 SPARSE_SHIFT = 32  # sparse key: ((c << 16) | t) << 32 | code
 BY = (None, "shard", "source")
+MAX_WORKERS = 256  # reader processes: more than any machine's useful count
 
 # helpers
 
@@ -350,8 +351,8 @@ def token_stats(
     """
     if by not in BY:
         raise UsageError(f"--by must be 'shard' or 'source', got {by!r}")
-    if top < 0 or (exists(workers) and workers < 1):
-        raise UsageError(f"--top must be >= 0 and --workers >= 1, got {top} and {workers}")
+    if top < 0 or (exists(workers) and not 1 <= workers <= MAX_WORKERS):
+        raise UsageError(f"--top must be >= 0 and --workers in [1, {MAX_WORKERS}], got {top} and {workers}")
     tars = expand_paths(paths, storage_options)
     if not tars:
         raise InputError(f"no finished token shards in {', '.join(map(str, [paths] if isinstance(paths, (str, Path)) else paths))}")

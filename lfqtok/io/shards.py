@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import gzip
+import hashlib
 import io
 import json
 import math
@@ -20,6 +22,8 @@ import re
 import struct
 import tarfile
 import time
+from dataclasses import dataclass
+from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -34,6 +38,7 @@ from .storage import Location, Options
 # constants
 
 MANIFEST_NAME = "lfqtok.json"
+LISTING_KEY = "listing"  # the manifest entry of the listing's identity: {"count", "sha256"} (+ "segments" after --append)
 FORMAT = "lfqtok-tokens"
 FORMAT_VERSION = 1
 TOKENS_MEMBER = "tokens.npy"
@@ -42,11 +47,14 @@ META_MEMBER = "json"
 CAPTION_MEMBER = "txt"  # a sample's text (a table's caption), UTF-8: webdataset, HF datasets and video2dataset read it so
 RESERVED_EXTRAS = {"json": "src.json", "tokens.npy": "src.tokens.npy", FLIP_MEMBER: f"src.{FLIP_MEMBER}"}  # passthrough names that would clash
 INFO_KEYS = {"lfqtok_version", "inputs", "cwd", "tokenizer.name"}  # manifest keys that may differ on a resume
+INFO_ENTRIES = {"listing", "images_left_out"}  # manifest entries (all their keys) that are not settings: the listing is
+# compared on its own (`prepare_output`), and the images left out follow from it
 STALE_TMP_SECONDS = 600.0  # a .tmp file untouched this long belongs to no live writer (others may share OUT)
 STALE_UPLOAD_SECONDS = 86400.0  # an S3 multipart upload started this long ago belongs to no live writer (its start
 # time never changes however long its shard takes; a bucket lifecycle rule can abort them sooner)
 SHARD_RE = re.compile(r"^\d{5}\.tar$")
-OURS_RE = re.compile(r"^(\d{5}(\.tar|_stats\.json)|lfqtok\.json\.(\d+\.)?tmp)")
+TMP_RE = re.compile(r"^(\d{5}\.tar|lfqtok\.json|lfqtok\.listing\.[0-9a-f]{16}\.gz)\.(\d+\.)?tmp$")  # temp files this module writes
+LISTING_RE = re.compile(r"^lfqtok\.listing\.[0-9a-f]{16}\.gz$")
 BIT_ORDERS = ("msb_first", "lsb_first")  # which index bit latent channel 0 is
 MEMBER_MTIME = 0  # fixed member mtime: equal inputs give byte-identical tars
 
@@ -63,11 +71,6 @@ def stats_path(out: Location, index: int) -> Location:
 
 def _tmp(path: Path) -> Path:
     return path.with_name(path.name + ".tmp")
-
-
-def _is_ours(name: str) -> bool:
-    """Shard, stats and temp files this module writes (what --overwrite may delete)."""
-    return bool(OURS_RE.match(name))
 
 
 def _oserror(exc: OSError, path: Path) -> OutputError:
@@ -124,7 +127,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     a, b = _flatten(old), _flatten(new)
-    keys = sorted((set(a) | set(b)) - INFO_KEYS)
+    keys = sorted(k for k in (set(a) | set(b)) - INFO_KEYS if k.partition(".")[0] not in INFO_ENTRIES)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
 
 
@@ -238,11 +241,191 @@ def _list_output(out: Location, storage_options: Options) -> list[str]:
         raise _oserror(exc, out) from None
 
 
-def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_options: Options = None) -> set[int]:
-    """Create OUT with its manifest (written first) or check the one there; returns the finished shard indices.
+# the listing: what a run encodes, so a rerun over other inputs is refused instead of resumed
 
-    Other settings in an existing OUT -> OutputError naming them, unless `overwrite` (then old shards go).
-    A URL OUT instead of stale temp files has stale multipart uploads (a killed writer's) aborted.
+
+def _listing_text(entries: Sequence[Sequence[str]]) -> bytes:
+    """One JSON array a line (what json.dumps writes, ensure_ascii off), built with the C string encoder: a million
+    entries in about a second and a half."""
+    return "".join(f"[{', '.join(map(encode_basestring, e))}]\n" for e in entries).encode("utf-8", "surrogateescape")
+
+
+def listing_identity(entries: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """The manifest's `listing` entry: how many entries and the sha256 of their ordered lines (each entry, e.g. an
+    item's [key, source] or a table's [url, size, etag], one JSON line): equal exactly when the entries are."""
+    return {"count": len(entries), "sha256": hashlib.sha256(_listing_text(entries)).hexdigest()}
+
+
+def listing_change(old: Sequence[Sequence[str]] | None, new: Sequence[Sequence[str]], old_count: int | None = None) -> str:
+    """What changed between two listings, in a user's words ("2 inputs added, 0 removed"); `old` None (its
+    entries unknown): the counts then and now. Entries are compared by their last field (an item's source)."""
+    if old is None:
+        return f"the inputs changed ({old_count if old_count is not None else 'an unknown number'} then, {len(new)} now)"
+    added, removed = _added_removed(old, new)
+    if added or removed:
+        return f"{added} input{'s' if added != 1 else ''} added, {removed} removed"
+    return "the same inputs under other keys or in another order"
+
+
+def _added_removed(old: Sequence[Sequence[str]], new: Sequence[Sequence[str]]) -> tuple[int, int]:
+    before, after = {e[-1] for e in old}, {e[-1] for e in new}
+    return len(after - before), len(before - after)
+
+
+def _listing_changed(old: dict, new: dict) -> bool:
+    """Whether two manifests record different listings (one without the entry, from an older lfqtok: no)."""
+    a, b = old.get(LISTING_KEY), new.get(LISTING_KEY)
+    return a is not None and b is not None and (a.get("count"), a.get("sha256")) != (b.get("count"), b.get("sha256"))
+
+
+def listing_name(identity: dict) -> str:
+    """The listing sidecar's name: named by its hash, so a sidecar always matches the manifest that names it."""
+    return f"lfqtok.listing.{identity['sha256'][:16]}.gz"
+
+
+def write_listing(out: Location, entries: Sequence[Sequence[str]], storage_options: Options = None) -> None:
+    """The listing sidecar (`listing_name`, gzip of the lines `listing_identity` hashes), written whole before the
+    manifest that names it; several --num-shards parts may write the same one at once."""
+    text = _listing_text(entries)
+    data = gzip.compress(text, compresslevel=6, mtime=0)
+    path = storage.join(out, listing_name({"sha256": hashlib.sha256(text).hexdigest()}))
+    if storage.is_url(path):
+        try:
+            storage.write_bytes(path, data, storage_options)
+        except storage.errors() as exc:
+            raise storage.storage_error(OutputError, "write", path, exc) from None
+        return
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        _discard(tmp)
+        raise _oserror(exc, path) from None
+
+
+def read_listing(out: Location, identity: dict | None, storage_options: Options = None) -> list[list[str]] | None:
+    """The entries of the listing sidecar named by `identity` (the manifest's `listing`), else None (absent,
+    unreadable, or not matching its hash)."""
+    if not identity or not identity.get("sha256"):
+        return None
+    try:
+        text = gzip.decompress(storage.read_bytes(storage.join(out, listing_name(identity)), storage_options))
+        if hashlib.sha256(text).hexdigest() != identity["sha256"]:
+            return None
+        return [json.loads(line) for line in text.decode("utf-8", "surrogateescape").splitlines()]
+    except (OSError, EOFError, ValueError, *storage.errors()):
+        return None
+
+
+def _entry_key(key: str, source: str, taken: set[str]) -> str:
+    """An appended item's key: its own, or with a hash of its source when an earlier item has it already."""
+    if key in taken:
+        key = f"{key}_{hashlib.blake2s(source.encode('utf-8', 'surrogateescape'), digest_size=4).hexdigest()}"
+        if key in taken:
+            raise OutputError(f"the new input {source} would get the key {key}, which the run already has: rename it")
+    return key
+
+
+@dataclass
+class Prepared:
+    """`prepare_output`'s answer: the finished shard indices; for an OUT grown by --append, the recorded listing
+    ([key, source] in shard order) and its segments ([first shard, items], one per run that added items)."""
+
+    finished: set[int]
+    entries: list[list[str]] | None = None
+    segments: list[list[int]] | None = None
+
+
+def _appended(old: dict, recorded: list[list[str]], entries: Sequence[Sequence[str]], per_shard: int) -> tuple[list[list[str]], dict]:
+    """--append: the recorded listing plus the new entries (keys kept unique), and its identity with one more
+    segment of shards numbered after the last one (none when nothing is new)."""
+    identity = old[LISTING_KEY]
+    segments = identity.get("segments") or [[0, identity["count"]]]
+    known, taken = {e[-1] for e in recorded}, {e[0] for e in recorded}
+    new = []
+    for key, source in entries:
+        if source not in known:
+            key = _entry_key(key, source, taken)
+            taken.add(key)
+            new.append([key, source])
+    if not new:
+        return recorded, {**identity, "segments": segments}  # its keys and order, not the new listing's
+    first, count = segments[-1]
+    combined = [*recorded, *new]
+    return combined, {**listing_identity(combined), "segments": [*segments, [first + -(-count // per_shard), len(new)]]}
+
+
+# what is ours: --overwrite and a fresh start delete only what lfqtok wrote
+
+
+def _stats_is_ours(out: Location, name: str, storage_options: Options) -> bool:
+    """A `NNNNN_stats.json` lfqtok wrote: a JSON object whose "shard" is NNNNN."""
+    try:
+        stats = json.loads(storage.read_bytes(storage.join(out, name), storage_options))
+    except (ValueError, OSError, *storage.errors()):
+        return False
+    return isinstance(stats, dict) and stats.get("shard") == int(name[:5])
+
+
+def _first_sample(path: Location, storage_options: Options) -> list[str]:
+    """The member names of a tar's first sample ([] for an empty tar), read as a stream: only its headers and data."""
+    names: list[str] = []
+    with open_shard(path, storage_options) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            if names and split_member(info.name)[0] != split_member(names[0])[0]:
+                break
+            names.append(info.name)
+    return names
+
+
+def _foreign_tar(path: Location, storage_options: Options) -> str | None:
+    """Why a tar in OUT is not a token shard lfqtok wrote (its first sample has no tokens.npy), else None."""
+    try:
+        if not storage.read_bytes(path, storage_options, 0, 512).strip(b"\0"):
+            return None  # empty (no member): nothing to lose
+        names = _first_sample(path, storage_options)
+    except (tarfile.TarError, OSError, EOFError, ValueError, *storage.errors()):
+        return "not a readable tar"
+    if not names or any(split_member(n)[1] == TOKENS_MEMBER for n in names):
+        return None
+    return f"its first sample holds {', '.join(names[:3])}"
+
+
+def _ours(out: Location, names: Sequence[str], storage_options: Options) -> list[str]:
+    """The names in OUT that lfqtok wrote: manifest, listing, temp files, its `_stats.json`, token tars (those
+    with lfqtok's `_stats.json`, or whose first sample holds tokens). OutputError for a tar that is not a token
+    shard (a video or image dataset's, say): nothing is deleted then, and --overwrite is no way out."""
+    stats = {n for n in names if _STATS_RE.match(n) and _stats_is_ours(out, n, storage_options)}
+    ours = [n for n in names if n == MANIFEST_NAME or LISTING_RE.match(n) or TMP_RE.match(n) or n in stats]
+    for n in names:
+        if not n.endswith(".tar"):
+            continue
+        if SHARD_RE.match(n) and f"{n[:5]}_stats.json" in stats:
+            ours.append(n)
+            continue
+        why = _foreign_tar(storage.join(out, n), storage_options)
+        if why is not None:
+            raise OutputError(f"{storage.redact(out)} holds {n}, which lfqtok did not write ({why}): "
+                              "write the tokens to another OUT; nothing was changed")
+        ours.append(n)
+    return ours
+
+
+def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_options: Options = None,
+                   listing: Sequence[Sequence[str]] | None = None, append: bool = False) -> Prepared:
+    """Create OUT with its manifest (written first; the listing sidecar just before it) or check the one there.
+
+    Other settings in an existing OUT -> OutputError naming them, unless `overwrite` (then lfqtok's old outputs go;
+    nothing else in OUT is touched, and a tar lfqtok did not write is refused). `listing`: the run's entries
+    ([key, source], sorted), whose identity is the manifest's `listing`: an OUT made from another listing is refused
+    naming what changed, started over with `overwrite`, or grown with `append` (the new entries only, into new
+    shards after the last one). A URL OUT instead of stale temp files has stale multipart uploads aborted.
     """
     out = storage.location(out)
     names = _list_output(out, storage_options)
@@ -257,20 +440,64 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
             )
         if diff:
             old = None
-    if old is None and not overwrite and any(SHARD_RE.match(n) or n.endswith("_stats.json") for n in names):
-        raise OutputError(f"{out} holds token shards but no readable {MANIFEST_NAME}: use --overwrite to replace them")
-    if old is None:
-        _remove(out, [n for n in names if _is_ours(n)], storage_options)
-        write_json_atomic(path, manifest, shared=True, storage_options=storage_options)
-    elif storage.is_url(out):
+    recorded, identity = None, None
+    if old is not None and listing is not None and old.get(LISTING_KEY) is not None:
         try:
-            storage.abort_stale_uploads(out, STALE_UPLOAD_SECONDS, storage_options)
-        except storage.errors() as exc:
-            raise storage.storage_error(OutputError, "clean up stale uploads under", out, exc) from None
+            recorded, identity = _resumed_listing(out, old, manifest, listing, append, storage_options)
+        except OutputError:
+            if not overwrite:
+                raise
+            old = None  # --overwrite over other inputs: start over
+    if old is None:
+        ours = _ours(out, names, storage_options)
+        if not overwrite and any(n.endswith(".tar") or _STATS_RE.match(n) for n in ours):
+            raise OutputError(f"{out} holds token shards but no readable {MANIFEST_NAME}: use --overwrite to replace them")
+        _remove(out, [n for n in ours if n != MANIFEST_NAME], storage_options)
+        if listing is not None:
+            write_listing(out, listing, storage_options)
+        write_json_atomic(path, manifest, shared=True, storage_options=storage_options)
     else:
-        now = time.time()
-        _remove(out, [n for n in names if ".tmp" in n and _is_ours(n) and now - _mtime(out / n) > STALE_TMP_SECONDS])
-    return finished_shards(out, storage_options)
+        if identity is not None and identity != old[LISTING_KEY]:  # --append found new inputs
+            write_listing(out, recorded, storage_options)
+            write_json_atomic(path, {**manifest, LISTING_KEY: identity}, shared=True, storage_options=storage_options)
+            _remove(out, [n for n in names if LISTING_RE.match(n) and n != listing_name(identity)], storage_options)
+        if storage.is_url(out):
+            try:
+                storage.abort_stale_uploads(out, STALE_UPLOAD_SECONDS, storage_options)
+            except storage.errors() as exc:
+                raise storage.storage_error(OutputError, "clean up stale uploads under", out, exc) from None
+        else:
+            now = time.time()
+            _remove(out, [n for n in names if TMP_RE.match(n) and now - _mtime(out / n) > STALE_TMP_SECONDS])
+    finished = finished_shards(out, storage_options)
+    if identity is None or "segments" not in identity:
+        return Prepared(finished)
+    return Prepared(finished, recorded, identity["segments"])
+
+
+def _resumed_listing(out: Location, old: dict, manifest: dict, listing: Sequence[Sequence[str]], append: bool,
+                     storage_options: Options) -> tuple[list[list[str]] | None, dict]:
+    """The listing a resumed OUT goes on with: (recorded entries, identity), grown by `append`; OutputError naming
+    what changed when the inputs are not the recorded ones."""
+    before = old[LISTING_KEY]
+    segmented = "segments" in before  # grown by --append: its order is the shards', not the sorted listing's
+    if not segmented and not _listing_changed(old, manifest):
+        return None, before
+    recorded = read_listing(out, before, storage_options)
+    where = storage.redact(out)
+    if recorded is None and (segmented or append):
+        raise OutputError(f"the listing of the run in {where} ({listing_name(before)}) is missing or damaged, so which "
+                          "inputs its shards hold is unknown: encode into a new OUT")
+    added, removed = _added_removed(recorded, listing) if recorded is not None else (None, None)
+    if segmented and not added and not removed:
+        return recorded, before
+    if append and removed:
+        raise OutputError(f"{listing_change(recorded, listing)} since the run in {where}: --append only adds inputs; "
+                          "encode into a new OUT")
+    if append:
+        return _appended(old, recorded, listing, int(old.get("samples_per_shard", 1)))
+    raise OutputError(f"{listing_change(recorded, listing, before.get('count'))} since the run in {where}: encode into a "
+                      "new OUT, or add --append to encode only the new inputs, into new shards after the finished ones")
 
 
 def _existing_manifest(path: Location, overwrite: bool, storage_options: Options = None) -> dict | None:

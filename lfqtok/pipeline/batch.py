@@ -7,6 +7,7 @@ at `num_buffers` batches whatever the decode speed.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -14,6 +15,41 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..errors import UsageError
+
+NUM_BUFFERS = 3  # batch buffers a batcher holds: one filling, one encoding, one for a clip of another shape
+MEMORY_SHARE = 0.5  # the batch buffers may take at most this share of the machine's memory (the rest: model, decoders)
+
+# checks
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def check_buffers(batch_size: int, clip_shape: tuple[int, ...], size: str, memory: int | None = None) -> None:
+    """UsageError, before any work, when NUM_BUFFERS batches of `clip_shape` (T, H, W, 3) uint8 clips would take
+    more than MEMORY_SHARE of `memory` (this machine's): the line names the `--batch-size` that fits, or `--size`."""
+    memory = machine_memory() if memory is None else memory
+    clip = math.prod(clip_shape)
+    need = NUM_BUFFERS * batch_size * clip
+    if need <= MEMORY_SHARE * memory:
+        return
+    fits = int(MEMORY_SHARE * memory // (NUM_BUFFERS * clip))
+    shape = " x ".join(map(str, clip_shape))
+    room = f"more than half of this machine's {_gb(memory)} memory"
+    if fits >= 1:
+        raise UsageError(f"--batch-size {batch_size} at --size {size}: {NUM_BUFFERS} batch buffers of {batch_size} clips of "
+                         f"{shape} bytes take {_gb(need)}, {room}; use --batch-size {fits}{' or less' if fits > 1 else ''}")
+    raise UsageError(f"--size {size}: {NUM_BUFFERS} batch buffers of even one clip of {shape} bytes take "
+                     f"{_gb(NUM_BUFFERS * clip)}, {room}; use a smaller --size (or fewer --clip-frames)")
+
 
 # classes
 
@@ -45,7 +81,7 @@ class ClipBatcher:
         clip_shape: tuple[int, ...],
         *,
         pin_memory: bool = False,
-        num_buffers: int = 3,
+        num_buffers: int = NUM_BUFFERS,
         abort: threading.Event | None = None,  # set by a failed consumer: stop waiting for a buffer
     ):
         if num_buffers < 2:

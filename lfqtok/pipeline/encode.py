@@ -17,11 +17,12 @@ from typing import Any, Sequence
 from .. import __version__
 from ..device import resolve_device
 from ..io import storage
+from .batch import check_buffers
 from .engines import ENGINES, run_jobs
-from ..errors import LfqtokError, UsageError
+from ..errors import InputError, LfqtokError, OutputError, UsageError
 from .pool import validate_pool
-from ..io.shards import build_manifest, prepare_output
-from .sources import list_items, plan_shards, validate_split
+from ..io.shards import LISTING_KEY, MANIFEST_NAME, build_manifest, listing_identity, prepare_output, read_listing, read_manifest
+from .sources import ItemList, list_items, plan_segments, plan_shards, validate_split
 from .tables import Table, TableJobs, TableOptions, table_format
 from .shapes import MIN_MULTIPLE, PRESET, frame_dims, parse_buckets, parse_size, preset_buckets
 from .video import ClipSpec, resolve_decoder, validate_spec
@@ -47,13 +48,14 @@ class EncodeConfig:
     workers: int | None = None  # decode processes; None: all cores but one (at most 16)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     samples_per_shard: int = 1000  # videos per output tar
-    overwrite: bool = False  # replace an existing OUT made with other settings
+    overwrite: bool = False  # replace an existing OUT made with other settings or inputs (only lfqtok's own files go)
+    append: bool = False  # an OUT made from fewer inputs: encode only the new ones, into new shards after its last
     strict: bool = False  # any failed video makes the run fail (after everything else is written)
     num_shards: int = 1  # split the shard list into N parts (SLURM arrays, several machines) ...
     shard_index: int = 0  # ... and run part I of them
     engine: str = "local"  # local | ray
     ray_address: str | None = None  # Ray cluster address for --engine ray (None: start or join a local one)
-    video_timeout: float = 60.0  # seconds one video may decode without progress before its worker is killed
+    video_timeout: float = 60.0  # seconds one video may be fetched or decode without progress before it fails
     decoder: str | None = None  # each video's first decoder: auto | pyav | decord; None: $LFQTOK_DECODER, else auto
     verbose: bool = False  # let Ray's own log lines through to the terminal (--engine ray)
     class_folders: bool = False  # ImageNet-style ROOT/CLASS/...: each sample json gets "class" and "label"
@@ -86,9 +88,13 @@ class EncodeConfig:
     def validate(self) -> None:
         """Fail in the first second, not after an hour: every option is checked before any work, each by the
         module that takes it."""
-        validate_spec(self.clip_spec())
+        spec = self.clip_spec()
+        validate_spec(spec)
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.append and self.overwrite:
+            raise UsageError("--append keeps OUT's shards and --overwrite replaces them: give one of them")
+        check_buffers(self.batch_size, (spec.clip_frames, *spec.shapes.largest, 3), str(self.size))
         validate_pool(self.num_workers(), self.video_timeout)
         validate_split(self.samples_per_shard, self.num_shards, self.shard_index)
         self.table.validate()
@@ -136,6 +142,9 @@ class EncodeSummary:
     tokens: int
     seconds: float
     failures: list[dict[str, Any]]
+    left_out: int = 0  # images a folder or tar of videos left out (videos' posters and thumbnails)
+    left_out_first: list[str] = field(default_factory=list)  # the first few of them, sorted
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # time ranges shorter than one clip: no sample, no failure
 
     @property
     def failures_by_reason(self) -> Counter[str]:
@@ -193,7 +202,55 @@ def open_table(inputs: Sequence[str], config: EncodeConfig) -> Table | None:
                          "give one table (or a folder or glob of its parquet parts)")
     if config.class_folders:
         raise UsageError("--class-folders does not apply to a table: its classes come from --label-col")
+    if config.append:
+        raise UsageError("--append adds inputs to a run of files; a table is one input: encode a new table into a new OUT")
     return Table.open(inputs[0], config.table, config.storage_options)
+
+
+def check_table(out: storage.Location, table: Table, identity: list[list[str]], config: EncodeConfig) -> None:
+    """A resumed table run must read the table it started on: OutputError naming what changed (unless --overwrite)."""
+    try:
+        old = None if config.overwrite else read_manifest(storage.join(out, MANIFEST_NAME), config.storage_options)
+    except InputError:  # an unreadable manifest: prepare_output says so
+        return
+    if old is None or "table" not in old or old.get(LISTING_KEY) == listing_identity(identity):
+        return
+    recorded = read_listing(out, old.get(LISTING_KEY), config.storage_options) or []
+    changed = [f"{path}: {size} -> {now_size} bytes, {digest[:19]} -> {now[:19]}"
+               for (path, size, digest), (_, now_size, now) in zip(recorded, identity) if (size, digest) != (now_size, now)]
+    what = "; ".join(changed) or f"{len(recorded)} file(s) then, {len(identity)} now"
+    raise OutputError(f"{table.name} changed since the run in {storage.redact(str(out))} ({what}): encode it into a new OUT, "
+                      "or --overwrite to start over")
+
+
+LEFT_OUT_SHOWN = 5  # images left out that the summary and the manifest name
+
+
+def left_out(items: ItemList) -> dict[str, Any]:
+    """The manifest's `images_left_out`: how many images the videos-only rule left out, and the first few."""
+    return {"count": len(items.left_out), "first": items.left_out[:LEFT_OUT_SHOWN]}
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def check_apart(out: storage.Location, roots: Sequence[str]) -> None:
+    """UsageError when OUT is an input, holds one, or is inside an input directory: the run would write among (and
+    --overwrite could delete) the user's own files, and a rerun would list its own output."""
+    if storage.is_url(out):
+        target, paths = str(out).rstrip("/"), [(r, r.rstrip("/")) for r in roots if storage.is_url(r)]
+    else:
+        target = os.path.realpath(out)
+        paths = [(r, os.path.realpath(r)) for r in roots if not storage.is_url(r)]
+    for root, path in paths:
+        if _inside(path, target):
+            where = "is" if path == target else "holds"
+            raise UsageError(f"the output {storage.redact(str(out))} {where} the input {storage.redact(root)}: write the tokens "
+                             "to a directory (or prefix) outside the inputs")
+        if _inside(target, path):
+            raise UsageError(f"the output {storage.redact(str(out))} is inside the input {storage.redact(root)}: write the "
+                             "tokens to a directory (or prefix) outside the inputs")
 
 
 def _model_name(model: str) -> str:
@@ -224,16 +281,21 @@ def encode_dataset(
     for url in (str(out), config.model):  # a missing protocol package or a read-only OUT: now, not after listing
         if storage.is_url(url):
             storage.filesystem(url, config.storage_options)
-    if storage.is_url(out):
-        storage.check_writable(str(out))
+    storage.check_writable(out, config.storage_options, config.video_timeout)
     table = open_table([str(i) for i in inputs], config)
     if table is None:
-        items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders)
+        items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders,
+                           timeout=config.video_timeout)
         if not items:
             raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
+        check_apart(out, items.roots)
+        listing = [[item.key, item.source] for item in items]
         images, classes = sum(item.is_image for item in items), items.classes
-    else:
-        items, images, classes = (), 0, table.classes  # a table's rows are streamed, never listed; rows are videos
+    else:  # a table's rows are streamed, never listed (rows are videos); its listing is its files' identity
+        check_apart(out, table.files)
+        items, images, classes = ItemList(), 0, table.classes
+        listing = table.identity()
+        check_table(out, table, listing, config)
     from ..tokenizers.model import load_tokenizer
 
     started = time.perf_counter()
@@ -241,7 +303,7 @@ def encode_dataset(
     check_window(tok, config, images=images > 0)
     spec = config.clip_spec(tok.config.spatial_compression)
     validate_spec(spec)  # the sizes again, against this tokenizer's spatial factor
-    frames = 1 if images == len(items) else config.clip_frames  # an image-only run's clips have 1 frame
+    frames = 1 if items and images == len(items) else config.clip_frames  # an image-only run's clips have 1 frame
     manifest = build_manifest(
         codebook_size=tok.codebook_size,
         num_codebooks=tok.num_codebooks,
@@ -262,18 +324,23 @@ def encode_dataset(
             "cwd": os.getcwd(),  # sources are stored as given: decode resolves relative ones against this
             **({"classes": classes} if config.class_folders or config.table.label_col else {}),  # sample json "label" indexes this
             **({"hflip": True} if config.hflip else {}),
-            **({"table": table.identity()} if table is not None else {}),  # a changed table is another run: refused
+            **({"images_left_out": left_out(items)} if items.left_out else {}),
+            **({"table": table.settings()} if table is not None else {}),  # its format and row options
+            LISTING_KEY: listing_identity(listing),
         },
     )
     del tok  # the encode processes load their own copy: a large model is not held twice while they run
-    finished = prepare_output(out, manifest, config.overwrite, config.storage_options)
-    if table is None:
-        jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
-        todo = [job for job in jobs if job.index not in finished]
-        skipped = len(jobs) - len(todo)
+    prepared = prepare_output(out, manifest, config.overwrite, config.storage_options, listing=listing, append=config.append)
+    if table is not None:
+        todo = TableJobs(table, config.samples_per_shard, config.num_shards, config.shard_index, frozenset(prepared.finished))
+        skipped = sum(1 for i in prepared.finished if i % config.num_shards == config.shard_index)
     else:
-        todo = TableJobs(table, config.samples_per_shard, config.num_shards, config.shard_index, frozenset(finished))
-        skipped = sum(1 for i in finished if i % config.num_shards == config.shard_index)
+        if prepared.segments is not None:  # grown by --append: the recorded order, keys and shard numbers
+            jobs = plan_segments(items, prepared.entries, prepared.segments, config.samples_per_shard, config.num_shards, config.shard_index)
+        else:
+            jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
+        todo = [job for job in jobs if job.index not in prepared.finished]
+        skipped = len(jobs) - len(todo)
     encoder = config.shard_encoder(out, spec)
     results = run_jobs(encoder, todo, config.engine, ray_address=config.ray_address, verbose=config.verbose, on_progress=on_progress)
     failures = [f for r in results for f in r.failures]
@@ -288,6 +355,9 @@ def encode_dataset(
         tokens=sum(r.tokens for r in results),
         seconds=time.perf_counter() - started,
         failures=failures,
+        left_out=len(items.left_out),
+        left_out_first=items.left_out[:LEFT_OUT_SHOWN],
+        skipped=[s for r in results for s in r.skipped],
     )
     if config.strict and failures:
         raise LfqtokError(f"{len(failures)} video(s) failed (--strict); first: {failures[0]['source']}: {failures[0]['error']}")

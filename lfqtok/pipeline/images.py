@@ -11,8 +11,8 @@ RGB (the documented rules; Pillow decodes):
   (Pillow's conversion; ICC profiles are not applied, to any image);
 - alpha (RGBA, LA, transparent palette entries or colour keys) -> composited over black, as for video frames with
   alpha: round(c * a / 255);
-- animated webp / png: the first frame.
-Safety: only the JPEG, PNG, WebP and BMP parsers ever see the bytes; the pixel count is read from the header and an
+- animated webp / png / gif: the first frame (a GIF is an image only among images: `sources.py`).
+Safety: only the JPEG, PNG, WebP, BMP and GIF parsers ever see the bytes; the pixel count is read from the header and an
 image over MAX_PIXELS is refused before decoding (a decompression bomb costs nothing); a truncated or corrupt file
 is an ImageError with its reason. A JPEG is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's
 `draft`) when that still leaves it at least as large as its scaled size: docs/performance.md measures it.
@@ -29,9 +29,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+from .shapes import check_scale
 from .video import Clip, ClipSpec, VideoMeta, image_scaled_size, resize_image
 
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP")  # the only Pillow parsers tried (JPEG also opens cameras' multi-picture MPO files)
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # the only Pillow parsers tried (JPEG also opens cameras' multi-picture MPO
+# files; GIF: a GIF among images, sources.py)
 MAX_PIXELS = 89_478_485  # Pillow's own bomb-warning threshold (1 GiB at 12 bytes a pixel): larger images are refused
 DECODER = "pillow"  # the sample json's "decoder" for images
 _TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -121,7 +123,8 @@ def image_clip(image: str | bytes, spec: ClipSpec, *, draft: bool = True) -> tup
     encode does). Raises ImageError with a one-line reason."""
     with _open(image) as im:
         display = _display_size(im)
+        plan = spec.shapes.plan(*display)  # from the full size: a drafted decode keeps the image's bucket and valid box
+        check_scale(plan, "image", ImageError)  # before decoding: a thin image's crop would scale it past swscale
         rgb = _decode(im, image_scaled_size(*display, spec) if draft else None)
-    plan = spec.shapes.plan(*display)  # from the full size: a drafted decode keeps the image's bucket and valid box
     frame = resize_image(rgb, spec, plan)
     return VideoMeta(fps=None, num_frames=1, orig_size=display, decoder=DECODER, plan=plan), Clip(frame[None], [0], 0)

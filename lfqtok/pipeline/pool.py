@@ -12,6 +12,7 @@ that try crashed or hung before sending anything, PyAV alone; otherwise the vide
 from __future__ import annotations
 
 import functools
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -24,9 +25,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from ..errors import LfqtokError, UsageError
 from .images import image_clip
 from .sources import VideoItem, iter_fetched, read_extras, read_video_bytes
-from ..io.storage import Options
-from .video import Clip, ClipSpec, VideoMeta, iter_clips, resolve_decoder
+from ..io.storage import Options, scrub
+from .video import Clip, ClipSpec, RangeTooShort, VideoMeta, iter_clips, resolve_decoder
 
+MAX_WORKERS = 256  # decode processes: more than any machine's useful count (each holds a decoder and its frames)
 POLL_SECONDS = 0.2  # how often the parent checks decode clocks while it waits for events
 
 # events
@@ -59,7 +61,16 @@ class FailEvent:
     error: str
 
 
-Event = ClipEvent | DoneEvent | FailEvent
+@dataclass
+class SkipEvent:
+    """Video `item` is a time range with fewer frames than one clip: no sample, and not a failure (the shard stats
+    record it under `skipped`); `reason` is one line."""
+
+    item: int
+    reason: str
+
+
+Event = ClipEvent | DoneEvent | FailEvent | SkipEvent
 DecodeFn = Callable[[int, VideoItem, ClipSpec, str], Iterator[Event]]  # (index, item, spec, decoder) -> events
 Task = tuple[int, VideoItem, int]  # (index, item, attempt: position in decoder_attempts)
 
@@ -75,38 +86,42 @@ def decoder_attempts(decoder: str) -> tuple[str, str]:
 
 def validate_pool(workers: int, timeout: float) -> None:
     """The options of a decode pool, checked where they are taken and by `EncodeConfig.validate` before any work."""
-    if workers < 0:
-        raise UsageError(f"--workers must be >= 0, got {workers}")
-    if timeout <= 0:
-        raise UsageError(f"--video-timeout must be > 0, got {timeout}")
+    if not 0 <= workers <= MAX_WORKERS:
+        raise UsageError(f"--workers must be in [0, {MAX_WORKERS}], got {workers}")
+    if not 0 < timeout < math.inf:  # nan and inf fail this too: a fetch or decode that never ends must fail
+        raise UsageError(f"--video-timeout must be a finite number of seconds > 0, got {timeout}")
 
 
 def decode_item(
-    index: int, item: VideoItem, spec: ClipSpec, decoder: str = "auto", threads: int = 0, storage_options: Options = None
+    index: int, item: VideoItem, spec: ClipSpec, decoder: str = "auto", threads: int = 0, storage_options: Options = None,
+    fetch_timeout: float | None = None,
 ) -> Iterator[Event]:
-    """One video's events: its ClipEvents, then one DoneEvent or FailEvent (a bad video is an event, not a raise).
-    An image is one 1-frame clip (`images.image_clip`, whatever the decoder). `storage_options`: for a remote item
-    whose bytes were not read ahead."""
+    """One video's events: its ClipEvents, then one DoneEvent or FailEvent (a bad video is an event, not a raise),
+    or a SkipEvent for a time range (`item.span`, `video.iter_clips`) shorter than one clip. An image is one 1-frame
+    clip (`images.image_clip`, whatever the decoder). `storage_options`, `fetch_timeout` (seconds without
+    progress): for a remote item whose bytes were not read ahead."""
     try:
         if item.error is not None:  # a table row whose cells do not make a video: recorded, never opened
             yield FailEvent(index, item.error)
             return
-        extras = read_extras(item, storage_options)
+        extras = read_extras(item, storage_options, fetch_timeout)
         if item.is_image:
-            meta, clip = image_clip(read_video_bytes(item, storage_options), spec)
+            meta, clip = image_clip(read_video_bytes(item, storage_options, fetch_timeout), spec)
             yield ClipEvent(index, 0, clip)
             yield DoneEvent(index, meta, 1, extras)
             return
-        meta, clips = iter_clips(read_video_bytes(item, storage_options), spec, threads=threads, decoder=decoder)
+        meta, clips = iter_clips(read_video_bytes(item, storage_options, fetch_timeout), spec, threads=threads, decoder=decoder, span=item.span)
         count = 0
         for clip in clips:
             yield ClipEvent(index, count, clip)
             count += 1
         yield DoneEvent(index, meta, count, extras)
+    except RangeTooShort as exc:  # raised before its first clip
+        yield SkipEvent(index, str(exc))
     except LfqtokError as exc:
         yield FailEvent(index, str(exc))
     except Exception as exc:  # a decoder bug on one file must not end the run: it is that video's failure
-        yield FailEvent(index, " ".join(f"{type(exc).__name__}: {exc}".split()))
+        yield FailEvent(index, scrub(" ".join(f"{type(exc).__name__}: {exc}".split())))  # recorded: no URL's credentials
 
 
 # worker side
@@ -210,7 +225,8 @@ class DecodePool:
     `decoder`: what each video is decoded with first (None: `resolve_decoder`), PyAV alone on a retry.
     `decode` replaces the per-video function run in the workers (a picklable, module-level function; tests
     use it to simulate hangs and crashes). Remote items' bytes are fetched here, ahead of the workers
-    (`sources.iter_fetched`, at most READAHEAD_BYTES), with `storage_options`.
+    (`sources.iter_fetched`, at most READAHEAD_BYTES), with `storage_options`; a fetch without progress for
+    `timeout` seconds is that video's failure, as a decode without progress is.
     """
 
     def __init__(
@@ -230,7 +246,7 @@ class DecodePool:
         self.spec, self.workers, self.timeout, self.max_pending = spec, workers, timeout, max_pending_clips
         self.decoders = decoder_attempts(resolve_decoder(decoder))
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))  # decoder threads per worker: no oversubscription
-        self.decode = decode or functools.partial(decode_item, threads=threads, storage_options=storage_options)
+        self.decode = decode or functools.partial(decode_item, threads=threads, storage_options=storage_options, fetch_timeout=timeout)
         self.storage_options = storage_options
         self._ctx = mp.get_context("spawn")  # never fork a parent that may hold torch / CUDA state
         self._pool: list[_Worker] = []
@@ -249,12 +265,12 @@ class DecodePool:
 
     def run(self, items: Iterable[VideoItem]) -> Iterator[Event]:
         """Events for every item (a sequence or a stream, taken as workers free up): per video its ClipEvents in
-        order, then exactly one DoneEvent or FailEvent."""
+        order, then exactly one DoneEvent, FailEvent or SkipEvent."""
         if self.workers == 0:  # one try each: a crash here would be this process's
-            for index, item in enumerate(iter_fetched(items, self.storage_options)):
+            for index, item in enumerate(iter_fetched(items, self.storage_options, timeout=self.timeout)):
                 yield from self.decode(index, item, self.spec, self.decoders[0])
             return
-        tasks = _Tasks(iter_fetched(items, self.storage_options))
+        tasks = _Tasks(iter_fetched(items, self.storage_options, timeout=self.timeout))
         pending: deque[Event] = deque()
         finished = 0  # items whose last event was yielded
         try:

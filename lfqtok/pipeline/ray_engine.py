@@ -133,10 +133,11 @@ class RayDecodePool:
     """`DecodePool`'s interface, with each video decoded by a Ray task on any node of the cluster (`num_cpus=1`).
 
     At most `workers` videos in flight (0 counts as 1), each at most CLIPS_AHEAD clips ahead of the consumer.
-    Events per video: its ClipEvents in order, then one DoneEvent or FailEvent; a task that yields nothing for
-    `timeout` seconds of waiting (time the consumer spends elsewhere does not count) is killed. A task killed
-    or lost before its first event is tried again with the next of `decoder_attempts(decoder)` (PyAV alone),
-    as `DecodePool` does; after an event, or on the last try, the video fails.
+    Events per video: its ClipEvents in order, then one DoneEvent, FailEvent or SkipEvent (a time range shorter
+    than one clip); a task that yields nothing for `timeout` seconds of waiting (time the consumer spends
+    elsewhere does not count) is killed. A task killed or lost before its first event is tried again with the
+    next of `decoder_attempts(decoder)` (PyAV alone), as `DecodePool` does; after an event, or on the last try,
+    the video fails.
     `decode` replaces the per-video function, as in `DecodePool` (tests simulate hangs and crashes with it).
     """
 
@@ -147,7 +148,7 @@ class RayDecodePool:
         self.spec, self.workers, self.timeout = spec, max(1, workers), timeout
         self.decoders = decoder_attempts(resolve_decoder(decoder))
         # one core per task; a remote video is fetched by its task, on its node (tasks in flight overlap fetches)
-        self.decode = decode or functools.partial(decode_item, threads=1, storage_options=storage_options)
+        self.decode = decode or functools.partial(decode_item, threads=1, storage_options=storage_options, fetch_timeout=timeout)
         self.active: list[_Decoding] = []
 
     def __enter__(self) -> "RayDecodePool":

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import LfqtokError, UsageError
 
 # constants
 
@@ -39,6 +39,7 @@ PRESET = "auto"  # `--buckets auto`
 PRESET_ASPECTS = ((1, 1), (4, 3), (3, 4), (3, 2), (2, 3), (16, 9), (9, 16), (2, 1), (1, 2))  # width:height, in order
 MIN_MULTIPLE = 8  # every tokenizer's spatial factor is a multiple of this: checked before the model is loaded
 TIE = 1e-9  # log-aspect distances this close are a tie
+SCALE_LIMIT = 2**31 - 1  # swscale takes a picture of w x h only when 8 (w + 128) (h + 128) is below this (av_image_check_size)
 _SHAPE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 Size = int | tuple[int, int]
@@ -236,3 +237,16 @@ class Shapes:
         scale = min(fh / height, fw / width)
         m = self.multiple
         return (min(fh, max(m, round(height * scale / m) * m)), min(fw, max(m, round(width * scale / m) * m)))
+
+
+def check_scale(plan: Plan, what: str, error: type[LfqtokError]) -> None:
+    """`error` with a reason a user can act on when `plan` would scale its source (a very thin `what`, "image" or
+    "video") past what swscale takes: a crop of a 3 x 100000 image to 128 x 128 first scales it 4 million pixels tall."""
+    h, w = plan.layout.scaled
+    if 8 * (w + 128) * (h + 128) < SCALE_LIMIT:
+        return
+    width, height = plan.source
+    fh, fw = plan.layout.frame
+    other = "pad or fit" if plan.bucket is None else "pad"
+    raise error(f"{width} x {height} {what}: the crop to {fw} x {fh} would first scale it to {w:,} x {h:,} pixels, "
+                f"more than the scaler takes; use --resize {other}")

@@ -151,13 +151,14 @@ def import_tables() -> tuple[Any, Any]:
 # identity
 
 
-def _file_identity(path: str, options: Options) -> dict[str, Any]:
-    """size and etag (a URL whose store gives one) or sha256 of the bytes: what a changed table changes."""
+def _file_identity(path: str, options: Options) -> list[str]:
+    """[path, size, 'etag:...' (a URL whose store gives one) or 'sha256:...' of the bytes]: what a changed table
+    changes (its last field names it, as the manifest's listing compares entries)."""
     if storage.is_url(path):
         found = storage.info(path, options) or {}
         etag = found.get("ETag") or found.get("etag")
         if etag is not None:
-            return {"path": storage.redact(path), "size": found.get("size"), "etag": str(etag).strip('"')}
+            return [storage.redact(path), str(found.get("size")), f"etag:{str(etag).strip(chr(34))}"]
     digest, size = hashlib.sha256(), 0
     try:
         with storage.open_file(path, "rb", options) as f:
@@ -166,7 +167,7 @@ def _file_identity(path: str, options: Options) -> dict[str, Any]:
                 size += len(chunk)
     except storage.errors() as exc:
         raise storage.storage_error(InputError, "read table", path, exc) from None
-    return {"path": storage.redact(path), "size": size, "sha256": digest.hexdigest()}
+    return [storage.redact(path), str(size), f"sha256:{digest.hexdigest()}"]
 
 
 # time ranges
@@ -297,10 +298,13 @@ class Table:
         first = self.files[0] if self.files else self.spec
         return str(storage.parent(first)) if storage.is_url(first) else os.path.dirname(first)
 
-    def identity(self) -> dict[str, Any]:
-        """The manifest's `table`: format, each file's size and etag or sha256, the row options."""
-        return {"format": self.format, "files": [_file_identity(f, self.storage_options) for f in self.files],
-                **self.options.settings()}
+    def settings(self) -> dict[str, Any]:
+        """The manifest's `table`: its format and the row options given (settings a resume must match)."""
+        return {"format": self.format, **self.options.settings()}
+
+    def identity(self) -> list[list[str]]:
+        """The table's listing (the manifest's `listing` hashes it): per file [path, size, etag or sha256]."""
+        return [_file_identity(f, self.storage_options) for f in self.files]
 
     def iter_jobs(self, samples_per_shard: int, num_shards: int = 1, shard_index: int = 0,
                   skip: Iterable[int] = (), part: tuple[int, int] = (0, 1)) -> Iterator[ShardJob]:

@@ -11,16 +11,19 @@ yielded. `frame_to_rgb` is the one PyAV frame -> RGB path (videos, and decoded i
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import os
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator, NamedTuple
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from ..errors import UsageError, VideoError
-from .shapes import Layout, Plan, Shapes, Size, place, short_side
+from .shapes import Layout, Plan, Shapes, Size, check_scale, place, short_side
 
 try:  # decord has no wheels for some platforms; PyAV alone decodes everything, only slower
     import decord
@@ -34,8 +37,10 @@ DECORD_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mpeg2video", 
 DECORD_MAX_FRAMES = 4096  # decord indexes the whole file at open (~3 KB a frame): longer videos go to PyAV
 DECORD_CHUNK = 16  # frames per decord read: small, so a huge fps-subsampling step never holds many frames
 MAX_BAD_PACKETS = 16  # corrupt packets skipped per video before it counts as undecodable
-TIE_SECONDS = 1e-4  # timestamps this close to a target count as equally near
+TIE_SECONDS = 1e-4  # timestamps this close to a target (or a range bound) count as equally near (on it)
+SEEK_TRIES = 4  # seeks to a range, each further back (by 1, 2, 4 s), before it is decoded from frame 0
 ALPHA_FORMATS = ("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya")  # composited over black
+MAX_FPS = 1000  # --fps above this only repeats frames (no camera films faster); inf and nan are refused too
 DECODERS = ("auto", "pyav", "decord")  # auto: decord where it reads right (DECORD_CODECS, short, unrotated), else PyAV
 
 # config and results
@@ -107,13 +112,18 @@ class VideoMeta:
     plan: Plan | None = None  # the video's frame shape, crop/pad box and bucket
 
 
+class RangeTooShort(VideoError):
+    """A time range with fewer sampled frames than one clip: ranges are never padded, so it gives no sample (the
+    run records it as skipped, not failed)."""
+
+
 def validate_spec(spec: ClipSpec) -> None:
     """Raise UsageError for a spec no video could satisfy; called once, before any work."""
     spec.shapes.validate()
     checks = [
         (spec.clip_frames >= 1 and (spec.clip_frames - 1) % 4 == 0, f"--clip-frames must be 1 + 4k (1, 5, 9, 17, ...), got {spec.clip_frames}"),
         (spec.clip_stride is None or spec.clip_stride >= 1, f"--clip-stride must be >= 1, got {spec.clip_stride}"),
-        (spec.fps is None or spec.fps > 0, f"--fps must be > 0, got {spec.fps}"),
+        (spec.fps is None or 0 < spec.fps <= MAX_FPS, f"--fps must be a number in (0, {MAX_FPS}], got {spec.fps}"),
         (spec.max_clips is None or spec.max_clips >= 1, f"--max-clips must be >= 1, got {spec.max_clips}"),
     ]
     for ok, message in checks:
@@ -143,6 +153,7 @@ class _Probe:
     fps: float | None
     num_frames: int | None
     approx_frames: int | None  # num_frames, or duration x fps where the container has no frame count
+    start: float | None = None  # the first frame's presentation time (s): where frame times count from
 
 
 def _open(video: str | bytes) -> av.container.InputContainer:
@@ -188,6 +199,7 @@ def _probe(video: str | bytes) -> _Probe:
             fps=float(rate) if rate else None,
             num_frames=stream.frames or None,
             approx_frames=approx or None,
+            start=first.time,
         )
 
 
@@ -219,53 +231,120 @@ def _decord_times(reader: Any, total: int) -> np.ndarray:
     return np.arange(total) / (reader.get_avg_fps() or 25.0)
 
 
-def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[Frame]:
-    """Every decoded frame from `start` on (earlier ones are decoded and dropped); needs no duration or count.
+def _threaded(container: av.container.InputContainer, threads: int) -> av.video.stream.VideoStream:
+    """The video stream (`_stream`), set to decode with `threads` threads (0: the decoder chooses)."""
+    stream = _stream(container)
+    stream.thread_type = "AUTO"
+    stream.thread_count = threads
+    return stream
 
-    A corrupt packet is skipped, as the ffmpeg CLI does (the decoder conceals what it referenced), up to
-    MAX_BAD_PACKETS per video.
-    """
+
+def _decoded(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame]:
+    """The stream's frames from the container's position on. A corrupt packet is skipped, as the ffmpeg CLI does
+    (the decoder conceals what it referenced), up to MAX_BAD_PACKETS per video."""
+    index, bad = -1, 0
+    try:
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:
+                bad += 1
+                if bad > MAX_BAD_PACKETS:
+                    raise VideoError(f"more than {MAX_BAD_PACKETS} corrupt packets (after frame {index})") from None
+                continue
+            for frame in frames:
+                index += 1
+                yield frame
+    except av.FFmpegError as exc:
+        raise VideoError(f"decode failed after frame {index}: {_reason(exc)}") from None
+
+
+def _pyav_frames(video: str | bytes, start: int, threads: int) -> Iterator[Frame]:
+    """Every decoded frame from `start` on (earlier ones are decoded and dropped); needs no duration or count."""
     with _open(video) as container:
-        stream = _stream(container)
-        stream.thread_type = "AUTO"
-        stream.thread_count = threads
-        t0, last, index, bad = None, 0.0, -1, 0
+        stream = _threaded(container, threads)
+        t0, last = None, 0.0
         step = 1.0 / float(stream.average_rate) if stream.average_rate else 0.04
-        try:
-            for packet in container.demux(stream):
-                try:
-                    frames = packet.decode()
-                except av.InvalidDataError:
-                    bad += 1
-                    if bad > MAX_BAD_PACKETS:
-                        raise VideoError(f"more than {MAX_BAD_PACKETS} corrupt packets (after frame {index})") from None
-                    continue
-                for frame in frames:
-                    index += 1
-                    t = frame.time if frame.time is not None else last + step
-                    t0 = t if t0 is None else t0
-                    last = max(t, last)  # guard against timestamps that go backwards
-                    if index >= start:
-                        yield Frame(index, last - t0, frame)
-        except av.FFmpegError as exc:
-            raise VideoError(f"decode failed after frame {index}: {_reason(exc)}") from None
+        for index, frame in enumerate(_decoded(container, stream)):
+            t = frame.time if frame.time is not None else last + step
+            t0 = t if t0 is None else t0
+            last = max(t, last)  # guard against timestamps that go backwards
+            if index >= start:
+                yield Frame(index, last - t0, frame)
+
+
+def _seek_frames(video: str | bytes, origin: float, start: float, threads: int) -> Iterator[Frame]:
+    """The frames from the last keyframe at or before `start` s on, reached by seeking (PyAV; decord's seeks can
+    mis-map). Times count from `origin`, the first frame's time (`_Probe.start`); indices are -1 (`_in_span`
+    numbers a range's frames).
+
+    The first frame is decoded before the seek: some streams carry parameter sets in band at their start, which
+    a decoder that began at the seek point would lack. Frames the decoder puts out before that keyframe (leading
+    pictures of an open GOP, which reference frames before the seek point) are dropped. A keyframe or leading
+    picture after `start`, or no frame at all, means a seek further back: demuxers seek by decode time, which runs
+    ahead of presentation with B-frames, and MPEG-TS seeks to the next keyframe. A container that cannot seek,
+    frames without timestamps, a keyframe the decoder marks corrupt, or no keyframe at or before `start` in
+    SEEK_TRIES seeks: decoded from frame 0 instead, which gives the same frames, only later."""
+    with _open(video) as container:
+        stream = _threaded(container, threads)
+        limit = origin + start + TIE_SECONDS
+        target = origin + start
+        primed = next(_decoded(container, stream), None) is not None
+        for attempt in range(SEEK_TRIES if stream.time_base and primed else 0):
+            try:
+                container.seek(math.floor(target / stream.time_base), stream=stream, backward=True)
+            except av.FFmpegError:
+                break
+            frames = _decoded(container, stream)
+            key = next((f for f in frames if f.time is None or f.key_frame or f.time > limit), None)
+            if key is not None and (key.time is None or key.is_corrupt):
+                break
+            if key is None or key.time > limit:
+                if target <= origin:
+                    break  # this seek was to the first frame already
+                target = max(origin, min(target, key.time if key is not None else target) - 2.0**attempt)
+                continue
+            last, step = key.time, 1.0 / float(stream.average_rate) if stream.average_rate else 0.04
+            for frame in itertools.chain([key], frames):  # times as `_pyav_frames` gives them
+                last = max(frame.time if frame.time is not None else last + step, last)
+                yield Frame(-1, last - origin, frame)
+            return
+    yield from _pyav_frames(video, 0, threads)
+
+
+def _in_span(frames: Iterator[Frame], span: tuple[float, float]) -> Iterator[Frame]:
+    """The frames whose time falls in [start, end) (a time within TIE_SECONDS of a bound is on it), numbered from
+    0 at the first of them; stops reading at the first frame at or past `end`."""
+    start, end = span
+    index = 0
+    for frame in frames:
+        if frame.time >= end - TIE_SECONDS:
+            return
+        if frame.time >= start - TIE_SECONDS:
+            yield frame._replace(index=index)
+            index += 1
 
 
 LayoutFn = Callable[[int, int], Layout]  # displayed (width, height) -> where the frame goes
 
 
-def frame_to_rgb(frame: av.VideoFrame, place_frame: Plan | LayoutFn | None, rotation: int = 0) -> np.ndarray:
-    """One PyAV frame -> (H, W, 3) uint8: scaled by swscale at conversion (`to_ndarray(width, height,
+def frame_to_rgb(
+    frame: av.VideoFrame, place_frame: Plan | LayoutFn | None, rotation: int = 0, reformatter: VideoReformatter | None = None
+) -> np.ndarray:
+    """One PyAV frame -> (H, W, 3) uint8: scaled by swscale at conversion (`reformat(width, height,
     interpolation="AREA")` to the layout's scaled size), rotated for display (`rotation` counter-clockwise
     degrees), alpha composited over black, then cropped / padded (`shapes.place`). `place_frame`: a video's Plan,
-    a function of the displayed (width, height), or None for the frame at its native size."""
+    a function of the displayed (width, height), or None for the frame at its native size. `reformatter`: one
+    kept over a video's frames keeps its swscale context (a frame's own builds one per call: 2x the cost of a
+    small frame's conversion); the same pixels either way."""
     display = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
     lay = place_frame.for_frame(*display) if isinstance(place_frame, Plan) else place_frame(*display) if place_frame else None
     h, w = lay.scaled if lay else (display[1], display[0])
     if rotation in (90, 270):
         w, h = h, w
     alpha = frame.format.has_palette or frame.format.name.startswith(ALPHA_FORMATS)
-    rgb = frame.to_ndarray(width=w, height=h, format="rgba" if alpha else "rgb24", interpolation="AREA")
+    scaled = (reformatter or VideoReformatter()).reformat(frame, width=w, height=h, format="rgba" if alpha else "rgb24", interpolation="AREA")
+    rgb = scaled.to_ndarray()
     if alpha:
         rgb = (rgb[..., :3].astype(np.uint16) * rgb[..., 3:] + 127) // 255
     rgb = np.rot90(rgb, k=rotation // 90) if rotation else rgb
@@ -273,18 +352,29 @@ def frame_to_rgb(frame: av.VideoFrame, place_frame: Plan | LayoutFn | None, rota
 
 
 class _Decoder:
-    """A frame stream that starts on decord when it can and continues on PyAV if decord fails.
+    """A frame stream that starts on decord when it can and continues on PyAV if decord fails; a time range
+    (`span`) is PyAV's alone, reached by seeking (`_seek_frames`) and cut to its frames (`_in_span`).
 
     Frames come out placed by `layout_of` (displayed (width, height) -> Layout), or at native size when None."""
 
-    def __init__(self, video: str | bytes, probe: _Probe, layout_of: LayoutFn | None, threads: int, prefer: str):
-        self.video, self.probe, self.layout_of, self.threads = video, probe, layout_of, threads
+    def __init__(
+        self, video: str | bytes, probe: _Probe, layout_of: LayoutFn | None, threads: int, prefer: str,
+        span: tuple[float, float] | None = None,
+    ):
+        self.video, self.probe, self.layout_of, self.threads, self.span = video, probe, layout_of, threads, span
         short = probe.approx_frames is not None and probe.approx_frames <= DECORD_MAX_FRAMES  # memory: see constant
         readable = decord is not None and probe.codec in DECORD_CODECS and probe.rotation == 0 and short
-        self.use_decord = (prefer == "decord" and decord is not None) or (prefer == "auto" and readable)
+        self.use_decord = span is None and ((prefer == "decord" and decord is not None) or (prefer == "auto" and readable))
         self.name = "decord" if self.use_decord else "pyav"
+        self.reformatter = VideoReformatter()  # PyAV frames' scaler, kept over the video (`frame_to_rgb`)
 
     def frames(self) -> Iterator[Frame]:
+        if self.span is not None:
+            start = self.span[0]
+            seekable = start > 0 and self.probe.start is not None
+            frames = _seek_frames(self.video, self.probe.start, start, self.threads) if seekable else _pyav_frames(self.video, 0, self.threads)
+            yield from _in_span(frames, self.span)
+            return
         next_index = 0
         if self.use_decord:
             lay = self.layout_of(self.probe.width, self.probe.height) if self.layout_of else None  # unrotated only
@@ -301,14 +391,15 @@ class _Decoder:
     def to_rgb(self, frame: Frame) -> np.ndarray:
         if isinstance(frame.data, np.ndarray):
             return np.ascontiguousarray(frame.data)
-        return frame_to_rgb(frame.data, self.layout_of, self.probe.rotation)
+        return frame_to_rgb(frame.data, self.layout_of, self.probe.rotation, self.reformatter)
 
 
 # sampling and windows
 
 
-def _sample(frames: Iterator[Frame], fps: float | None) -> Iterator[Frame]:
-    """The frames nearest to times k / fps (k = 0, 1, ...; a frame repeats when fps is above the native rate).
+def _sample(frames: Iterator[Frame], fps: float | None, origin: float = 0.0) -> Iterator[Frame]:
+    """The frames nearest to times origin + k / fps (k = 0, 1, ...; a frame repeats when fps is above the native
+    rate; origin: a range's start).
 
     Online, holding one frame: a frame is dropped as soon as the next one is nearer to every later target.
     Ties (within TIE_SECONDS, which absorbs float32 timestamps) go to the earlier frame.
@@ -318,8 +409,8 @@ def _sample(frames: Iterator[Frame], fps: float | None) -> Iterator[Frame]:
         return
     k, prev = 0, None
     for frame in frames:
-        while k / fps <= frame.time:
-            target = k / fps
+        while origin + k / fps <= frame.time:
+            target = origin + k / fps
             yield prev if prev is not None and target - prev.time <= frame.time - target + TIE_SECONDS else frame
             k += 1
         prev = frame
@@ -414,8 +505,24 @@ def iter_frames(
         yield frames.to_rgb(frame)
 
 
+def check_span(span: tuple[float, float]) -> tuple[float, float]:
+    """A time range as (start, end) floats, or VideoError (that item's failure) for one no video could have:
+    finite, 0 <= start < end (an end past the video's end is cut there)."""
+    try:
+        start, end = (float(t) for t in span)
+    except (TypeError, ValueError):
+        raise VideoError(f"time range {span!r} is not a pair of numbers") from None
+    if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+        raise VideoError(f"time range [{start:g}, {end:g}) s is empty or out of bounds (needs finite 0 <= start < end)")
+    return start, end
+
+
+def _span_text(span: tuple[float, float]) -> str:
+    return f"[{span[0]:.3f}, {span[1]:.3f}) s"
+
+
 def iter_clips(
-    video: str | bytes, spec: ClipSpec, *, threads: int = 0, decoder: str | None = None
+    video: str | bytes, spec: ClipSpec, *, threads: int = 0, decoder: str | None = None, span: tuple[float, float] | None = None
 ) -> tuple[VideoMeta, Iterator[Clip]]:
     """A video (a path or its bytes) -> its meta and a lazy iterator of clips (T, H, W, 3) uint8 RGB.
 
@@ -425,20 +532,43 @@ def iter_clips(
     raise it too (a stream that breaks mid-way). `threads`: decoder threads, 0 lets the decoder choose.
     `decoder`: "auto" (decord where it reads right), "pyav", or "decord" (still falling back to PyAV on
     failure); None reads $LFQTOK_DECODER (default "auto"), the switch to force PyAV everywhere.
+
+    `span` (start, end): clips only over the frames whose times fall in [start, end), in seconds from the first
+    frame's presentation time (an end past the video's end: up to its end). Decoded by PyAV from the keyframe
+    before start (a seek, not a decode from frame 0); `--fps` targets are start + k / fps; `frame_indices` count
+    from the range's first frame (0). A range is never padded: fewer sampled frames than one clip raise
+    RangeTooShort, before any clip.
     """
+    span = check_span(span) if span is not None else None
     probe = _probe(video)
     display = (probe.height, probe.width) if probe.rotation in (90, 270) else (probe.width, probe.height)
     plan = spec.shapes.plan(*display)
-    decoder = _Decoder(video, probe, plan.for_frame, threads, resolve_decoder(decoder))
+    check_scale(plan, "video", VideoError)
+    decoder = _Decoder(video, probe, plan.for_frame, threads, resolve_decoder(decoder), span)
     meta = VideoMeta(fps=probe.fps, num_frames=probe.num_frames, orig_size=display, decoder=decoder.name, plan=plan)
 
     def clips() -> Iterator[Clip]:
-        produced = 0
-        for clip in plan_clips(_sample(decoder.frames(), spec.fps), spec, decoder.to_rgb):
+        produced, sampled = 0, 0
+
+        def counted(frames: Iterator[Frame]) -> Iterator[Frame]:
+            nonlocal sampled
+            for frame in frames:
+                sampled += 1
+                yield frame
+
+        frames = counted(_sample(decoder.frames(), spec.fps, span[0] if span else 0.0))
+        for clip in plan_clips(frames, replace(spec, pad_short=True) if span else spec, decoder.to_rgb):
+            if span is not None and clip.padded:
+                raise RangeTooShort(f"range {_span_text(span)} has {sampled} sampled frames, fewer than one clip of {spec.clip_frames}")
             produced += 1
             meta.decoder = decoder.name
             yield clip
         meta.decoder = decoder.name
+        if produced == 0 and span is not None:
+            raise RangeTooShort(
+                f"no frame of the video falls in the range {_span_text(span)}" if sampled == 0 else
+                f"range {_span_text(span)} has {sampled} sampled frames, no scene of them as long as one clip of {spec.clip_frames}"
+            )
         if produced == 0:
             raise VideoError("no frames could be decoded")
 

@@ -22,7 +22,7 @@ import torch
 from .batch import Batch, BatcherAborted, ClipBatcher
 from ..io.codec import to_storage, token_dtype
 from ..errors import LfqtokError
-from .pool import ClipEvent, DecodePool, DoneEvent, FailEvent
+from .pool import ClipEvent, DecodePool, DoneEvent, FailEvent, SkipEvent
 from ..io.shards import ShardWriter
 from .sources import ShardJob, VideoItem
 from .record import ClipOrigin, sample_members, sample_record
@@ -41,7 +41,7 @@ def decode_workers(workers: int | None) -> int:
 
 # results
 
-COUNTS = ("videos_done", "videos_failed", "clips", "frames", "tokens", "rows_done")  # what engines sum over shards and processes
+COUNTS = ("videos_done", "videos_failed", "videos_skipped", "clips", "frames", "tokens", "rows_done")  # what engines sum over shards and processes
 
 
 @dataclass
@@ -51,6 +51,7 @@ class Counters:
     videos_total: int = 0
     videos_done: int = 0
     videos_failed: int = 0
+    videos_skipped: int = 0  # time ranges shorter than one clip: no sample, not failed
     clips: int = 0
     frames: int = 0
     tokens: int = 0
@@ -64,6 +65,7 @@ class Counters:
         return cls(
             videos_done=sum(r.samples for r in results),
             videos_failed=sum(len(r.failures) for r in results),
+            videos_skipped=sum(len(r.skipped) for r in results),
             clips=sum(r.clips for r in results),
             frames=sum(r.frames for r in results),
             tokens=sum(r.tokens for r in results),
@@ -90,6 +92,7 @@ class ShardResult:
     frames: int
     seconds: float
     failures: list[dict[str, Any]]
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # time ranges shorter than one clip (in shards of ranges)
     rows: int = 0  # table rows whose samples it holds or records (0: not a table); not in its stats file
 
 
@@ -261,6 +264,8 @@ def _writer_loop(write_q: queue.Queue, assembler: "_ShardAssembler") -> None:
             assembler.done(msg)
         elif isinstance(msg, FailEvent):
             assembler.fail(msg.item, msg.error)
+        elif isinstance(msg, SkipEvent):
+            assembler.skip(msg.item, msg.reason)
         else:
             refs, tokens = msg
             for (item, clip_index, clip), clip_tokens in zip(refs, tokens):
@@ -268,12 +273,6 @@ def _writer_loop(write_q: queue.Queue, assembler: "_ShardAssembler") -> None:
 
 
 # assembling samples and shards
-
-
-def failure_fields(item: VideoItem) -> dict[str, Any]:
-    """Where a table sample's failure comes from (none for other inputs): its row and range index."""
-    fields = {"row": item.row, "segment": item.segment}
-    return {name: value for name, value in fields.items() if value is not None}
 
 
 @dataclass
@@ -285,10 +284,11 @@ class _Pending:
     flips: dict[int, np.ndarray] = field(default_factory=dict)
     done: DoneEvent | None = None
     error: str | None = None
+    skipped: str | None = None  # why its time range gives no sample
 
     @property
     def complete(self) -> bool:
-        if self.error is not None:
+        if self.error is not None or self.skipped is not None:
             return True
         n = self.done.num_clips if self.done is not None else None
         return n is not None and len(self.clips) >= n and (not self.flip or len(self.flips) >= n)
@@ -354,6 +354,10 @@ class _ShardAssembler:
         self._get(item).error = error
         self._advance(item)
 
+    def skip(self, item: int, reason: str) -> None:
+        self._get(item).skipped = reason
+        self._advance(item)
+
     def abandon(self) -> None:
         """On an aborted run: drop every unfinished shard's temp file; finished shards stay as they are."""
         for writer in self.writers.values():
@@ -383,17 +387,22 @@ class _ShardAssembler:
 
     def _emit(self, j: int, item: VideoItem, pending: _Pending) -> None:
         stats = self._stats(j)
-        if item.row is not None and not item.segment:  # a table row's first sample (or its recorded failure)
+        if item.row is not None and not item.segment:  # a table row's first sample (or its recorded failure or skip)
             stats["rows"] += 1
             self.counters.rows_done += 1
+        where = {name: value for name, value in (("row", item.row), ("segment", item.segment)) if value is not None}
         if pending.error is not None:
-            stats["failures"].append({"source": item.source, "error": pending.error, **failure_fields(item)})
+            stats["failures"].append({"source": item.source, **where, "error": pending.error})
             self.counters.videos_failed += 1
+            return
+        if pending.skipped is not None:
+            stats["skipped"].append({"source": item.source, **where, "reason": pending.skipped})
+            self.counters.videos_skipped += 1
             return
         done = pending.done
         clips = [pending.clips[i] for i in range(done.num_clips)]
         tokens = np.stack([t for _, t in clips]).astype(self.storage, copy=False)  # (clips, t, h, w) [+ (c)]
-        meta = sample_record(item, done.meta, [c for c, _ in clips], tokens.shape, shaped=self.shaped, timed=item.row is not None)
+        meta = sample_record(item, done.meta, [c for c, _ in clips], tokens.shape, shaped=self.shaped, timed=item.row is not None or item.span is not None)
         flips = np.stack([pending.flips[i] for i in range(done.num_clips)]).astype(self.storage, copy=False) if pending.flip else None
         self._writer(j).write(item.key, tokens, meta, {**done.extras, **sample_members(item)}, flip_tokens=flips)
         stats["samples"] += 1
@@ -406,6 +415,8 @@ class _ShardAssembler:
         if j not in self.stats:
             self.stats[j] = {"shard": self.jobs[j].index, "samples": 0, "clips": 0, "tokens": 0, "frames": 0,
                              "started": time.perf_counter(), "failures": [], "rows": 0}
+            if any(item.span is not None for item in self.jobs[j].items):  # a shard of time ranges (a table's)
+                self.stats[j]["skipped"] = []
         return self.stats[j]
 
     def _writer(self, j: int) -> ShardWriter:
