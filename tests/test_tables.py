@@ -21,6 +21,7 @@ from typer.testing import CliRunner  # noqa: E402
 import lfqtok  # noqa: E402
 from lfqtok.cli import app  # noqa: E402
 from lfqtok.errors import OutputError, UsageError  # noqa: E402
+from lfqtok.io.shards import read_listing  # noqa: E402
 from lfqtok.pipeline.tables import Table, TableJobs, TableOptions, parse_ranges, parse_time  # noqa: E402
 from videos import make_video  # noqa: E402
 
@@ -80,12 +81,17 @@ def test_panda_csv_gives_a_sample_per_range_with_its_caption_and_records_bad_row
     assert second["json"]["time_range"] == [1.0, 1.9] and third["json"]["time_range"] == [0.5, 2.0]
     assert first["json"]["columns"] == {"videoID": "a", "url": "https://www.youtube.com/watch?v=a", "matching_score": 0.41}
     assert first["json"]["source"] == str(videos / "v" / "a.mp4")
+    for sample in (first, second, third):  # every clip's frames lie inside its range
+        start, end = sample["json"]["time_range"]
+        assert all(start <= a <= b < end for a, b in sample["json"]["clip_times"]), sample["json"]
     bad = failures(out)
     assert [(f["row"], f.get("segment")) for f in bad] == [(2, 0), (3, None)]
     assert "panda.csv row 3" in bad[1]["error"] and "not a list" in bad[1]["error"]
     assert (summary.videos_ok, summary.videos_failed) == (3, 2)
     manifest = json.loads((out / "lfqtok.json").read_text())
-    assert manifest["table"]["format"] == "csv" and manifest["table"]["files"][0]["size"] == len(PANDA)
+    assert manifest["table"]["format"] == "csv"
+    (path, size, digest), = read_listing(out, manifest["listing"])  # the table's identity: its listing
+    assert (path, size, digest[:7]) == (str(table), str(len(PANDA)), "sha256:")
     assert manifest["table"]["clip_col"] == "timestamp" and manifest["table"]["path_format"] == "v/{videoID}.mp4"
 
 
@@ -179,8 +185,9 @@ def test_a_changed_table_is_refused_on_resume(tmp_path, videos, model):
     out = tmp_path / "tok"
     encode(table, out, model)
     table.write_text(f"path\n{videos / 'v' / 'b.mp4'}\n")
-    with pytest.raises(OutputError, match=r"other settings \(table\.files"):
+    with pytest.raises(OutputError, match=r"t\.csv changed since the run in .*: \d+ -> \d+ bytes, sha256:[0-9a-f]{12} -> sha256:"):
         encode(table, out, model)
+    assert encode(table, out, model, overwrite=True).videos_ok == 1
 
 
 def test_a_column_that_does_not_exist_is_one_line_naming_the_columns(tmp_path, videos, model):
@@ -282,7 +289,8 @@ def test_a_folder_of_parquet_parts_is_one_table_read_in_order(tmp_path, videos, 
     found = samples(out)
     assert [(k, v["txt"], v["json"]["source"].endswith(n)) for (k, v), n in zip(sorted(found.items()), ("b.mp4", "a.mp4"))] == [
         ("000000000", "part 0", True), ("000000001", "part 1", True)]
-    assert [f["path"].endswith(f"part-{i:05d}.parquet") for i, f in enumerate(json.loads((out / "lfqtok.json").read_text())["table"]["files"])] == [True, True]
+    listed = read_listing(out, json.loads((out / "lfqtok.json").read_text())["listing"])
+    assert [entry[0].endswith(f"part-{i:05d}.parquet") for i, entry in enumerate(listed)] == [True, True]
 
 
 def test_without_the_tables_extra_a_table_is_one_usage_line(tmp_path, monkeypatch, model):

@@ -355,6 +355,8 @@ class _ShardAssembler:
         self._advance(item)
 
     def skip(self, item: int, reason: str) -> None:
+        if item not in self.owner:
+            return
         self._get(item).skipped = reason
         self._advance(item)
 
