@@ -3,6 +3,7 @@
     python scripts/bench_tables.py make DIR --videos VIDEO_DIR [--rows 10000000]
     python scripts/bench_tables.py engines DIR [--where 'videoid % 10 = 0']
     python scripts/bench_tables.py stream DIR --videos VIDEO_DIR [--seconds 60] [--model default]
+    python scripts/bench_tables.py ranges DIR --videos VIDEO_DIR [--repeat 2] [--copies 1] [--model default]
 
 `make` writes DIR/table.parquet and DIR/table.csv with the same WebVid-like rows (videoid, contentUrl, duration,
 page_dir, name), written in blocks of a million rows; contentUrl cycles over the videos of VIDEO_DIR (paths relative
@@ -18,6 +19,12 @@ streaming). Prints seconds, peak RSS and rows kept.
 `--num-shards` split whose only shard holds the table's last rows (its reader streams every row before its first
 sample). Prints the seconds to the first encoded sample (after imports: listing, table hash, model load, first
 decode and batch) and the process's peak RSS after --seconds of encoding (or at its end), for both formats.
+
+`ranges` cuts two 2-second ranges from each video of VIDEO_DIR at least 3 s long ([1, 3) and from the middle) into
+clip files of their own (PyAV, H.264, the source's size and rate), writes a table of the same ranges over the
+original videos (`--clip-col`), and encodes both, interleaved --repeat times, in subprocesses: samples/s of the table
+(seeks into each video) over that of the clip files (best of --repeat each; a run's time includes its start;
+--copies N repeats every row and clip file N times, so start-up weighs less).
 """
 
 from __future__ import annotations
@@ -86,6 +93,87 @@ report(True)
 """
 
 
+RANGES = r"""
+import json, sys, time
+import lfqtok
+from lfqtok.pipeline.tables import TableOptions
+inputs, out, options = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+if "table" in options:
+    options["table"] = TableOptions(**options["table"])
+t = time.perf_counter()
+s = lfqtok.encode_dataset(inputs, out, **options)
+print(json.dumps({"seconds": round(time.perf_counter() - t, 2), "samples": s.videos_ok, "failed": s.videos_failed,
+                  "skipped": len(s.skipped), "clips": s.clips}))
+"""
+
+
+def cut(source: Path, start: float, end: float, dest: Path) -> int:
+    """The frames of `source` with times in [start, end) re-encoded (H.264) into `dest`; returns how many."""
+    import av
+
+    written = 0
+    with av.open(str(source)) as src, av.open(str(dest), mode="w") as out:
+        stream = src.streams.video[0]
+        enc = out.add_stream("libx264", rate=stream.average_rate or 25)
+        enc.width, enc.height, enc.pix_fmt = stream.codec_context.width // 2 * 2, stream.codec_context.height // 2 * 2, "yuv420p"
+        for frame in src.decode(stream):
+            if frame.time is None or frame.time < start:
+                continue
+            if frame.time >= end:
+                break
+            rgb = frame.to_ndarray(format="rgb24")[: enc.height, : enc.width]  # a fresh frame: the encoder's own timestamps
+            out.mux(enc.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+            written += 1
+        out.mux(enc.encode())
+    return written
+
+
+def ranges(directory: Path, videos: Path, repeat: int, model: str, copies: int) -> None:
+    import shutil
+
+    import av
+
+    clips_dir = directory / "clips"
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    rows, files = [], []
+    for video in sorted(videos.iterdir()):
+        with av.open(str(video)) as container:
+            duration = float(container.duration or 0) / 1e6
+        if duration < 3:
+            continue
+        spans = [(1.0, 3.0)] + ([(round(duration / 2, 3), round(duration / 2 + 2, 3))] if duration >= 6 else [])
+        for i, (start, end) in enumerate(spans):
+            dest = clips_dir / f"{video.stem}_{i}.mp4"
+            if not dest.exists():
+                cut(video, start, end, dest)
+            for copy in range(copies):  # hard links: other paths, the same bytes (as the table's rows repeat)
+                linked = directory / f"copy{copy}" / dest.name
+                linked.parent.mkdir(exist_ok=True)
+                if not linked.exists():
+                    os.link(dest, linked)
+                files.append(str(linked))
+        rows += [f'{video},"{json.dumps([list(span) for span in spans])}"'] * copies
+    table = directory / "ranges.csv"
+    table.write_text("path,clips\n" + "\n".join(rows) + "\n")
+    base = {"model": model, "size": 128, "clip_frames": 17, "batch_size": 4, "workers": 1, "device": "cpu", "overwrite": True}
+    runs = {"table of ranges": ([str(table)], {**base, "table": {"clip_col": "clips"}}), "clip files": (files, base)}
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        for name, (inputs, options) in runs.items():
+            out = directory / f"out-{name[:5]}"
+            shutil.rmtree(out, ignore_errors=True)
+            run = subprocess.run([sys.executable, "-c", RANGES, json.dumps(inputs), str(out), json.dumps(options)],
+                                 capture_output=True, text=True, check=True)
+            result = json.loads(run.stdout.strip().splitlines()[-1])
+            result["samples_per_s"] = round(result["samples"] / result["seconds"], 3)
+            print(f"{name:16s} {json.dumps(result)}", flush=True)
+            if name not in best or result["samples_per_s"] > best[name]["samples_per_s"]:
+                best[name] = result
+    ratio = best["table of ranges"]["samples_per_s"] / best["clip files"]["samples_per_s"]
+    print(f"{len(files)} ranges in {len(rows)} rows: table {best['table of ranges']['samples_per_s']:.2f} samples/s, "
+          f"clip files {best['clip files']['samples_per_s']:.2f} samples/s, ratio {ratio:.3f}")
+
+
 def make(directory: Path, videos: Path, rows: int) -> None:
     """DIR/table.parquet and DIR/table.csv: the same rows, written a block at a time (bounded memory)."""
     import numpy as np
@@ -142,7 +230,7 @@ def stream(directory: Path, videos: Path, seconds: float, model: str, samples_pe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("make", "engines", "stream"))
+    parser.add_argument("mode", choices=("make", "engines", "stream", "ranges"))
     parser.add_argument("dir", type=Path)
     parser.add_argument("--videos", type=Path)
     parser.add_argument("--rows", type=int, default=10_000_000)
@@ -150,11 +238,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="stream: encode this long after the first sample")
     parser.add_argument("--model", default="default")
     parser.add_argument("--samples-per-shard", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--copies", type=int, default=1, help="ranges: each row (and clip file) this many times")
     args = parser.parse_args()
     if args.mode == "make":
         make(args.dir, args.videos, args.rows)
     elif args.mode == "engines":
         engines(args.dir, args.where)
+    elif args.mode == "ranges":
+        ranges(args.dir, args.videos.resolve(), args.repeat, args.model, args.copies)
     else:
         stream(args.dir, args.videos.resolve(), args.seconds, args.model, args.samples_per_shard)
 
