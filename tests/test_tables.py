@@ -332,3 +332,16 @@ def test_the_failures_of_a_folder_run_are_its_files(tmp_path, videos, model):
     listed = tmp_path / "failed.jsonl"
     assert CliRunner().invoke(app, ["stats", str(out), "--failures", str(listed)]).exit_code == 0
     assert [json.loads(line) for line in listed.read_text().splitlines()] == [{"path": str(folder / "broken.mp4")}]
+
+
+@pytest.mark.slow
+def test_the_bench_script_makes_a_table_and_streams_it(tmp_path, videos):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_tables.py"
+    run = lambda *args: subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600)
+    made = run("make", str(tmp_path), "--videos", str(videos / "v"), "--rows", "3000")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["rows"] == 3000 and pq.ParquetFile(tmp_path / "table.parquet").metadata.num_rows == 3000
+    streamed = run("stream", str(tmp_path), "--videos", str(videos / "v"), "--seconds", "1", "--samples-per-shard", "100")
+    assert streamed.returncode == 0, streamed.stderr
+    results = [json.loads(line[line.index("{"):]) for line in streamed.stdout.splitlines()]  # "table run {...}"
+    assert len(results) == 4 and all(r["first_sample_s"] is not None and r["rss_mib"] < 1024 for r in results)
