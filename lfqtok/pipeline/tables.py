@@ -260,7 +260,8 @@ class Table:
     format: str = ""
     files: list[str] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
-    classes: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)  # --label-col: the sorted class names of the rows kept
+    labels: dict[str, int] = field(default_factory=dict)  # each class's index in `classes`
     schema: Any = None  # csv/jsonl: the column types inferred from its first INFER_BYTES, fixed for every block
     rows_estimate: int = 0  # rows kept, for progress: parquet's row count (csv/jsonl: from the first block's bytes per
     # row), times the share of the first block that --where keeps
@@ -284,6 +285,7 @@ class Table:
         if options.label_col:
             table.classes = sorted({str(v) for block in table._kept_blocks([options.label_col])
                                     for v in block.column(0).to_pylist() if v is not None})
+            table.labels = {name: label for label, name in enumerate(table.classes)}
         return table
 
     @property
@@ -360,7 +362,7 @@ class Table:
         except (ValueError, TypeError) as exc:
             return [self._bad(index, f"{self.name} row {index}: {exc}", path)]
         class_name = None if o.label_col is None or row[o.label_col] is None else str(row[o.label_col])
-        label = self.classes.index(class_name) if class_name is not None else None
+        label = self.labels[class_name] if class_name is not None else None
         base = sanitize_key(str(row[o.key_col])) if o.key_col and row[o.key_col] is not None else f"{index:09d}"
         source = storage.redact(path)
         columns = self._other_columns(row)
@@ -407,7 +409,7 @@ class Table:
                 parsed = _literal(value)
             except (ValueError, SyntaxError, MemoryError, RecursionError):
                 parsed = None
-            if isinstance(parsed, list) and len(parsed) == count and all(isinstance(c, str) for c in parsed):
+            if isinstance(parsed, list) and all(isinstance(c, str) for c in parsed):
                 value = parsed
         if isinstance(value, (list, tuple)):
             if len(value) != n:
