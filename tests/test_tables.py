@@ -65,6 +65,7 @@ a,https://www.youtube.com/watch?v=a,"[['0:00:00.000', '0:00:00.900'], ['0:00:01.
 b,https://www.youtube.com/watch?v=b,"[['0:00:00.500', '0:00:02.000']]",['a red car'],0.39
 gone,https://www.youtube.com/watch?v=gone,"[['0:00:00.000', '0:00:02.000']]",['never downloaded'],0.30
 a,https://www.youtube.com/watch?v=a,not a list,['bad cell'],0.20
+b,https://www.youtube.com/watch?v=b,"[['0:00:00.000', '0:00:01.000'], ['0:00:01.000', '0:00:02.000']]",['one caption for two'],0.20
 """
 
 
@@ -85,9 +86,10 @@ def test_panda_csv_gives_a_sample_per_range_with_its_caption_and_records_bad_row
         start, end = sample["json"]["time_range"]
         assert all(start <= a <= b < end for a, b in sample["json"]["clip_times"]), sample["json"]
     bad = failures(out)
-    assert [(f["row"], f.get("segment")) for f in bad] == [(2, 0), (3, None)]
+    assert [(f["row"], f.get("segment")) for f in bad] == [(2, 0), (3, None), (4, None)]
     assert "panda.csv row 3" in bad[1]["error"] and "not a list" in bad[1]["error"]
-    assert (summary.videos_ok, summary.videos_failed) == (3, 2)
+    assert "1 captions in 'caption' for 2 ranges" in bad[2]["error"]
+    assert (summary.videos_ok, summary.videos_failed) == (3, 3)
     manifest = json.loads((out / "lfqtok.json").read_text())
     assert manifest["table"]["format"] == "csv"
     (path, size, digest), = read_listing(out, manifest["listing"])  # the table's identity: its listing
