@@ -347,3 +347,23 @@ def test_the_bench_script_makes_a_table_and_streams_it(tmp_path, videos):
     assert streamed.returncode == 0, streamed.stderr
     results = [json.loads(line[line.index("{"):]) for line in streamed.stdout.splitlines()]  # "table run {...}"
     assert len(results) == 4 and all(r["first_sample_s"] is not None and r["rss_mib"] < 1024 for r in results)
+
+
+@pytest.mark.slow
+def test_two_device_processes_each_read_their_part_of_the_table(tmp_path, videos, model):
+    from lfqtok.pipeline.encode import EncodeConfig
+    from lfqtok.pipeline.engines import run_local
+
+    table = videos / "devices.csv"
+    table.write_text("path,caption\n" + "".join(f"v/{'ab'[i % 2]}.mp4,caption {i}\n" for i in range(5)))
+    options = TableOptions(caption_col="caption")
+    encode(table, tmp_path / "single", model, samples_per_shard=2, table=options)
+    out = tmp_path / "two"
+    encode(table, out, model, samples_per_shard=2, table=options)
+    for stats in out.glob("*_stats.json"):  # ... then redo every shard with two device processes
+        stats.unlink()
+    config = EncodeConfig(model=model, **OPTIONS, samples_per_shard=2, table=options)
+    jobs = TableJobs(Table.open(str(table), options), 2)
+    results = run_local(config.shard_encoder(out), jobs, devices=["cpu", "cpu"])
+    assert sorted(r.shard for r in results) == [0, 1, 2] and sum(r.rows for r in results) == 5
+    assert output_bytes(out) == output_bytes(tmp_path / "single")
