@@ -130,17 +130,17 @@ def encode(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's own log lines too (--engine ray; LFQTOK_DEBUG=1 does as well).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     storage_options: StorageOptions = None,
-    path_col: Annotated[Optional[str], typer.Option(help="Table: the column holding each video's path or URL [default: path].", rich_help_panel="Tables")] = None,
+    path_col: Annotated[Optional[str], typer.Option(help="Table: the column holding each video's path or URL \\[default: path].", rich_help_panel="Tables")] = None,
     path_format: Annotated[Optional[str], typer.Option(help="Table: the path as a format string over columns, e.g. '{page_dir}/{videoid}.mp4'.", rich_help_panel="Tables")] = None,
-    root: Annotated[Optional[str], typer.Option(help="Table: where relative paths resolve (dir or URL) [default: the table's folder].", rich_help_panel="Tables")] = None,
+    root: Annotated[Optional[str], typer.Option(help="Table: where relative paths resolve (dir or URL) \\[default: the table's folder].", rich_help_panel="Tables")] = None,
     caption_col: Annotated[Optional[str], typer.Option(help="Table: the caption (a string, or a list aligned with the clip ranges): the sample's {key}.txt.", rich_help_panel="Tables")] = None,
-    clip_col: Annotated[Optional[str], typer.Option(help="Table: a list of [start, end] pairs per row (seconds or [H:]MM:SS[.fff]): a sample per range.", rich_help_panel="Tables")] = None,
+    clip_col: Annotated[Optional[str], typer.Option(help="Table: a list of \\[start, end] pairs per row (seconds or [H:]MM:SS[.fff]): a sample per range.", rich_help_panel="Tables")] = None,
     start_col: Annotated[Optional[str], typer.Option(help="Table: one range per row, its start (with --end-col).", rich_help_panel="Tables")] = None,
     end_col: Annotated[Optional[str], typer.Option(help="Table: one range per row, its end.", rich_help_panel="Tables")] = None,
     label_col: Annotated[Optional[str], typer.Option(help="Table: the class column: sample json 'class' and 'label' (index into the manifest's sorted 'classes').", rich_help_panel="Tables")] = None,
-    key_col: Annotated[Optional[str], typer.Option(help="Table: the sample key comes from this column (sanitized) [default: the row number].", rich_help_panel="Tables")] = None,
+    key_col: Annotated[Optional[str], typer.Option(help="Table: the sample key comes from this column (sanitized) \\[default: the row number].", rich_help_panel="Tables")] = None,
     where: Annotated[Optional[str], typer.Option(help="Table: keep the rows where this SQL expression holds, e.g. '\"aesthetic score\" >= 5 AND seconds <= 20'.", rich_help_panel="Tables")] = None,
-    keep_cols: Annotated[Optional[str], typer.Option(help="Table: the columns kept in the sample json's 'columns' (a,b) [default: every other column].", rich_help_panel="Tables")] = None,
+    keep_cols: Annotated[Optional[str], typer.Option(help="Table: the columns kept in the sample json's 'columns' (a,b) \\[default: every other column].", rich_help_panel="Tables")] = None,
 ) -> None:
     """Encode videos and images into WebDataset token shards (OUT/lfqtok.json, OUT/00000.tar, OUT/00000_stats.json, ...)."""
     from .pipeline.encode import EncodeConfig, encode_dataset

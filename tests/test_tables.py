@@ -367,3 +367,12 @@ def test_two_device_processes_each_read_their_part_of_the_table(tmp_path, videos
     results = run_local(config.shard_encoder(out), jobs, devices=["cpu", "cpu"])
     assert sorted(r.shard for r in results) == [0, 1, 2] and sum(r.rows for r in results) == 5
     assert output_bytes(out) == output_bytes(tmp_path / "single")
+
+
+def test_tsv_and_ndjson_read_as_csv_and_jsonl(tmp_path):
+    (tmp_path / "t.tsv").write_text("path\tcaption\ta.mp4\tx, y\n".replace("\ta.mp4", "\na.mp4"))
+    (tmp_path / "t.ndjson").write_text('{"path": "a.mp4", "caption": "x, y"}\n')
+    for name in ("t.tsv", "t.ndjson"):
+        table = Table.open(str(tmp_path / name), TableOptions(caption_col="caption"))
+        (job,) = TableJobs(table, 10)
+        assert [(i.path, i.caption, i.row) for i in job.items] == [(str(tmp_path / "a.mp4"), "x, y", 0)]
