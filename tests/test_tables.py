@@ -177,8 +177,8 @@ def test_shards_are_consecutive_rows_and_a_split_encodes_each_once(tmp_path, mod
     assert rows(TableJobs(table, 2, num_shards=2, shard_index=1)) == [(1, [4, 5])]
     assert rows(TableJobs(table, 2, skip=frozenset({1}))) == [(0, [1, 2]), (2, [7, 8])]
     assert rows(TableJobs(table, 2).part(1, 2)) == [(1, [4, 5])]
-    # progress: the rows times the share --where keeps of the first block (here all 10 rows: 6), less finished shards
-    assert TableJobs(table, 2).rows_total == 6 and TableJobs(table, 2, skip=frozenset({0})).rows_total == 4
+    # progress: the rows times the share --where keeps of the first block (a row group of 4: 2), less finished shards
+    assert TableJobs(table, 2).rows_total == 5 and TableJobs(table, 2, skip=frozenset({0})).rows_total == 3
 
 
 def test_a_changed_table_is_refused_on_resume(tmp_path, videos, model):
@@ -376,3 +376,17 @@ def test_tsv_and_ndjson_read_as_csv_and_jsonl(tmp_path):
         table = Table.open(str(tmp_path / name), TableOptions(caption_col="caption"))
         (job,) = TableJobs(table, 10)
         assert [(i.path, i.caption, i.row) for i in job.items] == [(str(tmp_path / "a.mp4"), "x, y", 0)]
+
+
+def test_without_where_a_part_reads_only_the_row_groups_of_its_shards(tmp_path, monkeypatch):
+    pq.write_table(pa.table({"path": [f"{i}.mp4" for i in range(12)]}), tmp_path / "t.parquet", row_group_size=3)
+    table = Table.open(str(tmp_path / "t.parquet"), TableOptions())
+    read = []
+    original = pq.ParquetFile.iter_batches
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", lambda self, *a, **k: (read.append(k["row_groups"]), original(self, *a, **k))[1])
+    rows = lambda jobs: [(job.index, [item.row for item in job.items]) for job in jobs]
+    assert rows(TableJobs(table, 2, num_shards=3, shard_index=2)) == [(2, [4, 5]), (5, [10, 11])]
+    assert read == [[1], [3]]  # rows 4-5 and 10-11: the second and fourth row groups; the others counted from metadata
+    read.clear()
+    assert rows(TableJobs(table, 2, skip=frozenset({0, 1, 2, 3}))) == [(4, [8, 9]), (5, [10, 11])]
+    assert read == [[2], [3]]

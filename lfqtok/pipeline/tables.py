@@ -12,6 +12,7 @@ header excluded), before `--where`. Tables need the `tables` extra (pyarrow, duc
 from __future__ import annotations
 
 import ast
+import bisect
 import datetime as dt
 import decimal
 import glob
@@ -22,7 +23,7 @@ import os
 import re
 import string
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -314,15 +315,16 @@ class Table:
         i % num_shards == shard_index and not in `skip`, and of those every part[1]-th from part[0] (one of several
         local devices). Rows of other shards are counted, never turned into items."""
         skip = set(skip)
+        done = sorted(s for s in skip if s % num_shards == shard_index)  # this part's finished shards
         mine = lambda s: s % num_shards == shard_index and s not in skip
-        wanted = lambda s: mine(s) and _ordinal(s, num_shards, shard_index, skip) % part[1] == part[0]
+        ordinal = lambda s: s // num_shards - bisect.bisect_left(done, s)  # its place among this part's shards to do
+        wanted = lambda s: mine(s) and (part[1] == 1 or ordinal(s) % part[1] == part[0])
+        shards_of = lambda first, n: range(first // samples_per_shard, (first + n - 1) // samples_per_shard + 1)
+        needed = lambda first, n: any(map(wanted, shards_of(first, n)))  # without --where a row's number is its place
         kept, shard, items = 0, None, []
-        for block in self._kept_blocks():
-            n = block.num_rows
-            if n == 0:
-                continue
-            first, last = kept // samples_per_shard, (kept + n - 1) // samples_per_shard
-            for s in range(first, last + 1):
+        for block in self._kept_blocks(needed=needed):
+            n = block if isinstance(block, int) else block.num_rows  # an int: a parquet row group with no wanted row
+            for s in shards_of(kept, n) if n and not isinstance(block, int) else ():
                 if not wanted(s):
                     continue
                 lo, hi = max(s * samples_per_shard - kept, 0), min((s + 1) * samples_per_shard - kept, n)
@@ -459,28 +461,37 @@ class Table:
         size = sum(_size(f, self.storage_options) for f in self.files)
         return max(block.num_rows, round(block.num_rows * size / consumed))
 
-    def _blocks(self, columns: Sequence[str] | None = None) -> Iterator[tuple[int, Any]]:
+    def _blocks(self, columns: Sequence[str] | None = None, needed: Needed | None = None) -> Iterator[tuple[int, Any]]:
         """(bytes read so far or 0, RecordBatch) of the whole table in order; `columns`: only those (parquet reads
-        only them)."""
+        only them). `needed(first row, rows)`: whether a parquet row group is wanted; one that is not is never read,
+        and stands as its number of rows."""
         pa, _ = import_tables()
+        offset = 0
         for path in self.files:
             try:  # a local file through pyarrow's own reader (no Python file object in the read path)
                 opened = storage.open_file(path, "rb", self.storage_options) if storage.is_url(path) else pa.OSFile(path)
                 with opened as f:
-                    yield from self._file_blocks(pa, f, columns)
+                    for position, block in self._file_blocks(pa, f, columns, needed, offset):
+                        offset += block if isinstance(block, int) else block.num_rows
+                        yield position, block
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise InputError(f"{storage.redact(path)}: not a readable {self.format} table ({first})") from None
             except storage.errors() as exc:
                 raise storage.storage_error(InputError, "read table", path, exc) from None
 
-    def _file_blocks(self, pa: Any, f: Any, columns: Sequence[str] | None) -> Iterator[tuple[int, Any]]:
+    def _file_blocks(self, pa: Any, f: Any, columns: Sequence[str] | None, needed: Needed | None, offset: int) -> Iterator[tuple[int, Any]]:
         if self.format == "parquet":
             import pyarrow.parquet as pq
 
             parquet = pq.ParquetFile(f)
-            for batch in parquet.iter_batches(BLOCK_ROWS, columns=list(columns) if columns else None):
-                yield 0, batch
+            for group in range(parquet.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                if needed is not None and not needed(offset, rows):
+                    yield 0, rows  # its rows counted from the metadata, never read
+                else:
+                    yield from ((0, b) for b in parquet.iter_batches(BLOCK_ROWS, row_groups=[group], columns=list(columns) if columns else None))
+                offset += rows
             return
         if self.format in ("csv", "tsv"):
             import pyarrow.csv as pcsv
@@ -520,14 +531,19 @@ class Table:
         """The video path or URL of a row (ValueError for a cell that gives none)."""
         return self._path(row)
 
-    def _kept_blocks(self, columns: Sequence[str] | None = None) -> Iterator[Any]:
-        """The table's blocks with their row numbers (ROW_COLUMN), rows --where drops left out."""
+    def _kept_blocks(self, columns: Sequence[str] | None = None, needed: Needed | None = None) -> Iterator[Any]:
+        """The table's blocks with their row numbers (ROW_COLUMN), rows --where drops left out; a block `needed` says
+        is not wanted (no --where) stands as its number of rows."""
         pa, _ = import_tables()
         read = None
         if columns is not None:
             read = list(dict.fromkeys([*columns, *(self.columns if self.options.where else [])]))
         offset = 0
-        for _, block in self._blocks(read):
+        for _, block in self._blocks(read, None if self.options.where else needed):
+            if isinstance(block, int):
+                offset += block
+                yield block
+                continue
             n = block.num_rows
             block = block.append_column(ROW_COLUMN, _numbers(pa, offset, n))
             if self.options.where:
@@ -552,6 +568,9 @@ class Table:
         finally:
             con.unregister("t")
         return block.take(pa.array(kept - offset))
+
+
+Needed = Callable[[int, int], bool]  # (first row, rows) -> whether a block of the table is wanted
 
 
 def _numbers(pa: Any, offset: int, n: int) -> Any:
@@ -586,12 +605,6 @@ def _size(path: str, options: Options) -> int:
     if storage.is_url(path):
         return int((storage.info(path, options) or {}).get("size") or 0)
     return os.path.getsize(path)
-
-
-def _ordinal(shard: int, num_shards: int, shard_index: int, skip: set[int]) -> int:
-    """The position of `shard` among this part's shards to encode (deals them over local devices round-robin)."""
-    mine = shard // num_shards  # this part's shards before it: shard_index, shard_index + N, ...
-    return mine - sum(1 for s in skip if s < shard and s % num_shards == shard_index)
 
 
 @dataclass
