@@ -18,7 +18,9 @@ streaming). Prints seconds, peak RSS and rows kept.
 `stream` runs `lfqtok.encode_dataset` on each table in a subprocess: the whole table, and the last part of a
 `--num-shards` split whose only shard holds the table's last rows (its reader streams every row before its first
 sample). Prints the seconds to the first encoded sample (after imports: listing, table hash, model load, first
-decode and batch) and the process's peak RSS after --seconds of encoding (or at its end), for both formats.
+decode and batch) and the process's peak RSS after --seconds of encoding (or at its end), for both formats. Without --where a
+parquet part skips the row groups it does not encode (row counts from the metadata); the third run adds a --where
+that keeps every row, so the whole table is read and filtered first.
 
 `ranges` cuts two 2-second ranges from each video of VIDEO_DIR at least 3 s long ([1, 3) and from the middle) into
 clip files of their own (PyAV, H.264, the source's size and rate), writes a table of the same ranges over the
@@ -220,7 +222,9 @@ def stream(directory: Path, videos: Path, seconds: float, model: str, samples_pe
             "samples_per_shard": samples_per_shard, "overwrite": True,
             "table": {"path_col": "contentUrl", "caption_col": "name", "root": str(videos)}}
     for name in ("table.parquet", "table.csv"):
-        for label, split in (("full run", {}), (f"last of {shards} parts", {"num_shards": shards, "shard_index": shards - 1})):
+        last = {"num_shards": shards, "shard_index": shards - 1}
+        every = {**base["table"], "where": "videoid >= 0"}  # keeps every row, but each must be read to know it
+        for label, split in (("full run", {}), (f"last of {shards} parts", last), ("the same, --where", {**last, "table": every})):
             out = directory / f"out-{name.replace('.', '-')}"
             run = subprocess.run([sys.executable, "-c", ENCODE, str(directory / name), str(out), json.dumps({**base, **split}), str(seconds)],
                                  capture_output=True, text=True)

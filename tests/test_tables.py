@@ -346,7 +346,7 @@ def test_the_bench_script_makes_a_table_and_streams_it(tmp_path, videos):
     streamed = run("stream", str(tmp_path), "--videos", str(videos / "v"), "--seconds", "1", "--samples-per-shard", "100")
     assert streamed.returncode == 0, streamed.stderr
     results = [json.loads(line[line.index("{"):]) for line in streamed.stdout.splitlines()]  # "table run {...}"
-    assert len(results) == 4 and all(r["first_sample_s"] is not None and r["rss_mib"] < 1024 for r in results)
+    assert len(results) == 6 and all(r["first_sample_s"] is not None and r["rss_mib"] < 1024 for r in results)
 
 
 @pytest.mark.slow
