@@ -73,7 +73,10 @@ def test_panda_csv_gives_a_sample_per_range_with_its_caption_and_records_bad_row
     table = videos / "panda.csv"
     table.write_text(PANDA)
     out = tmp_path / "tok"
-    summary = encode(table, out, model, table=TableOptions(path_format="v/{videoID}.mp4", caption_col="caption", clip_col="timestamp"))
+    seen = []
+    summary = encode(table, out, model, table=TableOptions(path_format="v/{videoID}.mp4", caption_col="caption", clip_col="timestamp"),
+                     on_progress=lambda counters: seen.append((counters.rows_done, counters.rows_total)))
+    assert seen[-1] == (5, 5)  # progress (and its ETA) counts the table's rows
     found = samples(out)
     assert sorted(found) == ["000000000_0000", "000000000_0001", "000000001_0000"]
     first, second, third = (found[k] for k in sorted(found))
@@ -293,6 +296,8 @@ def test_a_folder_of_parquet_parts_is_one_table_read_in_order(tmp_path, videos, 
         ("000000000", "part 0", True), ("000000001", "part 1", True)]
     listed = read_listing(out, json.loads((out / "lfqtok.json").read_text())["listing"])
     assert [entry[0].endswith(f"part-{i:05d}.parquet") for i, entry in enumerate(listed)] == [True, True]
+    encode(str(parts / "part-*.parquet"), tmp_path / "globbed", model, table=TableOptions(caption_col="text"))
+    assert {k: v["txt"] for k, v in samples(tmp_path / "globbed").items()} == {k: v["txt"] for k, v in found.items()}
 
 
 def test_without_the_tables_extra_a_table_is_one_usage_line(tmp_path, monkeypatch, model):
