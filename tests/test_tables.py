@@ -395,3 +395,14 @@ def test_without_where_a_part_reads_only_the_row_groups_of_its_shards(tmp_path, 
     read.clear()
     assert rows(TableJobs(table, 2, skip=frozenset({0, 1, 2, 3}))) == [(4, [8, 9]), (5, [10, 11])]
     assert read == [[2], [3]]
+
+
+def test_jsonl_rows_past_the_first_block_keep_its_columns(tmp_path, monkeypatch):
+    import lfqtok.pipeline.tables as tables
+
+    monkeypatch.setattr(tables, "INFER_BYTES", 64)  # types from the first 64 bytes, then 64-byte blocks
+    monkeypatch.setattr(tables, "BLOCK_BYTES", 64)
+    rows = [{"path": f"{i}.mp4", "n": i} for i in range(20)] + [{"path": "late.mp4", "n": 20, "extra": "new key"}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (job,) = TableJobs(Table.open(str(tmp_path / "t.jsonl"), TableOptions()), 100)
+    assert [i.row for i in job.items] == list(range(21)) and job.items[-1].columns == {"n": 20}

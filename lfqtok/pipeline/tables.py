@@ -508,7 +508,11 @@ class Table:
             import pyarrow.json as pjson
 
             reader = pjson.open_json(f, read_options=pjson.ReadOptions(block_size=INFER_BYTES if self.schema is None else BLOCK_BYTES),
-                                     parse_options=pjson.ParseOptions(explicit_schema=self.schema))
+                                     parse_options=pjson.ParseOptions(explicit_schema=self.schema,  # keys the first 8 MiB
+                                                                      unexpected_field_behavior="ignore" if self.schema else "infer"))  # lack: left out
+        if self.schema is None:  # the types are not known yet: the first block alone, to infer them from
+            yield from ((f.tell(), batch) for batch in reader)
+            return
         pending, rows = [], 0  # small blocks joined: --where runs once per BLOCK_ROWS rows, not per MiB
         for batch in reader:
             pending.append(batch.select(list(columns)) if columns and self.format == "jsonl" else batch)
