@@ -113,6 +113,9 @@ def encode(
     fps: Annotated[Optional[float], typer.Option(help="Resample videos to this frame rate first.")] = None,
     max_clips: Annotated[Optional[int], typer.Option(help="At most N clips per video.")] = None,
     pad_short: Annotated[bool, typer.Option(help="Pad videos shorter than one clip with their last frame (else fail them).")] = True,
+    scenes: Annotated[str, typer.Option(help="Shot detection: off | on | content | transnetv2; clips never cross a cut (pip install 'lfqtok[scenes]').")] = "off",
+    scene_threshold: Annotated[Optional[float], typer.Option(help="Cut threshold: content score 0-255 [27] or TransNetV2 probability [0.5].")] = None,
+    min_scene_frames: Annotated[Optional[int], typer.Option(help="A cut closer than N decoded frames to the last one is dropped [8].")] = None,
     batch_size: Annotated[int, typer.Option(help="Clips per encoder batch.")] = 16,
     workers: Annotated[Optional[int], typer.Option(help="Decode processes [default: cores - 1, at most 16].")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N ('auto'/'cuda' use every GPU).")] = "auto",
@@ -154,7 +157,7 @@ def encode(
     )
     config = EncodeConfig(
         model=model, size=size, resize=resize, buckets=buckets, clip_frames=clip_frames, clip_stride=clip_stride, fps=fps, max_clips=max_clips,
-        pad_short=pad_short, batch_size=batch_size, workers=workers, device=device,
+        pad_short=pad_short, scenes=scenes, scene_threshold=scene_threshold, min_scene_frames=min_scene_frames, batch_size=batch_size, workers=workers, device=device,
         samples_per_shard=samples_per_shard, overwrite=overwrite, append=append, strict=strict, num_shards=num_shards,
         shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout, verbose=verbose or DEBUG,
         class_folders=class_folders, hflip=hflip, table=table,
@@ -275,6 +278,11 @@ def stats(
     for row in result.get("per_bucket", []):
         bucket = "x".join(map(str, row["bucket"])) if row["bucket"] else "none"
         table.add_row(f"bucket {bucket}", f"{row['num_samples']:,} samples, {row['num_clips']:,} clips, {row['num_tokens']:,} tokens")
+    if "scenes" in result:
+        sc = result["scenes"]
+        spread = lambda d: f"{d['mean']:.2f} (min {d['min']}, max {d['max']})"  # noqa: E731
+        table.add_row("scenes per video", f"{spread(sc['scenes_per_video'])}; {sc['num_scenes']:,} scenes in {sc['num_videos']:,} videos")
+        table.add_row("clips per scene", f"{spread(sc['clips_per_scene'])}; {sc['scenes_too_short']:,} scenes shorter than a clip")
     err.print(table)
 
 

@@ -184,7 +184,7 @@ class _Clip:
     clip: int = 0
     source: str = ""
     shard: str = ""
-    labels: dict[str, Any] | None = None  # the sample json's ITEM_KEYS that it has (label, class, bucket), its caption
+    labels: dict[str, Any] | None = None  # the sample json's ITEM_KEYS that it has (label, class, bucket), its caption, its scene
 
 
 @dataclass(slots=True)
@@ -376,8 +376,8 @@ class TokenDataset(IterableDataset):
     be shorter), for `DataLoader(ds, batch_size=None, num_workers=...)`: batches made in the workers reach the
     main process through reused shared memory (`lfqtok.dataset.handoff`), the fastest way to read with workers. Mixed token
     shapes (buckets, fit: the manifests say so) are batched within one shape, never padded across shapes.
-    Items carry the sample json's `label`, `class` and `bucket` when it has them, and `caption` (its `{key}.txt`)
-    when the sample has text (batches: a list of str).
+    Items carry the sample json's `label`, `class` and `bucket` when it has them, `caption` (its `{key}.txt`) when the
+    sample has text (batches: a list of str), and `scene` (the clip's scene index in its video) from a `--scenes` run.
     The order is a function of (seed, epoch, world_size, num_workers): `shuffle` > 0 shuffles the shard order per
     epoch and keeps a buffer of that many clips per worker. `skip`: items this rank already consumed in the epoch
     (a resume), placed among workers as a DataLoader with `loader_batch_size` takes them; consumed items' tokens
@@ -708,9 +708,11 @@ class TokenDataset(IterableDataset):
         if CAPTION_MEMBER in sample:
             labels["caption"] = sample[CAPTION_MEMBER].decode("utf-8", "replace")
         labels = labels or None
+        scenes = meta.meta.get("clip_scenes")  # --scenes runs: each clip's scene in its video
         for c, clip in enumerate(arr):
             ordinal = meta.first + c if meta.first >= 0 else -1
-            yield _Clip(part, ordinal, shape, None if ordinal in used else clip, key, c, source, shard.path, labels)
+            mine = {**(labels or {}), "scene": int(scenes[c])} if isinstance(scenes, list) and c < len(scenes) else labels
+            yield _Clip(part, ordinal, shape, None if ordinal in used else clip, key, c, source, shard.path, mine)
 
     def _handle(self, exc: InputError) -> None:
         if self.handler == "raise":

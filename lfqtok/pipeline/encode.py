@@ -25,6 +25,7 @@ from ..io.shards import LISTING_KEY, MANIFEST_NAME, build_manifest, listing_iden
 from .sources import ItemList, list_items, plan_segments, plan_shards, validate_split
 from .tables import Table, TableJobs, TableOptions, table_format
 from .shapes import MIN_MULTIPLE, PRESET, frame_dims, parse_buckets, parse_size, preset_buckets
+from .scenes import scene_spec
 from .video import ClipSpec, resolve_decoder, validate_spec
 from .worker import ProgressFn, ShardEncoder, decode_workers
 
@@ -42,6 +43,9 @@ class EncodeConfig:
     fps: float | None = None  # resample to this frame rate first; None keeps the source rate
     max_clips: int | None = None  # at most this many clips per video
     pad_short: bool = True  # a video shorter than one clip is padded with its last frame (else: a failure)
+    scenes: str = "off"  # shot detection: off | on | content | transnetv2 (lfqtok/pipeline/scenes.py)
+    scene_threshold: float | None = None  # the detector's cut threshold; None: its default
+    min_scene_frames: int | None = None  # cuts closer than this many decoded frames are dropped; None: the default
     resize: str = "crop"  # crop | pad | fit onto the size (lfqtok/pipeline/shapes.py)
     buckets: str | Sequence[Sequence[int]] | None = None  # "HxW,HxW,..." or "auto": each video to the nearest aspect
     batch_size: int = 16  # clips per encoder batch
@@ -80,6 +84,7 @@ class EncodeConfig:
             resize=self.resize,
             buckets=buckets,
             multiple=multiple,
+            scenes=scene_spec(self.scenes, self.scene_threshold, self.min_scene_frames),
         )
 
     def num_workers(self) -> int:

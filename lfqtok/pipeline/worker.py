@@ -93,6 +93,8 @@ class ShardResult:
     seconds: float
     failures: list[dict[str, Any]]
     skipped: list[dict[str, Any]] = field(default_factory=list)  # time ranges shorter than one clip (in shards of ranges)
+    scenes: int | None = None  # --scenes: scenes detected in its samples ...
+    scenes_too_short: int | None = None  # ... and those shorter than one clip (they give none)
     rows: int = 0  # table rows whose samples it holds or records (0: not a table); not in its stats file
 
 
@@ -145,7 +147,8 @@ class ShardEncoder:
         tok = self.tokenizer
         spec = self.spec
         storage = token_dtype(tok.codebook_size)
-        assembler = _ShardAssembler(location(self.out), storage, counters, self.storage_options, shaped=not spec.shapes.legacy, hflip=self.hflip)
+        assembler = _ShardAssembler(location(self.out), storage, counters, self.storage_options, shaped=not spec.shapes.legacy,
+                                    hflip=self.hflip, scenes=spec.scenes is not None)
         images_only = listed and all(item.is_image for job in jobs for item in job.items)
         frames = 1 if images_only else spec.clip_frames  # images: 1-frame clips (a stream may hold videos)
         abort = threading.Event()
@@ -302,11 +305,12 @@ class _ShardAssembler:
 
     def __init__(
         self, out: Location, storage: np.dtype, counters: Counters, storage_options: Options = None,
-        shaped: bool = False, hflip: bool = False,
+        shaped: bool = False, hflip: bool = False, scenes: bool = False,
     ):
         self.out, self.storage, self.counters, self.hflip = out, storage, counters, hflip
         self.storage_options = storage_options
         self.shaped = shaped  # shape options in use: samples record their frame size, valid box and bucket
+        self.scenes = scenes  # --scenes: shard stats count scenes and those too short for a clip
         self.jobs: dict[int, ShardJob] = {}  # jobs taken and not finished, by their order of arrival j
         self.owner: dict[int, tuple[int, int]] = {}  # item index -> (j, index in its job), until it is written
         self.pending: dict[int, _Pending] = {}
@@ -411,11 +415,15 @@ class _ShardAssembler:
         stats["clips"] += tokens.shape[0]
         stats["tokens"] += int(tokens.size)
         stats["frames"] += sum(len(c.frame_indices) for c, _ in clips)
+        if self.scenes and done.meta.scenes is not None:  # a scene shorter than one clip gives none
+            stats["scenes"] += len(done.meta.scenes)
+            stats["scenes_too_short"] += len(done.meta.scenes) - len({c.scene for c, _ in clips})
         self.counters.videos_done += 1
 
     def _stats(self, j: int) -> dict[str, Any]:
         if j not in self.stats:
             self.stats[j] = {"shard": self.jobs[j].index, "samples": 0, "clips": 0, "tokens": 0, "frames": 0,
+                             **({"scenes": 0, "scenes_too_short": 0} if self.scenes else {}),
                              "started": time.perf_counter(), "failures": [], "rows": 0}
             if any(item.span is not None for item in self.jobs[j].items):  # a shard of time ranges (a table's)
                 self.stats[j]["skipped"] = []
