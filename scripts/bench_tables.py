@@ -224,8 +224,9 @@ def stream(directory: Path, videos: Path, seconds: float, model: str, samples_pe
     for name in ("table.parquet", "table.csv"):
         last = {"num_shards": shards, "shard_index": shards - 1}
         every = {**base["table"], "where": "videoid >= 0"}  # keeps every row, but each must be read to know it
-        for label, split in (("full run", {}), (f"last of {shards} parts", last), ("the same, --where", {**last, "table": every})):
-            out = directory / f"out-{name.replace('.', '-')}"
+        for run_index, (label, split) in enumerate((("full run", {}), (f"last of {shards} parts", last),
+                                                     ("the same, --where", {**last, "table": every}))):
+            out = directory / f"out-{name.replace('.', '-')}-{run_index}"
             run = subprocess.run([sys.executable, "-c", ENCODE, str(directory / name), str(out), json.dumps({**base, **split}), str(seconds)],
                                  capture_output=True, text=True)
             line = run.stdout.strip().splitlines()[-1] if run.returncode == 0 and run.stdout.strip() else f"failed: {run.stderr.strip()[-300:]}"
