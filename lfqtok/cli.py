@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import LfqtokError
+from .errors import LfqtokError, UsageError
 
 app = typer.Typer(
     name="lfqtok",
@@ -102,7 +102,7 @@ StorageOptions = Annotated[
 @app.command()
 @_one_line_errors
 def encode(
-    inputs: Annotated[list[str], typer.Argument(help="Dirs, video or image files, @list.txt, or tar shards (brace patterns ok); paths or URLs.")],
+    inputs: Annotated[list[str], typer.Argument(help="Dirs, video or image files, @list.txt, or tar shards (brace patterns ok); or one table (.csv, .tsv, .jsonl, .parquet, a folder or quoted glob of parquet parts); paths or URLs.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output directory (or URL prefix, e.g. s3://bucket/tokens) for the token shards.")],
     model: Annotated[str, typer.Option(help="'default' (embedded), a .safetensors checkpoint, or an Open-MAGVIT2 video .ckpt (path or URL).")] = "default",
     size: Annotated[str, typer.Option(help="S: short side scaled to S, centre crop S x S; HxW (e.g. 128x224): see --resize.")] = "128",
@@ -133,18 +133,34 @@ def encode(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's own log lines too (--engine ray; LFQTOK_DEBUG=1 does as well).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     storage_options: StorageOptions = None,
+    path_col: Annotated[Optional[str], typer.Option(help="Table: the column holding each video's path or URL \\[default: path].", rich_help_panel="Tables")] = None,
+    path_format: Annotated[Optional[str], typer.Option(help="Table: the path as a format string over columns, e.g. '{page_dir}/{videoid}.mp4'.", rich_help_panel="Tables")] = None,
+    root: Annotated[Optional[str], typer.Option(help="Table: where relative paths resolve (dir or URL) \\[default: the table's folder].", rich_help_panel="Tables")] = None,
+    caption_col: Annotated[Optional[str], typer.Option(help="Table: the caption (a string, or a list aligned with the clip ranges): the sample's {key}.txt.", rich_help_panel="Tables")] = None,
+    clip_col: Annotated[Optional[str], typer.Option(help="Table: a list of \\[start, end] pairs per row (seconds or [H:]MM:SS[.fff]): a sample per range.", rich_help_panel="Tables")] = None,
+    start_col: Annotated[Optional[str], typer.Option(help="Table: one range per row, its start (with --end-col).", rich_help_panel="Tables")] = None,
+    end_col: Annotated[Optional[str], typer.Option(help="Table: one range per row, its end.", rich_help_panel="Tables")] = None,
+    label_col: Annotated[Optional[str], typer.Option(help="Table: the class column: sample json 'class' and 'label' (index into the manifest's sorted 'classes').", rich_help_panel="Tables")] = None,
+    key_col: Annotated[Optional[str], typer.Option(help="Table: the sample key comes from this column (sanitized) \\[default: the row number].", rich_help_panel="Tables")] = None,
+    where: Annotated[Optional[str], typer.Option(help="Table: keep the rows where this SQL expression holds, e.g. '\"aesthetic score\" >= 5 AND seconds <= 20'.", rich_help_panel="Tables")] = None,
+    keep_cols: Annotated[Optional[str], typer.Option(help="Table: the columns kept in the sample json's 'columns' (a,b) \\[default: every other column].", rich_help_panel="Tables")] = None,
 ) -> None:
     """Encode videos and images into WebDataset token shards (OUT/lfqtok.json, OUT/00000.tar, OUT/00000_stats.json, ...)."""
     from .pipeline.encode import EncodeConfig, encode_dataset
+    from .pipeline.tables import TableOptions, parse_keep_cols
     from .progress import EncodeProgress
     from .io.storage import parse_options
 
+    table = TableOptions(
+        path_col=path_col, path_format=path_format, root=root, caption_col=caption_col, clip_col=clip_col, start_col=start_col,
+        end_col=end_col, label_col=label_col, key_col=key_col, where=where, keep_cols=parse_keep_cols(keep_cols),
+    )
     config = EncodeConfig(
         model=model, size=size, resize=resize, buckets=buckets, clip_frames=clip_frames, clip_stride=clip_stride, fps=fps, max_clips=max_clips,
         pad_short=pad_short, scenes=scenes, scene_threshold=scene_threshold, min_scene_frames=min_scene_frames, batch_size=batch_size, workers=workers, device=device,
         samples_per_shard=samples_per_shard, overwrite=overwrite, append=append, strict=strict, num_shards=num_shards,
         shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout, verbose=verbose or DEBUG,
-        class_folders=class_folders, hflip=hflip,
+        class_folders=class_folders, hflip=hflip, table=table,
         storage_options=parse_options(storage_options),
     )
     with EncodeProgress(err) as progress, _library_warnings():
@@ -172,7 +188,7 @@ def _encode_table(summary) -> None:
         first = ", ".join(summary.left_out_first) + (", ..." if summary.left_out > len(summary.left_out_first) else "")
         table.add_row("[yellow]images left out (folders or tars of videos)[/]", f"{summary.left_out:,}: {escape(first)}")
     for reason, count in summary.failures_by_reason.most_common():
-        table.add_row(f"[red]failed: {reason}[/]", str(count))
+        table.add_row(f"[red]failed: {escape(reason)}[/]", str(count))
     if summary.skipped:
         table.add_row("time ranges skipped (shorter than one clip)", f"{len(summary.skipped):,}")
     err.print(table)
@@ -230,11 +246,21 @@ def stats(
     top: Annotated[int, typer.Option(help="How many of the most frequent codes to list.")] = 10,
     by: Annotated[Optional[str], typer.Option(help="Also break down per 'shard' or per 'source'.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Reader processes [default: cores].")] = None,
+    failures: Annotated[Optional[Path], typer.Option(help="Instead: write the run's failed rows or files to this .jsonl (original columns); `lfqtok encode FILE.jsonl` with the run's options retries them.")] = None,
     storage_options: StorageOptions = None,
 ) -> None:
     """Codebook utilization, entropy, perplexity, per-bit balance and code-usage histograms of token shards."""
     from .inspect.stats import token_stats
     from .io.storage import parse_options
+
+    if failures is not None:
+        from .inspect.failures import write_failures
+
+        if len(tokens) != 1:
+            raise UsageError("--failures reads one encode OUT")
+        count = write_failures(tokens[0], failures, parse_options(storage_options))
+        err.print(f"{count:,} failed row(s) written to {escape(str(failures))}", highlight=False)
+        return
 
     result = token_stats(tokens, top=top, workers=workers, by=by, plot=plot, storage_options=parse_options(storage_options))
     if json_out:

@@ -1,4 +1,5 @@
-"""Rich progress display for `lfqtok encode` on stderr: samples (videos, images), clips, frames/s, tokens/s, failures, ETA."""
+"""Rich progress display for `lfqtok encode` on stderr: samples (videos, images) or a table's rows, clips, frames/s, tokens/s,
+failures, ETA."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ class EncodeProgress:
             TextColumn("[bold]encode"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("samples"),
+            TextColumn("{task.fields[unit]}"),
             TextColumn("{task.fields[clips]:,} clips"),
             TextColumn("{task.fields[fps]:,.1f} frames/s"),
             TextColumn("{task.fields[tps]:,.0f} tokens/s"),
@@ -27,7 +28,7 @@ class EncodeProgress:
             TimeRemainingColumn(),
             console=console,
         )
-        self.task = self.progress.add_task("encode", total=None, clips=0, fps=0.0, tps=0.0, failed=0)
+        self.task = self.progress.add_task("encode", total=None, clips=0, fps=0.0, tps=0.0, failed=0, unit="samples")
         self.min_interval = min_interval
         self.last = 0.0
         self.counters: Any = None
@@ -51,10 +52,12 @@ class EncodeProgress:
             return
         self.last = now
         seconds = max(now - counters.started, 1e-9)
+        rows = counters.rows_total > 0  # a table: rows (estimated up front) are what the ETA counts
         self.progress.update(
             self.task,
-            total=counters.videos_total or None,
-            completed=counters.videos_done + counters.videos_failed + counters.videos_skipped,
+            total=(max(counters.rows_total, counters.rows_done) if rows else counters.videos_total) or None,
+            completed=counters.rows_done if rows else counters.videos_done + counters.videos_failed + counters.videos_skipped,
+            unit="rows" if rows else "samples",
             clips=counters.clips,
             fps=counters.frames / seconds,
             tps=counters.tokens / seconds,
