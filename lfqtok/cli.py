@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import LfqtokError
+from .errors import LfqtokError, UsageError
 
 app = typer.Typer(
     name="lfqtok",
@@ -133,9 +133,20 @@ Device = Annotated[
 @_one_line_errors
 def encode(
     inputs: Annotated[list[str], typer.Argument(metavar="INPUT", show_default=False,
-                                                help="Dirs, video or image files, @list.txt, or tar shards (brace patterns ok); paths or URLs.")],
+                                                help="Dirs, video or image files, @list.txt, or tar shards (brace patterns ok); or one table (.csv, .tsv, .jsonl, .parquet, a folder or quoted glob of parquet parts); paths or URLs.")],
     class_folders: Annotated[bool, typer.Option("--class-folders", help="ROOT/CLASS/... (ImageNet-style): sample json gets 'class' and 'label'.", rich_help_panel=PANEL_INPUTS)] = False,
     storage_options: StorageOptions = None,
+    path_col: Annotated[Optional[str], typer.Option(metavar="COL", show_default="path", help="The column holding each video's path or URL.", rich_help_panel=PANEL_TABLES)] = None,
+    path_format: Annotated[Optional[str], typer.Option(metavar="FORMAT", help="The path as a format string over columns, e.g. '{page_dir}/{videoid}.mp4'.", rich_help_panel=PANEL_TABLES)] = None,
+    root: Annotated[Optional[str], typer.Option(metavar="DIR", show_default="the table's folder", help="Where relative paths resolve (a dir or URL).", rich_help_panel=PANEL_TABLES)] = None,
+    caption_col: Annotated[Optional[str], typer.Option(metavar="COL", help="The caption (a string, or a list aligned with the clip ranges): the sample's {key}.txt.", rich_help_panel=PANEL_TABLES)] = None,
+    clip_col: Annotated[Optional[str], typer.Option(metavar="COL", help="A list of [start, end] pairs per row (seconds or [H:]MM:SS[.fff]): a sample per range.", rich_help_panel=PANEL_TABLES)] = None,
+    start_col: Annotated[Optional[str], typer.Option(metavar="COL", help="One range per row, its start (with --end-col).", rich_help_panel=PANEL_TABLES)] = None,
+    end_col: Annotated[Optional[str], typer.Option(metavar="COL", help="One range per row, its end.", rich_help_panel=PANEL_TABLES)] = None,
+    label_col: Annotated[Optional[str], typer.Option(metavar="COL", help="The class column: sample json 'class' and 'label' (index into the manifest's sorted 'classes').", rich_help_panel=PANEL_TABLES)] = None,
+    key_col: Annotated[Optional[str], typer.Option(metavar="COL", show_default="the row number", help="The sample key comes from this column (sanitized).", rich_help_panel=PANEL_TABLES)] = None,
+    where: Annotated[Optional[str], typer.Option(metavar="SQL", help="Keep the rows where this SQL expression holds, e.g. '\"aesthetic score\" >= 5 AND seconds <= 20'.", rich_help_panel=PANEL_TABLES)] = None,
+    keep_cols: Annotated[Optional[str], typer.Option(metavar="A,B", show_default="every other column", help="The columns kept in the sample json's 'columns'.", rich_help_panel=PANEL_TABLES)] = None,
     size: Annotated[str, typer.Option(metavar="S|HxW", help="S: short side to S, centre crop S x S; HxW (e.g. 128x224): see --resize.", rich_help_panel=PANEL_FRAMES)] = "128",
     resize: Annotated[str, typer.Option(metavar="crop|pad|fit", help="crop: cover, centre crop; pad: contain, black bars; fit: each video's own aspect.", rich_help_panel=PANEL_FRAMES)] = "crop",
     buckets: Annotated[Optional[str], typer.Option(metavar="HxW,...|auto", help="Each video to the nearest of these aspects; auto: common ones at SIZE's pixels.", rich_help_panel=PANEL_FRAMES)] = None,
@@ -168,17 +179,22 @@ def encode(
 ) -> None:
     """Encode videos and images into WebDataset token shards (OUT/lfqtok.json, OUT/00000.tar, OUT/00000_stats.json, ...)."""
     from .pipeline.encode import EncodeConfig, encode_dataset
+    from .pipeline.tables import TableOptions, parse_keep_cols
     from .progress import EncodeProgress, check_log_every
     from .io.storage import parse_options
 
     check_log_every(log_every)
+    table = TableOptions(
+        path_col=path_col, path_format=path_format, root=root, caption_col=caption_col, clip_col=clip_col, start_col=start_col,
+        end_col=end_col, label_col=label_col, key_col=key_col, where=where, keep_cols=parse_keep_cols(keep_cols),
+    )
     config = EncodeConfig(
         model=model, size=size, resize=resize, buckets=buckets, clip_frames=clip_frames, clip_stride=clip_stride, fps=fps, max_clips=max_clips,
         pad_short=not no_pad_short, scenes=scenes, scene_threshold=scene_threshold, min_scene_frames=min_scene_frames,
         batch_size=batch_size, workers=workers, device=device,
         samples_per_shard=samples_per_shard, overwrite=overwrite, append=append, strict=strict, num_shards=num_shards,
         shard_index=shard_index, engine=engine, ray_address=ray_address, video_timeout=video_timeout, verbose=verbose or DEBUG,
-        class_folders=class_folders, hflip=hflip,
+        class_folders=class_folders, hflip=hflip, table=table,
         storage_options=parse_options(storage_options),
     )
     label = ", ".join([*(["ray"] if engine == "ray" else []), *([f"--shard-index {shard_index} of {num_shards}"] if num_shards > 1 else [])])
@@ -207,7 +223,7 @@ def _encode_table(summary, label: str = "") -> None:
         first = ", ".join(summary.left_out_first) + (", ..." if summary.left_out > len(summary.left_out_first) else "")
         table.add_row("[yellow]images left out (folders or tars of videos)[/]", f"{summary.left_out:,}: {escape(first)}")
     for reason, count in summary.failures_by_reason.most_common():
-        table.add_row(f"[red]failed: {reason}[/]", str(count))
+        table.add_row(f"[red]failed: {escape(reason)}[/]", str(count))
     if summary.skipped:
         table.add_row("time ranges skipped (shorter than one clip)", f"{len(summary.skipped):,}")
     err.print(table)
@@ -273,6 +289,7 @@ def stats(
     plot: Annotated[Optional[Path], typer.Option(metavar="FILE.png", help="Write plots: code frequencies, bit balance, usage by position.", rich_help_panel=PANEL_RESULTS)] = None,
     top: Annotated[int, typer.Option(metavar="K", help="How many of the most frequent codes to list.", rich_help_panel=PANEL_RESULTS)] = 10,
     by: Annotated[Optional[str], typer.Option(metavar="shard|source", help="Also break the numbers down per shard or per source.", rich_help_panel=PANEL_RESULTS)] = None,
+    failures: Annotated[Optional[Path], typer.Option(metavar="FILE.jsonl", help="Instead: write the run's failed rows or files to this .jsonl (original columns); `lfqtok encode FILE.jsonl` with the run's options retries them.", rich_help_panel=PANEL_RESULTS)] = None,
     workers: Annotated[Optional[int], typer.Option(metavar="N", show_default="cores", help="Reader processes.", rich_help_panel=PANEL_RUN)] = None,
     log_every: LogEvery = None,
 ) -> None:
@@ -280,6 +297,15 @@ def stats(
     from .inspect.stats import token_stats
     from .io.storage import parse_options
     from .progress import StepProgress, check_log_every
+
+    if failures is not None:
+        from .inspect.failures import write_failures
+
+        if len(tokens) != 1:
+            raise UsageError("--failures reads one encode OUT")
+        count = write_failures(tokens[0], failures, parse_options(storage_options))
+        err.print(f"{count:,} failed row(s) written to {escape(str(failures))}", highlight=False)
+        return
 
     check_log_every(log_every)
     with StepProgress(err, "stats", "shards", log_every) as progress:

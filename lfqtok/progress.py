@@ -1,5 +1,6 @@
 """Progress of a command on stderr: a rich bar on a terminal; elsewhere (SLURM, Ray jobs, nohup, `| tee`) or with
-`--log-every SECONDS`, one plain line at that interval: done/total, throughput, failures, ETA, the shard being written.
+`--log-every SECONDS`, one plain line at that interval: done/total (samples, or a table's rows), throughput, failures,
+ETA, the shard being written.
 
 The library never prints: its `on_progress` callbacks hand counts to the classes here (`EncodeProgress` for
 `encode_dataset`'s `Counters`, `StepProgress` for the (done, total) of `decode_samples` and `token_stats`).
@@ -33,6 +34,14 @@ def plain_mode(console: Console, log_every: float | None) -> bool:
     `nohup`, `| tee`: a bar there prints nothing until the end, then one line cut at 80 columns)."""
     stdout_tty = sys.stdout is not None and sys.stdout.isatty()
     return log_every is not None or not (console.is_terminal and stdout_tty)
+
+
+def progress_count(counters: Any) -> tuple[int, int | None, str]:
+    """(done, total, unit) of an encode: samples (done, failed or skipped), or a table's rows (estimated up front)."""
+    c = counters
+    if c.rows_total > 0:
+        return c.rows_done, max(c.rows_total, c.rows_done), "rows"
+    return c.videos_done + c.videos_failed + c.videos_skipped, c.videos_total or None, "samples"
 
 
 def clock(seconds: float) -> str:
@@ -170,7 +179,7 @@ class EncodeProgress:
             TextColumn("[bold]encode"),  # the part of a split run is named by the summary: the bar has no room
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("samples"),
+            TextColumn("{task.fields[unit]}"),
             TextColumn("{task.fields[clips]:,} clips"),
             TextColumn("{task.fields[fps]:,.1f} frames/s"),
             TextColumn("{task.fields[tps]:,.0f} tokens/s"),
@@ -180,7 +189,7 @@ class EncodeProgress:
             TimeRemainingColumn(),
             console=console,
         )
-        self.task = self.progress.add_task("encode", total=None, clips=0, fps=0.0, tps=0.0, failed=0)
+        self.task = self.progress.add_task("encode", total=None, clips=0, fps=0.0, tps=0.0, failed=0, unit="samples")
         self.min_interval = min_interval
         self.last = 0.0
         self.counters: Any = None
@@ -208,7 +217,8 @@ class EncodeProgress:
         seconds = max(time.perf_counter() - c.started, 1e-9)
         details = [f"{c.clips:,} clips", f"{c.videos_failed:,} failed", f"{c.frames / seconds:,.1f} frames/s",
                    f"{c.tokens / seconds:,.0f} tokens/s"]
-        return Status(c.videos_done + c.videos_failed, c.videos_total or None, "samples", details, tuple(c.writing), c.started)
+        done, total, unit = progress_count(c)
+        return Status(done, total, unit, details, tuple(c.writing), c.started)
 
     def update(self, counters: Any) -> None:
         """Refresh from a `Counters` snapshot, at most every `min_interval` seconds."""
@@ -225,10 +235,12 @@ class EncodeProgress:
             return
         self.last = now
         seconds = max(now - counters.started, 1e-9)
+        done, total, unit = progress_count(counters)
         self.progress.update(
             self.task,
-            total=counters.videos_total or None,
-            completed=counters.videos_done + counters.videos_failed + counters.videos_skipped,
+            total=total,
+            completed=done,
+            unit=unit,
             clips=counters.clips,
             fps=counters.frames / seconds,
             tps=counters.tokens / seconds,

@@ -44,6 +44,7 @@ FORMAT_VERSION = 1
 TOKENS_MEMBER = "tokens.npy"
 FLIP_MEMBER = "tokens_flip.npy"  # --hflip: the tokens of the horizontally flipped model input (images)
 META_MEMBER = "json"
+CAPTION_MEMBER = "txt"  # a sample's text (a table's caption), UTF-8: webdataset, HF datasets and video2dataset read it so
 RESERVED_EXTRAS = {"json": "src.json", "tokens.npy": "src.tokens.npy", FLIP_MEMBER: f"src.{FLIP_MEMBER}"}  # passthrough names that would clash
 INFO_KEYS = {"lfqtok_version", "inputs", "cwd", "tokenizer.name"}  # manifest keys that may differ on a resume
 INFO_ENTRIES = {"listing", "images_left_out"}  # manifest entries (all their keys) that are not settings: the listing is
@@ -175,11 +176,14 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key in keys:
         if a.get(key) == b.get(key):
             continue
-        if key not in SETTING_FLAGS:
+        if key.startswith("table.") and key != "table.format":  # a table's row options: --path-col, --where, ...
+            flag, default, show = f"--{key[len('table.'):].replace('_', '-')}", None, lambda v: ",".join(v) if isinstance(v, list) else _value(v)
+        elif key in SETTING_FLAGS:
+            flag, default, show = SETTING_FLAGS[key]
+        else:
             raw = f"{key} {a.get(key)!r} (was) vs {b.get(key)!r} (now)"
             (derived if key in DERIVED or key.startswith(tuple(d for d in DERIVED if d.endswith("."))) else changed).append(raw)
             continue
-        flag, default, show = SETTING_FLAGS[key]
         was, now = (show(m[key] if key in m else default) for m in (a, b))
         if flag == "--model":  # the name users typed (a path may move, so only the weights count)
             was, now = (f"{m.get('tokenizer.name')} ({v})" for m, v in ((a, was), (b, now)))
@@ -830,9 +834,10 @@ def load_npy(data: bytes, where: str, copy: bool = True) -> np.ndarray:
 
 
 def read_tokens(paths: str | Path | Sequence[str | Path], storage_options: Options = None) -> Iterator[tuple[str, np.ndarray, dict]]:
-    """(key, tokens (clips, t, h, w) [+ (c)], meta) over token dirs, tar files or brace patterns (or URLs), in order."""
+    """(key, tokens (clips, t, h, w) [+ (c)], meta) over token dirs, tar files or brace patterns (or URLs), in order;
+    a sample's text member is meta's `caption`."""
     for path in expand_paths(paths, storage_options):
-        for key, sample in iter_members(path, {TOKENS_MEMBER, META_MEMBER}, storage_options):
+        for key, sample in iter_members(path, {TOKENS_MEMBER, META_MEMBER, CAPTION_MEMBER}, storage_options):
             if TOKENS_MEMBER not in sample:
                 continue
             where = f"{storage.redact(path)}:{key}"
@@ -840,4 +845,6 @@ def read_tokens(paths: str | Path | Sequence[str | Path], storage_options: Optio
                 meta = json.loads(sample[META_MEMBER]) if META_MEMBER in sample else {}
             except ValueError as exc:
                 raise InputError(f"{where}.json is not JSON ({exc})") from None
+            if CAPTION_MEMBER in sample and isinstance(meta, dict):
+                meta["caption"] = sample[CAPTION_MEMBER].decode("utf-8", "replace")
             yield key, load_npy(sample[TOKENS_MEMBER], where), meta
