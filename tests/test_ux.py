@@ -146,7 +146,8 @@ def test_help_reads_by_topic_at_80_columns(command):
 def test_encode_help_groups_its_options_into_panels():
     text = runner.invoke(cli.app, ["encode", "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"}).stdout
     panels = re.findall(r"╭─ (.+?) ─", text)
-    assert panels == ["Arguments", "Options", cli.PANEL_INPUTS, cli.PANEL_FRAMES, cli.PANEL_MODEL, cli.PANEL_OUTPUT, cli.PANEL_RUN]
+    assert panels == ["Arguments", "Options", cli.PANEL_INPUTS, cli.PANEL_TABLES, cli.PANEL_FRAMES, cli.PANEL_MODEL, cli.PANEL_OUTPUT,
+                      cli.PANEL_RUN]
     flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())  # the words, however the columns wrapped them
     frames = flat[flat.index(cli.PANEL_FRAMES) : flat.index(cli.PANEL_MODEL)]
     assert all(f"--{name} " in frames for name in ("size", "resize", "buckets", "clip-frames", "clip-stride", "fps", "max-clips", "scenes"))

@@ -12,7 +12,6 @@ sample's key, source and caption (its `{key}.txt`).
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 import struct
@@ -28,7 +27,7 @@ from ..io import storage
 from ..io.codec import from_storage, reverse_bits
 from ..errors import ImageError, InputError, ModelError, OutputError, UsageError, VideoError
 from .metrics import QualityMeter, psnr
-from ..io.shards import BIT_ORDERS, META_MEMBER, TOKENS_MEMBER, expand_paths, iter_members, load_npy, read_manifest
+from ..io.shards import BIT_ORDERS, expand_paths, read_manifest, read_tokens
 from ..pipeline.sources import Member, read_member, tar_members
 
 # constants
@@ -43,7 +42,6 @@ SHEET_HEADER = SHEET_LINE + SHEET_GAP  # px above each clip's frames: its index,
 SHEET_MARGIN = 64  # px left of the frames, naming each row: "source" / "lfqtok"
 SHEET_MIN_WIDTH = 320  # px: room for the header and caption however small the frames
 GAP_GREY, CLIP_GAP_GREY, MISSING_GREY, TEXT_GREY = 0, 200, 64, 235  # gaps, clip boundaries, unreadable source, words
-CAPTION_MEMBER = "txt"  # a sample's caption (passed through from input tars, or a table's caption column)
 KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")  # what a sample key may not hold (dots: webdataset splits there)
 
 # helpers
@@ -276,7 +274,6 @@ class Sample:
     meta: dict[str, Any]
     manifest: dict[str, Any] | None
     generated: str | None = None  # the .npy of generated ids it came from (no source video, no manifest)
-    caption: str | None = None  # its {key}.txt member (DESIGN §8), shown on the contact sheet
 
 
 @dataclass
@@ -354,7 +351,8 @@ class Preview:
         sample, font = self.sample, sheet_font()
         origin = sample.meta.get("source") or sample.generated
         lines = wrap_text(f"{sample.key}{f'  from {origin}' if origin else ''}", width, font, max_lines=2)
-        return lines + (wrap_text(f"caption: {sample.caption}", width, font) if sample.caption else [])
+        caption = str(sample.meta.get("caption") or "").strip()  # its {key}.txt (read_tokens puts it in meta)
+        return lines + (wrap_text(f"caption: {caption}", width, font) if caption else [])
 
     def _drop_source(self, note: str) -> None:
         self.notes.append(note + ": no psnr")
@@ -420,22 +418,8 @@ def _shard_samples(item: str | Path, manifests: dict[Any, dict | None], storage_
         parent = storage.parent(tar)
         if parent not in manifests:
             manifests[parent] = read_manifest(tar, storage_options)
-        for key, tokens, meta, caption in _read_samples(tar, storage_options):
-            yield Sample(key, tokens, meta, manifests[parent], caption=caption)
-
-
-def _read_samples(tar: str | Path, storage_options: dict | None = None) -> Iterator[tuple[str, np.ndarray, dict, str | None]]:
-    """(key, tokens, meta, caption) of one token tar: what `read_tokens` gives, and the sample's {key}.txt."""
-    where = storage.redact(str(tar))
-    for key, members in iter_members(tar, {TOKENS_MEMBER, META_MEMBER, CAPTION_MEMBER}, storage_options):
-        if TOKENS_MEMBER not in members:
-            continue
-        try:
-            meta = json.loads(members[META_MEMBER]) if META_MEMBER in members else {}
-        except ValueError as exc:
-            raise InputError(f"{where}:{key}.json is not JSON ({exc})") from None
-        caption = members[CAPTION_MEMBER].decode("utf-8", "replace").strip() if CAPTION_MEMBER in members else None
-        yield key, load_npy(members[TOKENS_MEMBER], f"{where}:{key}"), meta, caption or None
+        for key, tokens, meta in read_tokens(tar, storage_options):
+            yield Sample(key, tokens, meta, manifests[parent])
 
 
 def unique_name(key: str, taken: set[str]) -> str:
