@@ -187,9 +187,9 @@ def test_rerun_resumes_byte_identical_and_other_detector_settings_are_refused(tm
     again = encode([cut_videos], out, model, samples_per_shard=1)
     assert again.shards_written == 1 and again.shards_skipped == 1
     assert (out / "00001.tar").read_bytes() == (whole / "00001.tar").read_bytes()
-    with pytest.raises(OutputError, match="clip.scenes.threshold"):
+    with pytest.raises(OutputError, match=r"--scene-threshold 27 \(was\) vs 40 \(now\)"):
         encode([cut_videos], out, model, samples_per_shard=1, scene_threshold=40.0)
-    with pytest.raises(OutputError, match="clip.scenes"):
+    with pytest.raises(OutputError, match=r"--scenes content \(was\) vs off \(now\)"):
         encode([cut_videos], out, model, samples_per_shard=1, scenes="off")
 
 

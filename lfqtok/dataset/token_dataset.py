@@ -726,7 +726,8 @@ class TokenDataset(IterableDataset):
     def _codebook_size(manifests: list[dict], explicit: int | None) -> int | None:
         kinds = {(m["codebook_size"], m.get("num_codebooks", 1), m.get("bit_order", "msb_first")) for m in manifests}
         if len(kinds) > 1:
-            raise InputError(f"token shards of different codebooks or bit orders cannot be mixed: {sorted(kinds)}")
+            described = "; ".join(f"{n:,} codes x {c} codebook(s), {order}" for n, c, order in sorted(kinds))
+            raise InputError(f"token shards of different codebooks or bit orders cannot be mixed ({described})")
         found = next(iter(kinds))[0] if kinds else None
         if exists(explicit) and exists(found) and explicit != found:
             raise UsageError(f"codebook_size {explicit} differs from the manifest's {found}")

@@ -22,7 +22,7 @@ import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -371,6 +371,7 @@ def token_stats(
     by: str | None = None,
     plot: Path | None = None,
     storage_options: dict | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Codebook usage of token dirs / tars / brace patterns: DESIGN §5 keys, bit-pair MI, usage by token index t.
 
@@ -378,6 +379,7 @@ def token_stats(
     `--buckets` run (the manifest lists them) add `per_bucket`: samples, clips and tokens of each bucket; those of a
     `--scenes` run add `scenes`: scenes per video and clips per scene.
     Without a manifest the codebook size is the next power of two above the largest code (`codebook_size_inferred`).
+    `on_progress(shards counted, shards in all)` follows the work.
     """
     if by not in BY:
         raise UsageError(f"--by must be 'shard' or 'source', got {by!r}")
@@ -396,7 +398,11 @@ def token_stats(
     tasks = [(str(p), size, by == "source", bool(listed), storage_options, scened) for p in tars]
     total, samples, shard_rows, sources, scenes = CodeCounts(size), 0, {}, [], Counter()
     buckets: dict[tuple[int, ...], list[int]] = {b: [0, 0, 0] for b in listed}
-    for part in _run(tasks, workers or min(len(tasks), os.cpu_count() or 1)):
+    if on_progress is not None:
+        on_progress(0, len(tasks))
+    for done, part in enumerate(_run(tasks, workers or min(len(tasks), os.cpu_count() or 1)), 1):
+        if on_progress is not None:
+            on_progress(done, len(tasks))
         total.merge(part.counts)
         samples += part.num_samples
         sources += part.sources
@@ -435,12 +441,14 @@ def token_stats(
 
 
 def _common_manifest(tars: Sequence[Path | str], storage_options: dict | None = None) -> dict | None:
-    """The manifest the shards share (from their directories); shards of different codebooks or bit orders are refused."""
-    manifests = [m for m in (read_manifest(d, storage_options) for d in dict.fromkeys(map(storage.parent, tars))) if m]
-    kinds = {(m["codebook_size"], m["num_codebooks"], m.get("bit_order", "msb_first")) for m in manifests}
-    if len(kinds) > 1:
-        raise InputError(f"token shards of different codebooks cannot be counted together (size, count, bit order): {sorted(kinds)}")
-    return manifests[0] if manifests else None
+    """The manifest the shards share (from their directories); shards of different codebooks or bit orders are
+    refused, naming each directory's codebook."""
+    found = {d: m for d in dict.fromkeys(map(storage.parent, tars)) if (m := read_manifest(d, storage_options))}
+    kinds = {d: (m["codebook_size"], m["num_codebooks"], m.get("bit_order", "msb_first")) for d, m in found.items()}
+    if len(set(kinds.values())) > 1:
+        described = "; ".join(f"{storage.redact(str(d))}: {n:,} codes x {c} codebook(s), {order}" for d, (n, c, order) in kinds.items())
+        raise InputError(f"token shards of different codebooks cannot be counted together ({described})")
+    return next(iter(found.values()), None)
 
 
 def _run(tasks: list[tuple[str, int | None, bool, bool, dict | None, bool]], workers: int) -> Iterator[ShardCounts]:

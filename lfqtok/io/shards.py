@@ -125,10 +125,71 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _dims(v: Any) -> str:
+    """A size as `--size` takes it: 128, [128, 224] -> 128x224, [[128, 224], ...] -> 128x224,..."""
+    if isinstance(v, list) and v and isinstance(v[0], list):
+        return ",".join(map(_dims, v))
+    return "x".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+def _on_off(v: Any) -> str:
+    return "on" if v else "off"
+
+
+def _value(v: Any) -> str:
+    return "not set" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# The manifest keys a user sets, by the option that sets them: (option, its value when the key is absent, how
+# the user would type the value). A refusal names these options; keys DERIVED from them are left out; any other
+# key that differs (one an option added later sets) is named as it is.
+SETTING_FLAGS: dict[str, tuple[str, Any, Any]] = {
+    "tokenizer.sha256": ("--model", None, lambda v: f"sha256 {str(v)[:12]}"),  # after the model's name
+    "clip.size": ("--size", None, _dims),
+    "clip.resize": ("--resize", "crop", _value),
+    "clip.buckets": ("--buckets", None, lambda v: _value(v) if v is None else _dims(v)),
+    "clip.clip_frames": ("--clip-frames", None, _value),
+    "clip.clip_stride": ("--clip-stride", None, _value),
+    "clip.fps": ("--fps", None, _value),
+    "clip.max_clips": ("--max-clips", None, _value),
+    "clip.pad_short": ("--no-pad-short", True, lambda v: _on_off(not v)),
+    "clip.scenes.detector": ("--scenes", "off", _value),  # "on" is transnetv2 with a content gate
+    "clip.scenes.threshold": ("--scene-threshold", None, _value),
+    "clip.scenes.min_scene_frames": ("--min-scene-frames", None, _value),
+    "hflip": ("--hflip", False, _on_off),
+    "classes": ("--class-folders", None, lambda v: "off" if v is None else f"{len(v)} classes"),
+    "samples_per_shard": ("--samples-per-shard", None, _value),
+}
+DERIVED = ("format", "format_version", "codebook_size", "num_codebooks", "token_dtype", "bit_order", "causal",
+           "window_frames", "token_shape", "token_shapes", "clip_frames", "size", "resize", "buckets", "clip.multiple",
+           "clip.scenes.gate", "clip.scenes.thumbnail", "tokenizer.config.")  # the model's, or copies of the clip settings (a trailing dot: every key under it)
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two manifests, as the options a user types: `--size 128x224 (was) vs 160 (now)`;
+    keys no option is known to set named as they are; derived keys only when nothing else differs."""
     a, b = _flatten(old), _flatten(new)
-    keys = sorted(k for k in (set(a) | set(b)) - INFO_KEYS if k.partition(".")[0] not in INFO_ENTRIES)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    order = list(SETTING_FLAGS)  # options in the order of the table (as `--help` shows them), then the rest
+    keys = [k for k in (set(a) | set(b)) - INFO_KEYS if k.partition(".")[0] not in INFO_ENTRIES]
+    keys.sort(key=lambda k: (order.index(k) if k in order else len(order), k))
+    changed, derived = [], []
+    for key in keys:
+        if a.get(key) == b.get(key):
+            continue
+        if key.startswith("table.") and key != "table.format":  # a table's row options: --path-col, --where, ...
+            flag, default, show = f"--{key[len('table.'):].replace('_', '-')}", None, lambda v: ",".join(v) if isinstance(v, list) else _value(v)
+        elif key in SETTING_FLAGS:
+            flag, default, show = SETTING_FLAGS[key]
+        else:
+            raw = f"{key} {a.get(key)!r} (was) vs {b.get(key)!r} (now)"
+            (derived if key in DERIVED or key.startswith(tuple(d for d in DERIVED if d.endswith("."))) else changed).append(raw)
+            continue
+        was, now = (show(m[key] if key in m else default) for m in (a, b))
+        if flag == "--model":  # the name users typed (a path may move, so only the weights count)
+            was, now = (f"{m.get('tokenizer.name')} ({v})" for m, v in ((a, was), (b, now)))
+        if was != now:
+            changed.append(f"{flag} {was} (was) vs {now} (now)")
+    return changed or derived  # a derived key alone (a format change) is still a difference
 
 
 # manifest
@@ -435,8 +496,8 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
         diff = _differences(old, manifest)
         if diff and not overwrite:
             raise OutputError(
-                f"{out} holds tokens made with other settings ({'; '.join(diff)}): "
-                "use --overwrite to replace them, or another output directory"
+                f"{out} holds tokens made with other settings: {'; '.join(diff)}. Rerun with the settings it was "
+                "made with to resume, or use --overwrite to replace it, or another output directory"
             )
         if diff:
             old = None

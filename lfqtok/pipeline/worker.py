@@ -55,6 +55,7 @@ class Counters:
     clips: int = 0
     frames: int = 0
     tokens: int = 0
+    writing: tuple[int, ...] = ()  # indices of the shards being written now (what a progress line names)
     rows_total: int = 0  # a table's rows this run reads (estimated; 0: not a table): what progress counts then
     rows_done: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -73,11 +74,12 @@ class Counters:
         )
 
     def set_sum(self, parts: Iterable["Counters"]) -> "Counters":
-        """Every count := its sum over `parts` (processes, actors, finished shards); the totals and the
-        clock stay. Returns self, what the engines hand to `on_progress`."""
+        """Every count := its sum over `parts` (processes, actors, finished shards), `writing` their shards; the
+        totals and the clock stay. Returns self, what the engines hand to `on_progress`."""
         parts = list(parts)
         for name in COUNTS:
             setattr(self, name, sum(getattr(p, name) for p in parts))
+        self.writing = tuple(sorted({s for p in parts for s in p.writing}))
         return self
 
 
@@ -432,7 +434,11 @@ class _ShardAssembler:
     def _writer(self, j: int) -> ShardWriter:
         if j not in self.writers:
             self.writers[j] = ShardWriter(self.out, self.jobs[j].index, self.storage, self.storage_options)
+            self._writing()
         return self.writers[j]
+
+    def _writing(self) -> None:
+        self.counters.writing = tuple(sorted(self.jobs[j].index for j in self.writers))
 
     def _finish(self, j: int) -> None:
         if j not in self.jobs:
@@ -444,4 +450,5 @@ class _ShardAssembler:
         writer = self._writer(j)  # an all-failed shard still gets its (empty) tar and stats
         writer.finish(stats)
         del self.writers[j], self.stats[j], self.jobs[j], self.next_item[j], self.first_item[j]
+        self._writing()
         self.results.append(ShardResult(**stats, rows=rows))
