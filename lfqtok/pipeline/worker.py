@@ -327,6 +327,7 @@ class _ShardAssembler:
         """The items of `jobs` in order, each job registered before its first item is decoded."""
         for j, job in enumerate(jobs):
             self.jobs[j], self.first_item[j], self.next_item[j] = job, self.taken, 0
+            self._stats(j)  # its clock starts as its first item goes to the decoders
             for local, item in enumerate(job.items):
                 self.owner[self.taken] = (j, local)
                 self.taken += 1
