@@ -23,6 +23,7 @@ from lfqtok.cli import app  # noqa: E402
 from lfqtok.errors import OutputError, UsageError  # noqa: E402
 from lfqtok.io.shards import read_listing  # noqa: E402
 from lfqtok.pipeline.tables import Table, TableJobs, TableOptions, parse_ranges, parse_time  # noqa: E402
+from token_shards import output_bytes  # noqa: E402
 from videos import make_video  # noqa: E402
 
 SIZE, FRAMES = 32, 9
@@ -238,18 +239,6 @@ def test_times_and_ranges_parse_as_datasets_write_them():
     for bad in ("[[2, 1]]", "[[0]]", "nope", "[['x', 1]]", "[[-1, 1]]"):
         with pytest.raises(ValueError):
             parse_ranges(bad)
-
-
-def output_bytes(out: Path) -> dict[str, bytes]:
-    files = {}
-    for path in sorted(out.iterdir()):
-        data = path.read_bytes()
-        if path.name.endswith("_stats.json"):
-            stats = json.loads(data)
-            stats.pop("seconds")
-            data = json.dumps(stats, sort_keys=True).encode()
-        files[path.name] = data
-    return files
 
 
 @pytest.mark.slow

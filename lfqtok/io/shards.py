@@ -95,17 +95,21 @@ def write_json_atomic(path: Location, obj: Any, shared: bool = False, storage_op
 
     `shared`: several processes may write it at once (the manifest, with --num-shards parts starting together),
     so each gets its own temp name."""
+    write_bytes_atomic(path, _json_text(obj).encode(), shared, storage_options)
+
+
+def write_bytes_atomic(path: Location, data: bytes, shared: bool = False, storage_options: Options = None) -> None:
+    """`data` to `path` whole or not at all (`write_json_atomic`'s way)."""
     if storage.is_url(path):
         try:
-            storage.write_bytes(path, _json_text(obj).encode(), storage_options)
+            storage.write_bytes(path, data, storage_options)
         except storage.errors() as exc:
             raise storage.storage_error(OutputError, "write", path, exc) from None
         return
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp") if shared else _tmp(path)
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -350,22 +354,7 @@ def write_listing(out: Location, entries: Sequence[Sequence[str]], storage_optio
     text = _listing_text(entries)
     data = gzip.compress(text, compresslevel=6, mtime=0)
     path = storage.join(out, listing_name({"sha256": hashlib.sha256(text).hexdigest()}))
-    if storage.is_url(path):
-        try:
-            storage.write_bytes(path, data, storage_options)
-        except storage.errors() as exc:
-            raise storage.storage_error(OutputError, "write", path, exc) from None
-        return
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        _discard(tmp)
-        raise _oserror(exc, path) from None
+    write_bytes_atomic(path, data, shared=True, storage_options=storage_options)
 
 
 def read_listing(out: Location, identity: dict | None, storage_options: Options = None) -> list[list[str]] | None:
