@@ -126,6 +126,18 @@ def test_decord_and_pyav_give_the_same_scenes(cut_videos):
     assert found["pyav"] == found["decord"]
 
 
+def test_scenes_of_a_gif_are_found(tmp_path):
+    # palette and alpha frames come out of the scaler as RGBA, blended to RGB: the detector gets uint8 as from any video
+    from PIL import Image
+
+    frames = [Image.fromarray(look(scene, i, 64, 32)) for scene, length in enumerate((12, 12)) for i in range(length)]
+    path = tmp_path / "cut.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40, loop=0)
+    meta, clips = iter_clips(str(path), ClipSpec(size=32, clip_frames=4, scenes=SceneSpec("content", 27.0, 4)), decoder="pyav")
+    list(clips)
+    assert [round(start / 0.04) for start, _ in meta.scenes] == [0, 12]
+
+
 def test_thumbnails_do_not_depend_on_the_scaler_that_made_the_frame():
     rgb = look(1, 7, 320, 180)
     area = av.VideoFrame.from_ndarray(rgb, format="rgb24").to_ndarray(width=160, height=90, format="rgb24", interpolation="AREA")
