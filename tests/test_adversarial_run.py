@@ -395,3 +395,12 @@ def test_decode_previews_never_replace_the_source_videos(tmp_path, grown, model)
     error = one_line_error(run("decode", tmp_path / "tok", "-o", grown, "--device", "cpu", "--compare"), 2)
     assert "source" in error and "b.mp4" in error
     assert snapshot(grown) == before
+
+
+def test_a_removed_input_is_refused_without_suggesting_append(tmp_path, grown, model):
+    """A rename (1 added, 1 removed): --append would be refused too, so the first refusal does not offer it."""
+    out = tmp_path / "tok"
+    encode(grown, out, model, "--samples-per-shard", "2")
+    (grown / "c.mp4").rename(grown / "z.mp4")
+    message = one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2"), 1)
+    assert "1 input added, 1 removed" in message and "new OUT" in message and "add --append" not in message
