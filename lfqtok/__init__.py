@@ -19,6 +19,7 @@ _EXPORTS = {
     "convert_checkpoint": "lfqtok.tokenizers.convert",
     "encode_dataset": "lfqtok.pipeline.encode",
     "EncodeConfig": "lfqtok.pipeline.encode",
+    "TableOptions": "lfqtok.pipeline.tables",
     "decode_samples": "lfqtok.inspect.decode",
     "token_stats": "lfqtok.inspect.stats",
     "read_tokens": "lfqtok.io.shards",

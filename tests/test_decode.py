@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import lfqtok.inspect.decode as decode_module
-from lfqtok.inspect.decode import CLIP_GAP_GREY, MISSING_GREY, ContactSheetWriter, SheetLayout, decode_samples
+from lfqtok.inspect.decode import (
+    CLIP_GAP_GREY, MISSING_GREY, SHEET_HEADER, SHEET_MARGIN, SHEET_MIN_WIDTH, ContactSheetWriter, SheetLayout, decode_samples,
+)
 from lfqtok.inspect.metrics import PSNR_CAP
 from lfqtok.errors import InputError, ModelError, UsageError
 from lfqtok.tokenizers.model import load_tokenizer
@@ -65,6 +67,12 @@ def read_png(path: Path) -> np.ndarray:
         return next(container.decode(video=0)).to_ndarray(format="rgb24")
 
 
+def sheet_layout(sheet: np.ndarray, frames: int, size: int, clips: int, sides: int) -> SheetLayout:
+    """The layout of a written contact sheet: its title has as many lines as the key, source and caption took."""
+    layouts = [SheetLayout(frames, size, size, clips, sides, title_lines=n) for n in range(1, 9)]
+    return next(lay for lay in layouts if lay.size[::-1] == sheet.shape[:2])
+
+
 def frame_count(path: Path) -> tuple[int, int, int]:
     """(frames, width, height) decoded by PyAV."""
     with av.open(str(path)) as container:
@@ -83,8 +91,11 @@ def test_previews_have_every_decoded_frame(tmp_path, tokens, fmt, compare):
     assert clip["key"] == "clip" and clip["clips"] == 2 and clip["frames"] == 2 * FRAMES  # 20 frames -> 2 clips
     n, width, height = frame_count(Path(clip["output"]))
     side = 2 if compare else 1  # source | reconstruction
-    if fmt == "png":  # contact sheet: per clip a row of 9 frames (2 px apart), source row 2 px above; clips 8 px apart
-        assert (n, width, height) == (1, 9 * SIZE + 8 * 2, 2 * (side * SIZE + (side - 1) * 2) + 8)
+    if fmt == "png":  # contact sheet: row names, then per clip a header and a row of 9 frames (2 px apart), source
+        # row 2 px above; clips 8 px apart; the title (key, source) on top
+        assert (n, width) == (1, SHEET_MARGIN + 9 * SIZE + 8 * 2)
+        blocks = 2 * (SHEET_HEADER + side * SIZE + (side - 1) * 2) + 8
+        assert height > blocks and any(SheetLayout(FRAMES, SIZE, SIZE, 2, side, lines).size[1] == height for lines in (1, 2))
     else:
         assert (n, width, height) == (2 * FRAMES, SIZE * side, SIZE)
     assert Path(gone["output"]).exists() and gone["frames"] == FRAMES
@@ -122,14 +133,14 @@ def test_the_contact_sheet_wraps_long_clips_into_rows_and_marks_clip_boundaries(
         writer.write(rec, src if clip == 0 else None)  # the source stopped before clip 1: grey in its place
     writer.close()
     sheet = read_png(tmp_path / "sheet.png")
-    assert sheet.shape == (2 * (2 * (2 * 8 + 2) + 2) + 8, 9 * 6 + 8 * 2, 3) == (*layout.size[::-1], 3)
+    assert sheet.shape == (2 * (SHEET_HEADER + 2 * (2 * 8 + 2) + 2) + 8, SHEET_MIN_WIDTH, 3) == (*layout.size[::-1], 3)
     for clip in range(2):
         for frame in range(17):
             for side in range(2):  # 0: the source row, above 1: the reconstruction row
                 y, x = layout.origin(clip, frame, side)
                 want = MISSING_GREY if (clip, side) == (1, 0) else colours[clip, side, frame]
                 assert (sheet[y : y + 8, x : x + 6] == want).all(), (clip, frame, side)
-    assert layout.origin(0, 9, 0) == (2 * 8 + 2 + 2, 0)  # the 10th frame starts the second row pair
+    assert layout.origin(0, 9, 0) == (SHEET_HEADER + 2 * 8 + 2 + 2, SHEET_MARGIN)  # the 10th frame starts the second row pair
     boundary = layout.block_height
     assert (sheet[boundary : boundary + 8] == CLIP_GAP_GREY).all()
 
@@ -140,7 +151,7 @@ def test_compare_puts_each_source_row_above_its_reconstruction(tmp_path, tokens,
     [(_, ids, meta)] = [s for s in read_tokens(tokens) if s[0] == "clip"]
     _, clips = iter_clips(meta["source"], SPEC)
     rec = load_tokenizer(model).decode(torch.from_numpy(ids.astype(np.int64))).numpy()  # (2, FRAMES, SIZE, SIZE, 3)
-    layout = SheetLayout(FRAMES, SIZE, SIZE, clips=2, sides=2)
+    layout = sheet_layout(sheet, FRAMES, SIZE, clips=2, sides=2)
     for c, clip in enumerate(clips):
         for i in range(FRAMES):
             (ys, xs), (yr, xr) = layout.origin(c, i, 0), layout.origin(c, i, 1)

@@ -20,6 +20,7 @@ from lfqtok.pipeline.encode import EncodeConfig
 from lfqtok.pipeline.engines import run_local
 from lfqtok.errors import OutputError, UsageError
 from lfqtok.pipeline.sources import list_items, plan_shards
+from token_shards import output_bytes
 from videos import make_video
 
 SIZE, FRAMES = 32, 9
@@ -44,19 +45,6 @@ def encode(videos, out, model, **options):
 def tar_members(path: Path) -> dict[str, bytes]:
     with tarfile.open(path) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
-
-
-def output_bytes(out: Path) -> dict[str, bytes]:
-    """Every output file's bytes, except the wall-clock seconds in the stats files."""
-    files = {}
-    for path in sorted(out.iterdir()):
-        data = path.read_bytes()
-        if path.name.endswith("_stats.json"):
-            stats = json.loads(data)
-            stats.pop("seconds")
-            data = json.dumps(stats, sort_keys=True).encode()
-        files[path.name] = data
-    return files
 
 
 def test_encode_writes_the_design_format(tmp_path, videos, model):

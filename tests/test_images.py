@@ -19,6 +19,7 @@ from PIL import Image
 
 import lfqtok
 from lfqtok.errors import ImageError, InputError, UsageError
+from lfqtok.inspect.decode import SheetLayout
 from lfqtok.pipeline.images import MAX_PIXELS, image_clip, read_image
 from lfqtok.pipeline.sources import list_items
 from lfqtok.pipeline.video import ClipSpec
@@ -345,4 +346,5 @@ def test_decode_compares_an_image_with_its_source_and_writes_a_png_at_its_aspect
     top, left, h, w = meta["valid"]
     assert (h, w) == (11, 16)  # 50 x 70 contained in 16 x 16
     with Image.open(row["output"]) as preview:
-        assert preview.size[0] == w  # source above reconstruction, each the valid region
+        # source above reconstruction, each the valid region (h x w), under the sheet's title
+        assert any(SheetLayout(1, h, w, clips=1, sides=2, title_lines=n).size == preview.size for n in (1, 2))

@@ -2,6 +2,7 @@
 decode tasks that hang or crash become failures; plus the actor plan and the missing-Ray message (no cluster)."""
 
 import io
+import gzip
 import json
 import os
 import re
@@ -38,6 +39,8 @@ def output_files(out: Path) -> dict[str, object]:
         if path.suffix == ".tar":
             with tarfile.open(path) as tar:
                 files[path.name] = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+        elif path.suffix == ".gz":  # the listing sidecar: its entries
+            files[path.name] = gzip.decompress(path.read_bytes())
         else:
             data = json.loads(path.read_text())
             data.pop("seconds", None)
@@ -102,7 +105,8 @@ def test_ray_writes_the_same_shards_as_local(tmp_path, ray, model, videos, local
     )
     assert (summary.shards_written, summary.videos_ok, summary.videos_failed) == (2, 3, 1)
     files = output_files(tmp_path / "ray")
-    assert sorted(files) == ["00000.tar", "00000_stats.json", "00001.tar", "00001_stats.json", "lfqtok.json"]
+    listing = [name for name in files if name.startswith("lfqtok.listing.")]
+    assert sorted(files) == ["00000.tar", "00000_stats.json", "00001.tar", "00001_stats.json", "lfqtok.json", *listing] and len(listing) == 1
     assert files == output_files(local_out)  # every member, every token byte, the same failures
     for name in ("00000.tar", "00001.tar"):
         assert (tmp_path / "ray" / name).read_bytes() == (local_out / name).read_bytes()
@@ -149,7 +153,7 @@ def test_a_shard_whose_actor_died_is_retried_on_a_new_actor(tmp_path, ray, model
     plan = ActorPlan(actors=1, num_gpus=0, num_cpus=1, device="cpu", decode_tasks=1)
     results = Dispatcher(ray, encoder, plan, actor_cls=DiesOnce).run(jobs, on_progress=None)
     assert ".tar.tmp" in (tmp_path / "died").read_text() and sorted(r.shard for r in results) == [0, 1]
-    expected = {name: data for name, data in output_files(local_out).items() if name != "lfqtok.json"}
+    expected = {name: data for name, data in output_files(local_out).items() if not name.startswith("lfqtok.")}  # shards only: no manifest, no listing
     assert output_files(out) == expected  # the retry replaced the dead attempt's .tar.tmp: no leftovers
 
 
@@ -223,7 +227,7 @@ def test_a_shard_whose_actor_stalls_is_retried_on_a_new_actor(tmp_path, ray, mod
     plan = ActorPlan(actors=1, num_gpus=0, num_cpus=1, device="cpu", decode_tasks=1)
     results = Dispatcher(ray, encoder, plan, actor_cls=HangsOnce, stall_timeout=3).run(jobs, on_progress=None)
     assert (tmp_path / "hung").exists() and sorted(r.shard for r in results) == [0, 1]  # the hung shard was retried
-    expected = {name: data for name, data in output_files(local_out).items() if name != "lfqtok.json"}
+    expected = {name: data for name, data in output_files(local_out).items() if not name.startswith("lfqtok.")}  # shards only: no manifest, no listing
     assert output_files(out) == expected
 
 

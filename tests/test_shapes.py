@@ -19,6 +19,7 @@ from lfqtok.errors import OutputError, UsageError
 from lfqtok.tokenizers.model import load_tokenizer
 from lfqtok.pipeline.shapes import PAD_FILL, Shapes, layout, nearest_bucket, place, preset_buckets
 from lfqtok.io.shards import read_manifest, read_tokens
+from lfqtok.inspect.decode import SHEET_MARGIN, SHEET_MIN_WIDTH
 from lfqtok.pipeline.video import ClipSpec, image_scaled_size, iter_clips, resize_image
 from videos import make_video
 
@@ -85,7 +86,7 @@ def test_every_resize_mode_round_trips_shapes_through_the_shards_and_decode(tmp_
         with av.open(row["output"]) as sheet:  # contact sheet: 9 frames a row, source above reconstruction
             width = next(sheet.decode(video=0)).width
         frame, valid = expected[row["key"]]
-        assert width == 9 * valid[3] + 8 * 2  # previews show the valid region only (pad cut away)
+        assert width == max(SHEET_MARGIN + 9 * valid[3] + 8 * 2, SHEET_MIN_WIDTH)  # the valid region only (pad cut away)
     for row in lfqtok.decode_samples(tmp_path / "tok", tmp_path / "mp4", fmt="mp4", compare=True, device="cpu"):
         with av.open(row["output"]) as video:  # yuv420p: an odd valid region gets one black row or column
             stream = video.streams.video[0]

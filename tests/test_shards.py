@@ -117,12 +117,13 @@ def test_resume_returns_finished_shards_and_keeps_them(tmp_path):
     assert json.loads((out / MANIFEST_NAME).read_text())["inputs"] == ["videos/"]
 
 
-def test_other_settings_are_refused_naming_the_keys_unless_overwrite(tmp_path):
+def test_other_settings_are_refused_naming_the_options_unless_overwrite(tmp_path):
     out = tmp_path / "tok"
     prepare_output(out, manifest(), overwrite=False)
     write_shard(out, 0, TOKENS)
     other = manifest(tokenizer_sha256="cd" * 32, extra={"clip": {"fps": 8.0, "clip_stride": None}})
-    with pytest.raises(OutputError, match=r"tokenizer\.sha256.*clip\.fps|clip\.fps.*tokenizer\.sha256") as info:
+    with pytest.raises(OutputError, match=r"--model \S+ \(sha256 abababababab\) \(was\) vs \S+ \(sha256 cdcdcdcdcdcd\) \(now\); "
+                                          r"--fps not set \(was\) vs 8 \(now\)\.") as info:
         prepare_output(out, other, overwrite=False)
     assert "--overwrite" in str(info.value) and "\n" not in str(info.value)
     assert prepare_output(out, other, overwrite=True).finished == set()

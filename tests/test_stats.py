@@ -106,7 +106,8 @@ def test_lsb_first_bit_balance_is_indexed_by_latent_channel(tmp_path):
     assert r_lsb["bit_balance"] == [0.375, 0.125, 0.0, 0.0]  # i = 0 is channel 0, the least significant bit
     assert r_lsb["dead_bits"] == [2, 3] and r_msb["dead_bits"] == [0, 1]
     assert r_lsb["entropy_bits"] == r_msb["entropy_bits"] and r_lsb["top"] == r_msb["top"]  # codes are codes
-    with pytest.raises(InputError, match="cannot be counted together"):
+    with pytest.raises(InputError, match=r"cannot be counted together \(\S+msb: 16 codes x 1 codebook\(s\), msb_first; "
+                                         r"\S+lsb: 16 codes x 1 codebook\(s\), lsb_first\)"):
         token_stats([msb, lsb])
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,15 +14,12 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import s3fs
 from typer.testing import CliRunner
 
 import lfqtok
 from lfqtok.io import storage
 from lfqtok.cli import app
-from lfqtok.errors import InputError, UsageError
 from lfqtok.io.shards import read_tokens
 from conftest import S3_SECRET, start_s3_server, use_s3_server
 from videos import make_video

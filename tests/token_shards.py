@@ -70,3 +70,17 @@ def write_token_dir(
         if stats:
             (root / f"{s:05d}_stats.json").write_text(json.dumps({"shard": s, "samples": n, "clips": clips, "failures": []}))
     return written
+
+
+def output_bytes(out: Path) -> dict[str, bytes]:
+    """Every file of an encode's OUT by name, with its bytes; stats without their wall-clock seconds (what two runs
+    that must agree byte for byte are compared by)."""
+    files = {}
+    for path in sorted(out.iterdir()):
+        data = path.read_bytes()
+        if path.name.endswith("_stats.json"):
+            stats = json.loads(data)
+            stats.pop("seconds")
+            data = json.dumps(stats, sort_keys=True).encode()
+        files[path.name] = data
+    return files

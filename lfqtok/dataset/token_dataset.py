@@ -34,7 +34,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..io import storage
 from ..errors import InputError, UsageError
 from .handoff import SharedBatch, numpy_dtype
-from ..io.shards import META_MEMBER, TOKENS_MEMBER, expand_paths, load_npy, open_shard, read_manifest, split_member
+from ..io.shards import CAPTION_MEMBER, META_MEMBER, TOKENS_MEMBER, expand_paths, load_npy, open_shard, read_manifest, split_member
 
 # constants
 
@@ -184,7 +184,7 @@ class _Clip:
     clip: int = 0
     source: str = ""
     shard: str = ""
-    labels: dict[str, Any] | None = None  # the sample json's ITEM_KEYS that it has (label, class, bucket)
+    labels: dict[str, Any] | None = None  # the sample json's ITEM_KEYS that it has (label, class, bucket), its caption, its scene
 
 
 @dataclass(slots=True)
@@ -214,6 +214,8 @@ class _Watch:
         key, ext = split_member(name)  # webdataset's rule: the first dot of the base name
         if ext == META_MEMBER:
             return True
+        if ext == CAPTION_MEMBER:  # after the tokens (members sorted by name): only with the sample's tokens
+            return key == self.key and self.want
         return ext == TOKENS_MEMBER and (key != self.key or self.want)
 
     def files(self, files: Iterator[dict[str, Any]], where: str) -> Iterator[dict[str, Any]]:
@@ -374,7 +376,8 @@ class TokenDataset(IterableDataset):
     be shorter), for `DataLoader(ds, batch_size=None, num_workers=...)`: batches made in the workers reach the
     main process through reused shared memory (`lfqtok.dataset.handoff`), the fastest way to read with workers. Mixed token
     shapes (buckets, fit: the manifests say so) are batched within one shape, never padded across shapes.
-    Items carry the sample json's `label`, `class` and `bucket` when it has them.
+    Items carry the sample json's `label`, `class` and `bucket` when it has them, `caption` (its `{key}.txt`) when the
+    sample has text (batches: a list of str), and `scene` (the clip's scene index in its video) from a `--scenes` run.
     The order is a function of (seed, epoch, world_size, num_workers): `shuffle` > 0 shuffles the shard order per
     epoch and keeps a buffer of that many clips per worker. `skip`: items this rank already consumed in the epoch
     (a resume), placed among workers as a DataLoader with `loader_batch_size` takes them; consumed items' tokens
@@ -701,10 +704,15 @@ class TokenDataset(IterableDataset):
         if arr.ndim < 4 or arr.dtype.kind not in "iu":
             raise InputError(f"{shard.path}:{key}: tokens must be integers (clips, t, h, w) [+ (c)], got {arr.dtype} {arr.shape}")
         source, shape = str(meta.meta.get("source") or ""), tuple(arr.shape[1:])
-        labels = {k: meta.meta[k] for k in ITEM_KEYS if k in meta.meta} or None
+        labels = {k: meta.meta[k] for k in ITEM_KEYS if k in meta.meta}
+        if CAPTION_MEMBER in sample:
+            labels["caption"] = sample[CAPTION_MEMBER].decode("utf-8", "replace")
+        labels = labels or None
+        scenes = meta.meta.get("clip_scenes")  # --scenes runs: each clip's scene in its video
         for c, clip in enumerate(arr):
             ordinal = meta.first + c if meta.first >= 0 else -1
-            yield _Clip(part, ordinal, shape, None if ordinal in used else clip, key, c, source, shard.path, labels)
+            mine = {**(labels or {}), "scene": int(scenes[c])} if isinstance(scenes, list) and c < len(scenes) else labels
+            yield _Clip(part, ordinal, shape, None if ordinal in used else clip, key, c, source, shard.path, mine)
 
     def _handle(self, exc: InputError) -> None:
         if self.handler == "raise":
@@ -718,7 +726,8 @@ class TokenDataset(IterableDataset):
     def _codebook_size(manifests: list[dict], explicit: int | None) -> int | None:
         kinds = {(m["codebook_size"], m.get("num_codebooks", 1), m.get("bit_order", "msb_first")) for m in manifests}
         if len(kinds) > 1:
-            raise InputError(f"token shards of different codebooks or bit orders cannot be mixed: {sorted(kinds)}")
+            described = "; ".join(f"{n:,} codes x {c} codebook(s), {order}" for n, c, order in sorted(kinds))
+            raise InputError(f"token shards of different codebooks or bit orders cannot be mixed ({described})")
         found = next(iter(kinds))[0] if kinds else None
         if exists(explicit) and exists(found) and explicit != found:
             raise UsageError(f"codebook_size {explicit} differs from the manifest's {found}")

@@ -4,27 +4,30 @@ Inputs are token shards (encode outputs, tars) or `.npy` arrays of generated ids
 all picked samples are decoded in batches (on the GPU when there is one) and each clip's frames are written to its
 sample's file as they come, so memory does not grow with the video's length. The source frames, re-read with the
 encode settings from the manifest (input tars indexed once per run), give PSNR/SSIM and (`compare`) the source
-beside the reconstruction: left of it in videos, above it in the PNG contact sheet's grid.
+beside the reconstruction: left of it in videos, above it in the PNG contact sheet's grid. The sheet says what it
+shows in Pillow's default font: rows named (source, lfqtok), each clip's index, time and PSNR, and on top the
+sample's key, source and caption (its `{key}.txt`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from ..io import storage
 from ..io.codec import from_storage, reverse_bits
 from ..errors import ImageError, InputError, ModelError, OutputError, UsageError, VideoError
-from .metrics import QualityMeter
+from .metrics import QualityMeter, psnr
 from ..io.shards import BIT_ORDERS, expand_paths, read_manifest, read_tokens
 from ..pipeline.sources import Member, read_member, tar_members
 
@@ -35,7 +38,11 @@ DEFAULT_FPS = 8.0  # playback rate when neither the manifest nor the sample know
 SHEET_COLUMNS = 9  # frames per row of a contact sheet at most: a 17-frame clip is 2 rows (9 + 8)
 SHEET_GAP = 2  # px between frames, and between the rows of a clip
 SHEET_CLIP_GAP = 8  # px of a light band between clips
-GAP_GREY, CLIP_GAP_GREY, MISSING_GREY = 0, 200, 64  # gaps, clip boundaries, source frames that could not be read
+SHEET_LINE = 14  # px per line of text (Pillow's default font is 10 px)
+SHEET_HEADER = SHEET_LINE + SHEET_GAP  # px above each clip's frames: its index, time and PSNR
+SHEET_MARGIN = 64  # px left of the frames, naming each row: "source" / "lfqtok"
+SHEET_MIN_WIDTH = 320  # px: room for the header and caption however small the frames
+GAP_GREY, CLIP_GAP_GREY, MISSING_GREY, TEXT_GREY = 0, 200, 64, 235  # gaps, clip boundaries, unreadable source, words
 KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")  # what a sample key may not hold (dots: webdataset splits there)
 
 # helpers
@@ -91,7 +98,8 @@ class VideoWriter:
 
 @dataclass(frozen=True)
 class SheetLayout:
-    """Where a contact sheet puts frames: each clip is a block of rows of at most SHEET_COLUMNS frames; with a
+    """Where a contact sheet puts frames and words: a title (key, caption) on top; each clip a block with a header
+    line (index, time, PSNR) over rows of at most SHEET_COLUMNS frames, each row named in the left margin; with a
     source (`sides` 2) each row of source frames sits directly above the same frames reconstructed."""
 
     frames: int  # T per clip
@@ -99,6 +107,7 @@ class SheetLayout:
     width: int
     clips: int
     sides: int  # 1: reconstruction only, 2: source row above reconstruction row
+    title_lines: int = 0  # lines of text above the first clip
 
     @property
     def columns(self) -> int:
@@ -115,53 +124,140 @@ class SheetLayout:
 
     @property
     def block_height(self) -> int:
-        return self.rows * self.row_height + (self.rows - 1) * SHEET_GAP
+        """One clip: its header line and its rows of frames."""
+        return SHEET_HEADER + self.rows * self.row_height + (self.rows - 1) * SHEET_GAP
+
+    @property
+    def title_height(self) -> int:
+        return self.title_lines * SHEET_LINE + SHEET_GAP if self.title_lines else 0
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the whole sheet in pixels."""
-        width = self.columns * self.width + (self.columns - 1) * SHEET_GAP
-        return width, self.clips * self.block_height + (self.clips - 1) * SHEET_CLIP_GAP
+        frames_width = self.columns * self.width + (self.columns - 1) * SHEET_GAP
+        width = max(SHEET_MARGIN + frames_width, SHEET_MIN_WIDTH)
+        return width, self.title_height + self.clips * self.block_height + (self.clips - 1) * SHEET_CLIP_GAP
 
     def origin(self, clip: int, frame: int, side: int) -> tuple[int, int]:
         """(y, x) of frame `frame` of clip `clip`; side 0 is the source when sides is 2, else the reconstruction."""
         row, column = divmod(frame, self.columns)
-        y = clip * (self.block_height + SHEET_CLIP_GAP) + row * (self.row_height + SHEET_GAP) + side * (self.height + SHEET_GAP)
-        return y, column * (self.width + SHEET_GAP)
+        y = (self.title_height + clip * (self.block_height + SHEET_CLIP_GAP) + SHEET_HEADER
+             + row * (self.row_height + SHEET_GAP) + side * (self.height + SHEET_GAP))
+        return y, SHEET_MARGIN + column * (self.width + SHEET_GAP)
+
+
+@functools.lru_cache(maxsize=1)
+def sheet_font() -> Any:
+    """Pillow's own default font (no font file from outside)."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def wrap_text(text: str, width: int, font: Any, max_lines: int = 6) -> list[str]:
+    """`text` in lines of at most `width` px, broken between words (inside one only when it alone is wider: a
+    path); at most `max_lines`, the last ending in '...' when text was left out."""
+    lines: list[str] = []
+    text = text[: max_lines * 400]  # more than the lines can show: a caption may be a whole page
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}" if line else word
+            if font.getlength(candidate) <= width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            while len(word) > 1 and font.getlength(word) > width:
+                lo, hi = 1, len(word) - 1  # the longest head of the word that fits (at least one character)
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    lo, hi = (mid, hi) if font.getlength(word[:mid]) <= width else (lo, mid - 1)
+                cut = lo
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
+        lines.append(line)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][:-3] + "..."
+    return lines
+
+
+def clip_label(meta: dict[str, Any], clip: int, psnr_db: float | None) -> str:
+    """A contact sheet's clip header: `clip 0 | 0.00-0.67 s | scene 1 | PSNR 31.2 dB` (time, scene and PSNR when
+    known; an image's one clip is `image`)."""
+    from ..pipeline.images import DECODER as IMAGE_DECODER
+
+    parts = ["image" if meta.get("decoder") == IMAGE_DECODER else f"clip {clip}"]
+    times = meta.get("clip_times")
+    indices, fps = meta.get("frame_indices"), meta.get("fps")
+    if isinstance(times, list) and clip < len(times):
+        parts.append(f"{times[clip][0]:.2f}-{times[clip][1]:.2f} s")
+    elif isinstance(indices, list) and clip < len(indices) and indices[clip] and fps:
+        parts.append(f"{indices[clip][0] / fps:.2f}-{indices[clip][-1] / fps:.2f} s")
+    scenes = meta.get("clip_scenes")  # --scenes runs: the scene each clip lies in
+    if isinstance(scenes, list) and clip < len(scenes):
+        parts.append(f"scene {scenes[clip]}")
+    if psnr_db is not None:
+        parts.append(f"PSNR {psnr_db:.1f} dB")
+    return " | ".join(parts)
 
 
 class ContactSheetWriter:
-    """PNG contact sheet laid out by SheetLayout, streamed: each clip's block is compressed into IDAT at once."""
+    """PNG contact sheet laid out by SheetLayout, streamed: each clip's block is compressed into IDAT at once.
+    `title`: the lines above the first clip (`layout.title_lines` of them)."""
 
-    def __init__(self, path: Path, layout: SheetLayout):
+    def __init__(self, path: Path, layout: SheetLayout, title: Sequence[str] = ()):
         self.layout, self.clips = layout, 0
+        self.font = sheet_font()
         self.file = open(path, "wb")
         self.zip = zlib.compressobj(6)
         self.file.write(b"\x89PNG\r\n\x1a\n")
         self._chunk(b"IHDR", struct.pack(">IIBBBBB", *layout.size, 8, 2, 0, 0, 0))  # 8-bit RGB
+        if layout.title_height:
+            strip = np.full((layout.title_height, layout.size[0], 3), GAP_GREY, np.uint8)
+            self._rows(self._text(strip, [(SHEET_GAP, i * SHEET_LINE, line) for i, line in enumerate(title)]))
 
-    def write(self, rec: np.ndarray, src: np.ndarray | None) -> None:
-        """One clip (T, H, W, 3) and its source frames (or None: grey in their place when the sheet has them)."""
+    def write(self, rec: np.ndarray, src: np.ndarray | None, label: str = "") -> None:
+        """One clip (T, H, W, 3), its source frames (or None: grey in their place when the sheet has them) and its
+        header line."""
         lay = self.layout
         width = lay.size[0]
-        block = np.full((lay.block_height + (SHEET_CLIP_GAP if self.clips else 0), width, 3), GAP_GREY, np.uint8)
-        top = 0
-        if self.clips:
-            block[:SHEET_CLIP_GAP] = CLIP_GAP_GREY
-            top = SHEET_CLIP_GAP
+        gap = SHEET_CLIP_GAP if self.clips else 0
+        block = np.full((lay.block_height + gap, width, 3), GAP_GREY, np.uint8)
+        block[:gap] = CLIP_GAP_GREY
+        top = gap - lay.title_height  # origin(0, ...) counts from the sheet's top, above the title
         sides = [src if exists(src) else np.full_like(rec, MISSING_GREY), rec] if lay.sides == 2 else [rec]
+        names = ["source" if exists(src) else "no source", "lfqtok"] if lay.sides == 2 else ["lfqtok"]
+        words = [(SHEET_GAP, gap, label)]
         for side, frames in enumerate(sides):
             for i, frame in enumerate(frames):
                 y, x = lay.origin(0, i, side)
                 block[top + y : top + y + lay.height, x : x + lay.width] = frame
-        rows = np.concatenate([np.zeros((len(block), 1), np.uint8), block.reshape(len(block), -1)], axis=1)  # filter 0
-        self._chunk(b"IDAT", self.zip.compress(rows.tobytes()))
+                if i % lay.columns == 0:  # each row of frames named in the margin
+                    words.append((SHEET_GAP, top + y + max(0, (lay.height - SHEET_LINE) // 2), names[side]))
+        self._rows(self._text(block, words))
         self.clips += 1
 
     def close(self) -> None:
         self._chunk(b"IDAT", self.zip.flush())
         self._chunk(b"IEND", b"")
         self.file.close()
+
+    def _text(self, pixels: np.ndarray, words: list[tuple[int, int, str]]) -> np.ndarray:
+        """`pixels` (H, W, 3) with each (x, y, text) drawn in TEXT_GREY."""
+        from PIL import Image, ImageDraw
+
+        image = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(image)
+        for x, y, text in words:
+            draw.text((x, y), text, fill=(TEXT_GREY,) * 3, font=self.font)
+        return np.asarray(image)
+
+    def _rows(self, pixels: np.ndarray) -> None:
+        rows = np.concatenate([np.zeros((len(pixels), 1), np.uint8), pixels.reshape(len(pixels), -1)], axis=1)  # filter 0
+        self._chunk(b"IDAT", self.zip.compress(rows.tobytes()))
 
     def _chunk(self, kind: bytes, data: bytes) -> None:
         if kind == b"IDAT" and not data:
@@ -205,7 +301,10 @@ class Preview:
         if not exists(self.writer):
             self.writer = self._open(rec.shape, sides=2 if self.compare and exists(src) else 1)
         try:
-            self.writer.write(rec, src)
+            if isinstance(self.writer, ContactSheetWriter):  # each clip's header: index, time, PSNR
+                self.writer.write(rec, src, clip_label(self.sample.meta, self.clips, psnr(rec, src) if exists(src) else None))
+            else:
+                self.writer.write(rec, src)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self.frames += rec.shape[0]
@@ -248,6 +347,14 @@ class Preview:
             return self._drop_source(f"source clip shape {clip.frames.shape} != decoded {rec.shape}")
         return clip.frames
 
+    def _title(self, width: int) -> list[str]:
+        """The contact sheet's top lines: the key and where it came from, then its caption, wrapped to `width` px."""
+        sample, font = self.sample, sheet_font()
+        origin = sample.meta.get("source") or sample.generated
+        lines = wrap_text(f"{sample.key}{f'  from {origin}' if origin else ''}", width, font, max_lines=2)
+        caption = str(sample.meta.get("caption") or "").strip()  # its {key}.txt (read_tokens puts it in meta)
+        return lines + (wrap_text(f"caption: {caption}", width, font) if caption else [])
+
     def _drop_source(self, note: str) -> None:
         self.notes.append(note + ": no psnr")
         self.source = None
@@ -257,7 +364,9 @@ class Preview:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.fmt == "png":
-                return ContactSheetWriter(self.path, SheetLayout(t, h, w, len(self.sample.tokens), sides))
+                layout = SheetLayout(t, h, w, len(self.sample.tokens), sides)
+                title = self._title(layout.size[0] - 2 * SHEET_GAP)
+                return ContactSheetWriter(self.path, replace(layout, title_lines=len(title)), title)
             return VideoWriter(self.path, self.fmt, playback_fps(self.sample), w, h, sides)
         except OSError as exc:
             raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
@@ -524,13 +633,14 @@ def decode_samples(
     device: str = "auto",
     batch_size: int = 8,
     storage_options: dict | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[dict]:
     """Decode token samples to `{out}/{key}.{fmt}` previews; one row per sample (DESIGN §6 keys + ssim, frames, note).
 
     `paths`: token dirs, tars, brace patterns (paths or URLs, read with `storage_options`), and `.npy` arrays of generated ids (they need `model`; see
     `generated_samples`). PSNR/SSIM are against the source frames re-cut with the manifest's clip settings, when
     the source is readable; `compare` shows those frames beside the reconstruction. Scores are `lfqtok.inspect.metrics`
-    (PSNR of identical frames: 100 dB).
+    (PSNR of identical frames: 100 dB). `on_progress(clips decoded, clips in all)` follows the work.
     """
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -569,6 +679,9 @@ def decode_samples(
         previews.append(Preview(sample, out / f"{name}.{kind}", kind, compare, source, notes))
     rows: dict[int, dict] = {}
     left = [len(s.tokens) for s in samples]
+    total, done = sum(left), 0
+    if on_progress is not None:
+        on_progress(done, total)
     for refs, ids in iter_batches(samples, batch_size):
         frames = tok.decode(torch.from_numpy(from_storage(ids))).numpy()  # (B, T, H, W, 3) uint8
         for i, rec in zip(refs, frames):
@@ -576,4 +689,7 @@ def decode_samples(
             left[i] -= 1
             if left[i] == 0:
                 rows[i] = previews[i].close()
+        done += len(refs)
+        if on_progress is not None:
+            on_progress(done, total)
     return [rows[i] if i in rows else preview.close() for i, preview in enumerate(previews)]  # else: no clips

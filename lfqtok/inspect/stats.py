@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 import multiprocessing as mp
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -232,13 +233,38 @@ class ShardCounts:
     num_samples: int
     sources: list[dict[str, Any]]
     buckets: dict[tuple[int, ...], list[int]] = field(default_factory=dict)  # (H, W) -> [samples, clips, tokens]
+    scenes: Counter = field(default_factory=Counter)  # --scenes runs: ("video", n scenes) and ("scene", n clips) -> count
 
 
-def count_shard(path: str, codebook_size: int | None, by_source: bool, by_bucket: bool = False, storage_options: dict | None = None) -> ShardCounts:
+def scene_counts(meta: dict[str, Any]) -> Counter:
+    """One sample of a `--scenes` run: its scene count and each scene's clip count, as histogram entries."""
+    per_scene = Counter(meta.get("clip_scenes", []))
+    scenes = len(meta["scenes"])
+    return Counter({("video", scenes): 1}) + Counter(("scene", per_scene.get(i, 0)) for i in range(scenes))
+
+
+def scene_summary(hist: Counter) -> dict[str, Any]:
+    """Scenes per video and clips per scene (mean, min, max) from the merged histogram; `scenes_too_short`: scenes
+    with no clip (shorter than one clip)."""
+    def spread(kind: str) -> dict[str, float]:
+        values = {n: c for (k, n), c in hist.items() if k == kind}
+        total = sum(values.values())
+        mean = sum(n * c for n, c in values.items()) / total if total else 0.0
+        return {"mean": round(mean, 3), "min": min(values, default=0), "max": max(values, default=0)}
+
+    videos = sum(c for (k, _), c in hist.items() if k == "video")
+    scenes = sum(c for (k, _), c in hist.items() if k == "scene")
+    return {"num_videos": videos, "num_scenes": scenes, "scenes_per_video": spread("video"),
+            "clips_per_scene": spread("scene"), "scenes_too_short": hist.get(("scene", 0), 0)}
+
+
+def count_shard(path: str, codebook_size: int | None, by_source: bool, by_bucket: bool = False, storage_options: dict | None = None,
+                by_scene: bool = False) -> ShardCounts:
     """Stream one tar (a path or URL): every sample's tokens into one `CodeCounts` (memory: one histogram + ~1M
-    tokens); with `by_bucket`, samples, clips and tokens per bucket of the samples' json."""
-    counts, samples, sources, buckets = CodeCounts(codebook_size), 0, [], {}
-    want = {TOKENS_MEMBER, META_MEMBER} if by_source or by_bucket else {TOKENS_MEMBER}
+    tokens); with `by_bucket`, samples, clips and tokens per bucket of the samples' json; with `by_scene`, the
+    histograms of scenes per video and clips per scene."""
+    counts, samples, sources, buckets, scenes = CodeCounts(codebook_size), 0, [], {}, Counter()
+    want = {TOKENS_MEMBER, META_MEMBER} if by_source or by_bucket or by_scene else {TOKENS_MEMBER}
     for key, sample in iter_members(storage.location(path), want, storage_options):
         if TOKENS_MEMBER not in sample:
             continue
@@ -252,8 +278,11 @@ def count_shard(path: str, codebook_size: int | None, by_source: bool, by_bucket
             bucket = json.loads(sample[META_MEMBER]).get("bucket") if META_MEMBER in sample else None
             row = buckets.setdefault(tuple(bucket) if isinstance(bucket, list) else (), [0, 0, 0])
             row[0], row[1], row[2] = row[0] + 1, row[1] + len(tokens), row[2] + int(tokens.size)
+        if by_scene and META_MEMBER in sample:
+            meta = json.loads(sample[META_MEMBER])
+            scenes += scene_counts(meta) if "scenes" in meta else Counter()
     counts.flush()
-    return ShardCounts(path, counts, samples, sources, buckets)
+    return ShardCounts(path, counts, samples, sources, buckets, scenes)
 
 
 def _source_row(key: str, path: str, tokens: np.ndarray, meta: bytes | None) -> dict[str, Any]:
@@ -263,7 +292,7 @@ def _source_row(key: str, path: str, tokens: np.ndarray, meta: bytes | None) -> 
             "entropy_bits": entropy_bits(n)}
 
 
-def _count_task(args: tuple[str, int | None, bool, bool, dict | None]) -> ShardCounts:
+def _count_task(args: tuple[str, int | None, bool, bool, dict | None, bool]) -> ShardCounts:
     return count_shard(*args)
 
 
@@ -342,12 +371,15 @@ def token_stats(
     by: str | None = None,
     plot: Path | None = None,
     storage_options: dict | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Codebook usage of token dirs / tars / brace patterns: DESIGN §5 keys, bit-pair MI, usage by token index t.
 
     `by` "shard" | "source" adds `per_shard` / `per_source` rows; `plot` writes a PNG (needs matplotlib). Shards of a
-    `--buckets` run (the manifest lists them) add `per_bucket`: samples, clips and tokens of each bucket.
+    `--buckets` run (the manifest lists them) add `per_bucket`: samples, clips and tokens of each bucket; those of a
+    `--scenes` run add `scenes`: scenes per video and clips per scene.
     Without a manifest the codebook size is the next power of two above the largest code (`codebook_size_inferred`).
+    `on_progress(shards counted, shards in all)` follows the work.
     """
     if by not in BY:
         raise UsageError(f"--by must be 'shard' or 'source', got {by!r}")
@@ -362,13 +394,19 @@ def token_stats(
     if order not in BIT_ORDERS:
         raise InputError(f"the manifest's bit_order {order!r} is not one of {', '.join(BIT_ORDERS)}")
     listed = [tuple(b) for b in manifest.get("buckets") or []] if manifest else []
-    tasks = [(str(p), size, by == "source", bool(listed), storage_options) for p in tars]
-    total, samples, shard_rows, sources = CodeCounts(size), 0, {}, []
+    scened = bool(manifest and manifest.get("clip", {}).get("scenes"))  # a --scenes run
+    tasks = [(str(p), size, by == "source", bool(listed), storage_options, scened) for p in tars]
+    total, samples, shard_rows, sources, scenes = CodeCounts(size), 0, {}, [], Counter()
     buckets: dict[tuple[int, ...], list[int]] = {b: [0, 0, 0] for b in listed}
-    for part in _run(tasks, workers or min(len(tasks), os.cpu_count() or 1)):
+    if on_progress is not None:
+        on_progress(0, len(tasks))
+    for done, part in enumerate(_run(tasks, workers or min(len(tasks), os.cpu_count() or 1)), 1):
+        if on_progress is not None:
+            on_progress(done, len(tasks))
         total.merge(part.counts)
         samples += part.num_samples
         sources += part.sources
+        scenes += part.scenes
         for bucket, row in part.buckets.items():
             buckets[bucket] = [a + b for a, b in zip(buckets.get(bucket, [0, 0, 0]), row)]
         if by == "shard":
@@ -390,6 +428,8 @@ def token_stats(
     if listed:  # --buckets runs: totals per bucket, in the manifest's order (samples without one last, bucket null)
         result["per_bucket"] = [{"bucket": list(b) or None, "num_samples": n, "num_clips": c, "num_tokens": t}
                                 for b, (n, c, t) in buckets.items()]
+    if scened:
+        result["scenes"] = scene_summary(scenes)
     if by == "shard":
         result["per_shard"] = [{**shard_rows[str(p)], "utilization": shard_rows[str(p)]["used_codes"] / codebook_size} for p in tars]
     if by == "source":
@@ -401,15 +441,17 @@ def token_stats(
 
 
 def _common_manifest(tars: Sequence[Path | str], storage_options: dict | None = None) -> dict | None:
-    """The manifest the shards share (from their directories); shards of different codebooks or bit orders are refused."""
-    manifests = [m for m in (read_manifest(d, storage_options) for d in dict.fromkeys(map(storage.parent, tars))) if m]
-    kinds = {(m["codebook_size"], m["num_codebooks"], m.get("bit_order", "msb_first")) for m in manifests}
-    if len(kinds) > 1:
-        raise InputError(f"token shards of different codebooks cannot be counted together (size, count, bit order): {sorted(kinds)}")
-    return manifests[0] if manifests else None
+    """The manifest the shards share (from their directories); shards of different codebooks or bit orders are
+    refused, naming each directory's codebook."""
+    found = {d: m for d in dict.fromkeys(map(storage.parent, tars)) if (m := read_manifest(d, storage_options))}
+    kinds = {d: (m["codebook_size"], m["num_codebooks"], m.get("bit_order", "msb_first")) for d, m in found.items()}
+    if len(set(kinds.values())) > 1:
+        described = "; ".join(f"{storage.redact(str(d))}: {n:,} codes x {c} codebook(s), {order}" for d, (n, c, order) in kinds.items())
+        raise InputError(f"token shards of different codebooks cannot be counted together ({described})")
+    return next(iter(found.values()), None)
 
 
-def _run(tasks: list[tuple[str, int | None, bool, bool]], workers: int) -> Iterator[ShardCounts]:
+def _run(tasks: list[tuple[str, int | None, bool, bool, dict | None, bool]], workers: int) -> Iterator[ShardCounts]:
     """Shard results as they finish: in-process for one worker, else a process pool with bounded tasks in flight."""
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_count_task, tasks)

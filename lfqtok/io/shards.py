@@ -44,6 +44,7 @@ FORMAT_VERSION = 1
 TOKENS_MEMBER = "tokens.npy"
 FLIP_MEMBER = "tokens_flip.npy"  # --hflip: the tokens of the horizontally flipped model input (images)
 META_MEMBER = "json"
+CAPTION_MEMBER = "txt"  # a sample's text (a table's caption), UTF-8: webdataset, HF datasets and video2dataset read it so
 RESERVED_EXTRAS = {"json": "src.json", "tokens.npy": "src.tokens.npy", FLIP_MEMBER: f"src.{FLIP_MEMBER}"}  # passthrough names that would clash
 INFO_KEYS = {"lfqtok_version", "inputs", "cwd", "tokenizer.name"}  # manifest keys that may differ on a resume
 INFO_ENTRIES = {"listing", "images_left_out"}  # manifest entries (all their keys) that are not settings: the listing is
@@ -94,17 +95,21 @@ def write_json_atomic(path: Location, obj: Any, shared: bool = False, storage_op
 
     `shared`: several processes may write it at once (the manifest, with --num-shards parts starting together),
     so each gets its own temp name."""
+    write_bytes_atomic(path, _json_text(obj).encode(), shared, storage_options)
+
+
+def write_bytes_atomic(path: Location, data: bytes, shared: bool = False, storage_options: Options = None) -> None:
+    """`data` to `path` whole or not at all (`write_json_atomic`'s way)."""
     if storage.is_url(path):
         try:
-            storage.write_bytes(path, _json_text(obj).encode(), storage_options)
+            storage.write_bytes(path, data, storage_options)
         except storage.errors() as exc:
             raise storage.storage_error(OutputError, "write", path, exc) from None
         return
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp") if shared else _tmp(path)
     try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -124,10 +129,71 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _dims(v: Any) -> str:
+    """A size as `--size` takes it: 128, [128, 224] -> 128x224, [[128, 224], ...] -> 128x224,..."""
+    if isinstance(v, list) and v and isinstance(v[0], list):
+        return ",".join(map(_dims, v))
+    return "x".join(map(str, v)) if isinstance(v, list) else str(v)
+
+
+def _on_off(v: Any) -> str:
+    return "on" if v else "off"
+
+
+def _value(v: Any) -> str:
+    return "not set" if v is None else f"{v:g}" if isinstance(v, float) else str(v)
+
+
+# The manifest keys a user sets, by the option that sets them: (option, its value when the key is absent, how
+# the user would type the value). A refusal names these options; keys DERIVED from them are left out; any other
+# key that differs (one an option added later sets) is named as it is.
+SETTING_FLAGS: dict[str, tuple[str, Any, Any]] = {
+    "tokenizer.sha256": ("--model", None, lambda v: f"sha256 {str(v)[:12]}"),  # after the model's name
+    "clip.size": ("--size", None, _dims),
+    "clip.resize": ("--resize", "crop", _value),
+    "clip.buckets": ("--buckets", None, lambda v: _value(v) if v is None else _dims(v)),
+    "clip.clip_frames": ("--clip-frames", None, _value),
+    "clip.clip_stride": ("--clip-stride", None, _value),
+    "clip.fps": ("--fps", None, _value),
+    "clip.max_clips": ("--max-clips", None, _value),
+    "clip.pad_short": ("--no-pad-short", True, lambda v: _on_off(not v)),
+    "clip.scenes.detector": ("--scenes", "off", _value),  # "on" is transnetv2 with a content gate
+    "clip.scenes.threshold": ("--scene-threshold", None, _value),
+    "clip.scenes.min_scene_frames": ("--min-scene-frames", None, _value),
+    "hflip": ("--hflip", False, _on_off),
+    "classes": ("--class-folders", None, lambda v: "off" if v is None else f"{len(v)} classes"),
+    "samples_per_shard": ("--samples-per-shard", None, _value),
+}
+DERIVED = ("format", "format_version", "codebook_size", "num_codebooks", "token_dtype", "bit_order", "causal",
+           "window_frames", "token_shape", "token_shapes", "clip_frames", "size", "resize", "buckets", "clip.multiple",
+           "clip.scenes.gate", "clip.scenes.thumbnail", "tokenizer.config.")  # the model's, or copies of the clip settings (a trailing dot: every key under it)
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two manifests, as the options a user types: `--size 128x224 (was) vs 160 (now)`;
+    keys no option is known to set named as they are; derived keys only when nothing else differs."""
     a, b = _flatten(old), _flatten(new)
-    keys = sorted(k for k in (set(a) | set(b)) - INFO_KEYS if k.partition(".")[0] not in INFO_ENTRIES)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    order = list(SETTING_FLAGS)  # options in the order of the table (as `--help` shows them), then the rest
+    keys = [k for k in (set(a) | set(b)) - INFO_KEYS if k.partition(".")[0] not in INFO_ENTRIES]
+    keys.sort(key=lambda k: (order.index(k) if k in order else len(order), k))
+    changed, derived = [], []
+    for key in keys:
+        if a.get(key) == b.get(key):
+            continue
+        if key.startswith("table.") and key != "table.format":  # a table's row options: --path-col, --where, ...
+            flag, default, show = f"--{key[len('table.'):].replace('_', '-')}", None, lambda v: ",".join(v) if isinstance(v, list) else _value(v)
+        elif key in SETTING_FLAGS:
+            flag, default, show = SETTING_FLAGS[key]
+        else:
+            raw = f"{key} {a.get(key)!r} (was) vs {b.get(key)!r} (now)"
+            (derived if key in DERIVED or key.startswith(tuple(d for d in DERIVED if d.endswith("."))) else changed).append(raw)
+            continue
+        was, now = (show(m[key] if key in m else default) for m in (a, b))
+        if flag == "--model":  # the name users typed (a path may move, so only the weights count)
+            was, now = (f"{m.get('tokenizer.name')} ({v})" for m, v in ((a, was), (b, now)))
+        if was != now:
+            changed.append(f"{flag} {was} (was) vs {now} (now)")
+    return changed or derived  # a derived key alone (a format change) is still a difference
 
 
 # manifest
@@ -288,22 +354,7 @@ def write_listing(out: Location, entries: Sequence[Sequence[str]], storage_optio
     text = _listing_text(entries)
     data = gzip.compress(text, compresslevel=6, mtime=0)
     path = storage.join(out, listing_name({"sha256": hashlib.sha256(text).hexdigest()}))
-    if storage.is_url(path):
-        try:
-            storage.write_bytes(path, data, storage_options)
-        except storage.errors() as exc:
-            raise storage.storage_error(OutputError, "write", path, exc) from None
-        return
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        _discard(tmp)
-        raise _oserror(exc, path) from None
+    write_bytes_atomic(path, data, shared=True, storage_options=storage_options)
 
 
 def read_listing(out: Location, identity: dict | None, storage_options: Options = None) -> list[list[str]] | None:
@@ -434,8 +485,8 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
         diff = _differences(old, manifest)
         if diff and not overwrite:
             raise OutputError(
-                f"{out} holds tokens made with other settings ({'; '.join(diff)}): "
-                "use --overwrite to replace them, or another output directory"
+                f"{out} holds tokens made with other settings: {'; '.join(diff)}. Rerun with the settings it was "
+                "made with to resume, or use --overwrite to replace it, or another output directory"
             )
         if diff:
             old = None
@@ -772,9 +823,10 @@ def load_npy(data: bytes, where: str, copy: bool = True) -> np.ndarray:
 
 
 def read_tokens(paths: str | Path | Sequence[str | Path], storage_options: Options = None) -> Iterator[tuple[str, np.ndarray, dict]]:
-    """(key, tokens (clips, t, h, w) [+ (c)], meta) over token dirs, tar files or brace patterns (or URLs), in order."""
+    """(key, tokens (clips, t, h, w) [+ (c)], meta) over token dirs, tar files or brace patterns (or URLs), in order;
+    a sample's text member is meta's `caption`."""
     for path in expand_paths(paths, storage_options):
-        for key, sample in iter_members(path, {TOKENS_MEMBER, META_MEMBER}, storage_options):
+        for key, sample in iter_members(path, {TOKENS_MEMBER, META_MEMBER, CAPTION_MEMBER}, storage_options):
             if TOKENS_MEMBER not in sample:
                 continue
             where = f"{storage.redact(path)}:{key}"
@@ -782,4 +834,6 @@ def read_tokens(paths: str | Path | Sequence[str | Path], storage_options: Optio
                 meta = json.loads(sample[META_MEMBER]) if META_MEMBER in sample else {}
             except ValueError as exc:
                 raise InputError(f"{where}.json is not JSON ({exc})") from None
+            if CAPTION_MEMBER in sample and isinstance(meta, dict):
+                meta["caption"] = sample[CAPTION_MEMBER].decode("utf-8", "replace")
             yield key, load_npy(sample[TOKENS_MEMBER], where), meta

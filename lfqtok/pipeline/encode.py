@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,11 +19,13 @@ from ..device import resolve_device
 from ..io import storage
 from .batch import check_buffers
 from .engines import ENGINES, run_jobs
-from ..errors import LfqtokError, UsageError
+from ..errors import InputError, LfqtokError, OutputError, UsageError
 from .pool import validate_pool
-from ..io.shards import LISTING_KEY, build_manifest, listing_identity, prepare_output
+from ..io.shards import LISTING_KEY, MANIFEST_NAME, build_manifest, listing_identity, prepare_output, read_listing, read_manifest
 from .sources import ItemList, list_items, plan_segments, plan_shards, validate_split
+from .tables import Table, TableJobs, TableOptions, table_format
 from .shapes import MIN_MULTIPLE, PRESET, frame_dims, parse_buckets, parse_size, preset_buckets
+from .scenes import scene_spec
 from .video import ClipSpec, resolve_decoder, validate_spec
 from .worker import ProgressFn, ShardEncoder, decode_workers
 
@@ -41,6 +43,9 @@ class EncodeConfig:
     fps: float | None = None  # resample to this frame rate first; None keeps the source rate
     max_clips: int | None = None  # at most this many clips per video
     pad_short: bool = True  # a video shorter than one clip is padded with its last frame (else: a failure)
+    scenes: str = "off"  # shot detection: off | on | content | transnetv2 (lfqtok/pipeline/scenes.py)
+    scene_threshold: float | None = None  # the detector's cut threshold; None: its default
+    min_scene_frames: int | None = None  # cuts closer than this many decoded frames are dropped; None: the default
     resize: str = "crop"  # crop | pad | fit onto the size (lfqtok/pipeline/shapes.py)
     buckets: str | Sequence[Sequence[int]] | None = None  # "HxW,HxW,..." or "auto": each video to the nearest aspect
     batch_size: int = 16  # clips per encoder batch
@@ -59,6 +64,7 @@ class EncodeConfig:
     verbose: bool = False  # let Ray's own log lines through to the terminal (--engine ray)
     class_folders: bool = False  # ImageNet-style ROOT/CLASS/...: each sample json gets "class" and "label"
     hflip: bool = False  # images also get the tokens of their mirrored model input ({key}.tokens_flip.npy)
+    table: TableOptions = field(default_factory=TableOptions)  # how a table input's rows become samples (tables.py)
     storage_options: dict | None = field(default=None, repr=False)  # fsspec options for URLs; never saved anywhere
 
     def clip_spec(self, multiple: int = MIN_MULTIPLE) -> ClipSpec:
@@ -78,6 +84,7 @@ class EncodeConfig:
             resize=self.resize,
             buckets=buckets,
             multiple=multiple,
+            scenes=scene_spec(self.scenes, self.scene_threshold, self.min_scene_frames),
         )
 
     def num_workers(self) -> int:
@@ -95,6 +102,7 @@ class EncodeConfig:
         check_buffers(self.batch_size, (spec.clip_frames, *spec.shapes.largest, 3), str(self.size))
         validate_pool(self.num_workers(), self.video_timeout)
         validate_split(self.samples_per_shard, self.num_shards, self.shard_index)
+        self.table.validate()
         resolve_decoder(self.decoder)
         if self.engine not in ENGINES:
             raise UsageError(f"--engine must be 'local' or 'ray', got {self.engine!r}")
@@ -185,6 +193,41 @@ def check_window(tok, config: EncodeConfig, images: bool = False) -> None:
         )
 
 
+def open_table(inputs: Sequence[str], config: EncodeConfig) -> Table | None:
+    """The table among the inputs (opened: columns checked, classes read), or None when there is none; a table is
+    encoded alone, and the table options need one."""
+    tables = [spec for spec in inputs if table_format(spec, config.storage_options)]
+    if not tables:
+        if config.table.used:
+            named = ", ".join(f"--{k.replace('_', '-')}" for k in config.table.settings())
+            raise UsageError(f"{named} read a table: give a .csv, .tsv, .jsonl or .parquet file (or a folder or glob of parquet parts)")
+        return None
+    if len(inputs) > 1:
+        raise UsageError(f"a table is encoded alone: {', '.join(map(storage.redact, tables))} with other inputs; "
+                         "give one table (or a folder or glob of its parquet parts)")
+    if config.class_folders:
+        raise UsageError("--class-folders does not apply to a table: its classes come from --label-col")
+    if config.append:
+        raise UsageError("--append adds inputs to a run of files; a table is one input: encode a new table into a new OUT")
+    return Table.open(inputs[0], config.table, config.storage_options)
+
+
+def check_table(out: storage.Location, table: Table, identity: list[list[str]], config: EncodeConfig) -> None:
+    """A resumed table run must read the table it started on: OutputError naming what changed (unless --overwrite)."""
+    try:
+        old = None if config.overwrite else read_manifest(storage.join(out, MANIFEST_NAME), config.storage_options)
+    except InputError:  # an unreadable manifest: prepare_output says so
+        return
+    if old is None or "table" not in old or old.get(LISTING_KEY) == listing_identity(identity):
+        return
+    recorded = read_listing(out, old.get(LISTING_KEY), config.storage_options) or []
+    changed = [f"{path}: {size} -> {now_size} bytes, {digest[:19]} -> {now[:19]}"
+               for (path, size, digest), (_, now_size, now) in zip(recorded, identity) if (size, digest) != (now_size, now)]
+    what = "; ".join(changed) or f"{len(recorded)} file(s) then, {len(identity)} now"
+    raise OutputError(f"{table.name} changed since the run in {storage.redact(str(out))} ({what}): encode it into a new OUT, "
+                      "or --overwrite to start over")
+
+
 LEFT_OUT_SHOWN = 5  # images left out that the summary and the manifest name
 
 
@@ -230,8 +273,8 @@ def encode_dataset(
     on_progress: ProgressFn | None = None,
     **options: Any,
 ) -> EncodeSummary:
-    """Encode videos and images (dirs, files, @lists, tar shards; paths or URLs) into token shards under `out`
-    (docs/format.md), a directory or a URL prefix.
+    """Encode videos and images (dirs, files, @lists, tar shards, or one table of rows; paths or URLs) into token
+    shards under `out` (docs/format.md), a directory or a URL prefix.
 
     `options` override fields of `config` (e.g. `size=256`). Resumes: shards whose `_stats.json` exists are
     skipped and left untouched. Raises `LfqtokError` subclasses for anything a user can fix; failed videos
@@ -244,13 +287,20 @@ def encode_dataset(
         if storage.is_url(url):
             storage.filesystem(url, config.storage_options)
     storage.check_writable(out, config.storage_options, config.video_timeout)
-    items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders,
-                       timeout=config.video_timeout)
-    if not items:
-        raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
-    check_apart(out, items.roots)
-    listing = [[item.key, item.source] for item in items]
-    images = sum(item.is_image for item in items)
+    table = open_table([str(i) for i in inputs], config)
+    if table is None:
+        items = list_items([str(i) for i in inputs], config.storage_options, class_folders=config.class_folders,
+                           timeout=config.video_timeout)
+        if not items:
+            raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
+        check_apart(out, items.roots)
+        listing = [[item.key, item.source] for item in items]
+        images, classes = sum(item.is_image for item in items), items.classes
+    else:  # a table's rows are streamed, never listed (rows are videos); its listing is its files' identity
+        check_apart(out, table.files)
+        items, images, classes = ItemList(), 0, table.classes
+        listing = table.identity()
+        check_table(out, table, listing, config)
     from ..tokenizers.model import load_tokenizer
 
     started = time.perf_counter()
@@ -258,7 +308,7 @@ def encode_dataset(
     check_window(tok, config, images=images > 0)
     spec = config.clip_spec(tok.config.spatial_compression)
     validate_spec(spec)  # the sizes again, against this tokenizer's spatial factor
-    frames = 1 if images == len(items) else config.clip_frames  # an image-only run's clips have 1 frame
+    frames = 1 if items and images == len(items) else config.clip_frames  # an image-only run's clips have 1 frame
     manifest = build_manifest(
         codebook_size=tok.codebook_size,
         num_codebooks=tok.num_codebooks,
@@ -277,26 +327,32 @@ def encode_dataset(
             "samples_per_shard": config.samples_per_shard,
             "inputs": [storage.redact(str(i)) for i in inputs],
             "cwd": os.getcwd(),  # sources are stored as given: decode resolves relative ones against this
-            **({"classes": items.classes} if config.class_folders else {}),  # sample json "label" indexes this
+            **({"classes": classes} if config.class_folders or config.table.label_col else {}),  # sample json "label" indexes this
             **({"hflip": True} if config.hflip else {}),
             **({"images_left_out": left_out(items)} if items.left_out else {}),
+            **({"table": table.settings()} if table is not None else {}),  # its format and row options
             LISTING_KEY: listing_identity(listing),
         },
     )
     del tok  # the encode processes load their own copy: a large model is not held twice while they run
     prepared = prepare_output(out, manifest, config.overwrite, config.storage_options, listing=listing, append=config.append)
-    if prepared.segments is not None:  # grown by --append: the recorded order, keys and shard numbers
-        jobs = plan_segments(items, prepared.entries, prepared.segments, config.samples_per_shard, config.num_shards, config.shard_index)
+    if table is not None:
+        todo = TableJobs(table, config.samples_per_shard, config.num_shards, config.shard_index, frozenset(prepared.finished))
+        skipped = sum(1 for i in prepared.finished if i % config.num_shards == config.shard_index)
     else:
-        jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
-    todo = [job for job in jobs if job.index not in prepared.finished]
+        if prepared.segments is not None:  # grown by --append: the recorded order, keys and shard numbers
+            jobs = plan_segments(items, prepared.entries, prepared.segments, config.samples_per_shard, config.num_shards, config.shard_index)
+        else:
+            jobs = plan_shards(items, config.samples_per_shard, config.num_shards, config.shard_index)
+        todo = [job for job in jobs if job.index not in prepared.finished]
+        skipped = len(jobs) - len(todo)
     encoder = config.shard_encoder(out, spec)
     results = run_jobs(encoder, todo, config.engine, ray_address=config.ray_address, verbose=config.verbose, on_progress=on_progress)
     failures = [f for r in results for f in r.failures]
     summary = EncodeSummary(
         out=storage.redact(str(out)),
         shards_written=len(results),
-        shards_skipped=len(jobs) - len(todo),
+        shards_skipped=skipped,
         videos_ok=sum(r.samples for r in results),
         videos_failed=len(failures),
         clips=sum(r.clips for r in results),

@@ -9,7 +9,7 @@ import queue
 import time
 import traceback
 from dataclasses import replace
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -24,7 +24,7 @@ PROGRESS_SECONDS = 0.25  # a device process reports its progress at most this of
 
 def run_jobs(
     encoder: ShardEncoder,
-    jobs: Sequence[ShardJob],
+    jobs: Iterable[ShardJob],
     engine: str = "local",
     *,
     ray_address: str | None = None,
@@ -33,8 +33,10 @@ def run_jobs(
 ) -> list[ShardResult]:
     """Run `encoder` on `jobs` with the engine named `engine`; results come back in shard order.
 
-    `ray_address` and `verbose` (Ray's own log lines in the terminal) matter to the Ray engine only."""
-    if not jobs:
+    `jobs`: a list, or a stream a table gives (`tables.TableJobs`: read as it is encoded, `part(rank, n)` of it for
+    one of several devices, `rows_total` for progress). `ray_address` and `verbose` (Ray's own log lines in the
+    terminal) matter to the Ray engine only."""
+    if isinstance(jobs, Sequence) and not jobs:
         return []
     if engine == "ray":
         from .ray_engine import run_ray
@@ -56,26 +58,38 @@ def local_devices(device: str) -> list[str]:
 # the local engine
 
 
+def total_counters(jobs: Iterable[ShardJob]) -> Counters:
+    """The run's totals for progress: a list's samples, a table stream's (estimated) rows."""
+    if isinstance(jobs, Sequence):
+        return Counters(videos_total=sum(len(j.items) for j in jobs))
+    return Counters(rows_total=getattr(jobs, "rows_total", 0))
+
+
+def job_part(jobs: Any, rank: int, n: int) -> Any:
+    """Every n-th job from the rank-th: of a list by slicing, of a stream by its own `part`."""
+    return list(jobs[rank::n]) if isinstance(jobs, Sequence) else jobs.part(rank, n)
+
+
 def run_local(
-    encoder: ShardEncoder, jobs: Sequence[ShardJob], on_progress: ProgressFn | None = None, devices: Sequence[str] | None = None
+    encoder: ShardEncoder, jobs: Iterable[ShardJob], on_progress: ProgressFn | None = None, devices: Sequence[str] | None = None
 ) -> list[ShardResult]:
     """Run `encoder` on this machine: in this process on one device; on several (`devices`, default: what
     `encoder.device` names), one spawned process each, with its share of the decode workers and every
     len(devices)-th job (dealt round-robin up front); progress is summed here."""
     devices = list(devices or local_devices(encoder.device))
     if len(devices) == 1:
-        return replace(encoder, device=devices[0])(jobs, on_progress=on_progress)
+        return replace(encoder, device=devices[0])(jobs, on_progress=on_progress, rows_total=total_counters(jobs).rows_total)
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
     share = max(1, decode_workers(encoder.workers) // len(devices))
     procs = [
         ctx.Process(target=_device_main, args=(rank, replace(encoder, device=dev, workers=share), part, messages))
         for rank, dev in enumerate(devices)
-        if (part := list(jobs[rank :: len(devices)]))
+        if (part := job_part(jobs, rank, len(devices)))
     ]  # not daemonic: each starts decode workers
     for proc in procs:
         proc.start()
-    total = Counters(videos_total=sum(len(j.items) for j in jobs))
+    total = total_counters(jobs)
     latest: dict[int, Counters] = {}
     results: list[ShardResult] = []
     running = len(procs)
@@ -105,7 +119,7 @@ def run_local(
     return results
 
 
-def _device_main(rank: int, encoder: ShardEncoder, jobs: list[ShardJob], messages) -> None:
+def _device_main(rank: int, encoder: ShardEncoder, jobs: Iterable[ShardJob], messages) -> None:
     """Body of one device process: encode its jobs, report progress at most every PROGRESS_SECONDS."""
     last = [0.0]
 

@@ -101,6 +101,9 @@ def decode_item(
     clip (`images.image_clip`, whatever the decoder). `storage_options`, `fetch_timeout` (seconds without
     progress): for a remote item whose bytes were not read ahead."""
     try:
+        if item.error is not None:  # a table row whose cells do not make a video: recorded, never opened
+            yield FailEvent(index, item.error)
+            return
         extras = read_extras(item, storage_options, fetch_timeout)
         if item.is_image:
             meta, clip = image_clip(read_video_bytes(item, storage_options, fetch_timeout), spec)
@@ -192,12 +195,27 @@ class _Tasks:
 
     def __init__(self, items: Iterable[VideoItem]):
         self.items, self.retry = iter(enumerate(items)), deque()
+        self.given = 0  # items handed out for their first try
+        self.exhausted = False
+        self.ahead: tuple[int, VideoItem] | None = None  # one item taken by `more`, not handed out yet
+
+    def more(self) -> bool:
+        """Whether a task is left (reads one item ahead from a stream)."""
+        if self.retry or self.ahead is not None:
+            return True
+        if not self.exhausted:
+            self.ahead = next(self.items, None)
+            self.exhausted = self.ahead is None
+        return self.ahead is not None
 
     def next(self) -> Task | None:
         if self.retry:
             return self.retry.popleft()
-        task = next(self.items, None)
-        return (*task, 0) if task is not None else None
+        if not self.more():
+            return None
+        task, self.ahead = self.ahead, None
+        self.given += 1
+        return (*task, 0)
 
 
 class DecodePool:
@@ -245,27 +263,27 @@ class DecodePool:
             worker.stop()
         self._pool.clear()
 
-    def run(self, items: Sequence[VideoItem]) -> Iterator[Event]:
-        """Events for every item: per video its ClipEvents in order, then exactly one DoneEvent, FailEvent or
-        SkipEvent."""
+    def run(self, items: Iterable[VideoItem]) -> Iterator[Event]:
+        """Events for every item (a sequence or a stream, taken as workers free up): per video its ClipEvents in
+        order, then exactly one DoneEvent, FailEvent or SkipEvent."""
         if self.workers == 0:  # one try each: a crash here would be this process's
             for index, item in enumerate(iter_fetched(items, self.storage_options, timeout=self.timeout)):
                 yield from self.decode(index, item, self.spec, self.decoders[0])
             return
         tasks = _Tasks(iter_fetched(items, self.storage_options, timeout=self.timeout))
         pending: deque[Event] = deque()
-        open_items = len(items)
+        finished = 0  # items whose last event was yielded
         try:
             for worker in self._pool:  # idle workers of an earlier run
                 worker.give(tasks.next())
-            while len(self._pool) < min(self.workers, len(items)):
+            while len(self._pool) < self.workers and tasks.more():
                 self._pool.append(self._start(tasks))
-            while open_items:
+            while finished < tasks.given or tasks.more():
                 if len(pending) < self.max_pending:
                     self._collect(pending, tasks, block=not pending)
                 if pending:
                     event = pending.popleft()
-                    open_items -= not isinstance(event, ClipEvent)
+                    finished += not isinstance(event, ClipEvent)
                     yield event
         except BaseException:
             self.close()  # a consumer that stops early or fails: no worker outlives it

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from ..errors import LfqtokError, UsageError
 from .pool import ClipEvent, DecodeFn, Event, FailEvent, decode_item, decoder_attempts
@@ -87,10 +87,11 @@ def _quiet(ray: Any, verbose: bool) -> Iterator[None]:
         module._worker_logs_enabled = before
 
 
-def absolute_jobs(jobs: Sequence[ShardJob]) -> list[ShardJob]:
-    """Workers run in other directories (and on other machines): every path they open must be absolute."""
-    absolute = lambda item: item if is_url(item.path) else replace(item, path=os.path.abspath(item.path))
-    return [replace(job, items=tuple(map(absolute, job.items))) for job in jobs]
+def absolute_jobs(jobs: Iterable[ShardJob]) -> Iterator[ShardJob]:
+    """Workers run in other directories (and on other machines): every path they open must be absolute (made so as
+    the jobs are dealt: a table's stream stays one)."""
+    absolute = lambda item: item if is_url(item.path) or not item.path else replace(item, path=os.path.abspath(item.path))
+    return (replace(job, items=tuple(map(absolute, job.items))) for job in jobs)
 
 
 def absolute_model(model: str) -> str:
@@ -121,6 +122,7 @@ class _Decoding:
 
     item: int
     stream: Any  # ray.ObjectRefGenerator
+    video: VideoItem  # what it decodes (tried again with the next decoder when lost before its first event)
     attempt: int = 0  # position in the pool's decoder attempts
     started: bool = False  # whether the task runs (a task queued for a free core cannot time out)
     sent: bool = False  # whether it yielded an event of its video yet (after that, a lost task is a failure)
@@ -159,14 +161,16 @@ class RayDecodePool:
             self.ray.cancel(running.stream, force=True)
         self.active.clear()
 
-    def run(self, items: Sequence[VideoItem]) -> Iterator[Event]:
-        todo = deque(enumerate(items))
-        while todo or self.active:
-            while todo and len(self.active) < self.workers:
-                index, item = todo.popleft()
-                self.active.append(_Decoding(index, self._submit(index, item, 0)))
+    def run(self, items: Iterable[VideoItem]) -> Iterator[Event]:
+        todo = enumerate(items)
+        ahead = next(todo, None)
+        while ahead is not None or self.active:
+            while ahead is not None and len(self.active) < self.workers:
+                index, item = ahead
+                self.active.append(_Decoding(index, self._submit(index, item, 0), item))
+                ahead = next(todo, None)
             for running in self._wait():
-                event = self._next_event(running, items)
+                event = self._next_event(running)
                 if event is None:
                     continue
                 if not isinstance(event, ClipEvent):
@@ -174,7 +178,7 @@ class RayDecodePool:
                 yield event
             for running in [r for r in self.active if r.stalled >= self.timeout]:
                 self.ray.cancel(running.stream, force=True)
-                event = self._lost(running, items, f"decode timed out after {self.timeout:g} s")
+                event = self._lost(running, f"decode timed out after {self.timeout:g} s")
                 if event is not None:
                     self.active.remove(running)
                     yield event
@@ -184,12 +188,12 @@ class RayDecodePool:
     def _submit(self, index: int, item: VideoItem, attempt: int) -> Any:
         return self.task.remote(self.decode, index, item, self.spec, self.decoders[attempt])
 
-    def _lost(self, running: _Decoding, items: Sequence[VideoItem], error: str) -> FailEvent | None:
+    def _lost(self, running: _Decoding, error: str) -> FailEvent | None:
         """A task that died or hung: its video's next try if it sent no event yet (None), else its failure."""
         if running.sent or running.attempt + 1 >= len(self.decoders):
             return FailEvent(running.item, error)
         running.attempt += 1
-        running.stream = self._submit(running.item, items[running.item], running.attempt)
+        running.stream = self._submit(running.item, running.video, running.attempt)
         running.started, running.stalled = False, 0.0
         return None
 
@@ -208,7 +212,7 @@ class RayDecodePool:
         ready_ids = set(map(id, ready))
         return [r for r in self.active if id(r.stream) in ready_ids]
 
-    def _next_event(self, running: _Decoding, items: Sequence[VideoItem]) -> Event | None:
+    def _next_event(self, running: _Decoding) -> Event | None:
         """The next event of a ready task; None for its 'started' value, or when it died and is tried again."""
         running.started, running.stalled = True, 0.0
         try:
@@ -216,7 +220,7 @@ class RayDecodePool:
         except StopIteration:
             return FailEvent(running.item, "decoder stopped without a result")
         except self.ray.exceptions.RayError as exc:
-            return self._lost(running, items, f"decoder process died ({type(exc).__name__})")
+            return self._lost(running, f"decoder process died ({type(exc).__name__})")
         running.sent = running.sent or event is not None
         return event
 
@@ -235,14 +239,15 @@ class ActorPlan:
     decode_tasks: int
 
 
-def plan_actors(resources: dict[str, float], device: str, workers: int | None, num_jobs: int) -> ActorPlan:
-    """One actor per GPU of the cluster (CPU actors, one per 4 cores, when it has none or `device` is 'cpu');
-    the remaining cores decode, shared by the shards in flight unless `workers` fixes the tasks per shard."""
+def plan_actors(resources: dict[str, float], device: str, workers: int | None, num_jobs: int | None) -> ActorPlan:
+    """One actor per GPU of the cluster (CPU actors, one per 4 cores, when it has none or `device` is 'cpu'), at
+    most `num_jobs` (None: not known, a table's stream); the remaining cores decode, shared by the shards in flight
+    unless `workers` fixes the tasks per shard."""
     gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
     on_gpu = gpus > 0 and device != "cpu"
     if device.startswith("cuda") and not on_gpu:
         raise UsageError(f"--device {device}: the Ray cluster has no GPUs (use --device auto or cpu)")
-    actors = max(1, min(num_jobs, gpus if on_gpu else cpus // 4))
+    actors = max(1, min(num_jobs or 2**31, gpus if on_gpu else cpus // 4))
     actor_cpus = 1 if cpus >= 2 * actors else 0  # never take the cores the decode tasks need
     spare = max(1, cpus - actors * actor_cpus)
     decode = workers if workers is not None else max(1, spare // (actors * SHARDS_PER_ACTOR))
@@ -311,11 +316,12 @@ class Dispatcher:
         self.results: list[ShardResult] = []
         self.start_failures = 0  # actors that died before they were ready (bounded: lfqtok missing on a node, ...)
 
-    def run(self, jobs: Sequence[ShardJob], on_progress: "ProgressFn | None") -> list[ShardResult]:
+    def run(self, jobs: Iterable[ShardJob], on_progress: "ProgressFn | None", total: "Counters | None" = None) -> list[ShardResult]:
+        """Deal `jobs` (a list, or a stream read as shards are dealt); `total`: the run's totals for progress."""
         from .worker import Counters
 
-        total = Counters(videos_total=sum(len(j.items) for j in jobs))
-        todo: deque[tuple[ShardJob, int]] = deque((job, 0) for job in jobs)  # (job, attempt)
+        total = total or Counters(videos_total=sum(len(j.items) for j in jobs) if isinstance(jobs, Sequence) else 0)
+        todo = _Todo(jobs)
         for _ in range(self.plan.actors):
             self._start_actor()
         last_live = time.monotonic()
@@ -446,6 +452,28 @@ class Dispatcher:
         return total.set_sum([Counters.of(self.results), *live])
 
 
+class _Todo:
+    """Shards to deal as (job, attempt): retries first, then the jobs in order, read one ahead (`bool` says whether
+    any is left)."""
+
+    def __init__(self, jobs: Iterable[ShardJob]):
+        self.retries: deque[tuple[ShardJob, int]] = deque()
+        self.stream = iter(jobs)
+        self.ahead = next(self.stream, None)
+
+    def __bool__(self) -> bool:
+        return bool(self.retries) or self.ahead is not None
+
+    def popleft(self) -> tuple[ShardJob, int]:
+        if self.retries:
+            return self.retries.popleft()
+        job, self.ahead = self.ahead, next(self.stream, None)
+        return job, 0
+
+    def appendleft(self, retry: tuple[ShardJob, int]) -> None:
+        self.retries.appendleft(retry)
+
+
 def _cause(exc: Any, what: str) -> LfqtokError:
     """The error raised inside a Ray task, as the one-line LfqtokError the CLI prints."""
     cause = getattr(exc, "cause", None)
@@ -459,16 +487,21 @@ def _cause(exc: Any, what: str) -> LfqtokError:
 
 def run_ray(
     encoder: "ShardEncoder",
-    jobs: Sequence[ShardJob],
+    jobs: Iterable[ShardJob],
     on_progress: "ProgressFn | None" = None,
     *,
     address: str | None = None,
     verbose: bool = False,
 ) -> list[ShardResult]:
     """Run `encoder` on shard jobs on a Ray cluster (`address`, see `connected`); results come back as the local
-    engine's do. `verbose`: Ray's own log lines go to the terminal too."""
+    engine's do (`jobs`: a list, or a table's stream, read by the driver as shards are dealt). `verbose`: Ray's own
+    log lines go to the terminal too."""
+    from .worker import Counters
+
+    listed = isinstance(jobs, Sequence)
+    total = Counters(videos_total=sum(len(j.items) for j in jobs) if listed else 0, rows_total=getattr(jobs, "rows_total", 0))
     with connected(address, verbose) as ray:
-        plan = plan_actors(ray.cluster_resources(), encoder.device, encoder.workers, len(jobs))
+        plan = plan_actors(ray.cluster_resources(), encoder.device, encoder.workers, len(jobs) if listed else None)
         out = encoder.out if is_url(encoder.out) else os.path.abspath(encoder.out)
         encoder = replace(encoder, out=out, model=absolute_model(encoder.model))
-        return Dispatcher(ray, encoder, plan).run(absolute_jobs(jobs), on_progress)
+        return Dispatcher(ray, encoder, plan).run(absolute_jobs(jobs), on_progress, total)

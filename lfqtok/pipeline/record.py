@@ -45,7 +45,8 @@ def sample_record(
 ) -> dict[str, Any]:
     """The json of one sample: its source, each clip's frames, what the video is, its token shape, then what the
     run's options add: `shaped` (shape options: frame size, valid box, bucket), `timed` (a time-aware run: each
-    clip's first and last frame time), and the item's class and label."""
+    clip's first and last frame time), the item's class and label, and with `--scenes` (the decode recorded
+    `meta.scenes`) the scenes, each clip's scene and its times."""
     indices = [list(map(int, c.frame_indices)) for c in clips]
     record: dict[str, Any] = {
         "source": item.source,
@@ -64,8 +65,12 @@ def sample_record(
     table = {"row": item.row, "segment": item.segment,
              "time_range": [seconds(t) for t in item.span] if item.span is not None else None}
     record.update({name: value for name, value in table.items() if value is not None})
-    if timed and not item.is_image:
+    scenes = meta.scenes if not item.is_image else None  # a --scenes run
+    if (timed or scenes is not None) and not item.is_image:
         record["clip_times"] = [[seconds(c.times[0]), seconds(c.times[1])] for c in clips]
+    if scenes is not None:
+        record["scenes"] = [[seconds(start), seconds(end)] for start, end in scenes]
+        record["clip_scenes"] = [int(c.scene) for c in clips]
     if item.columns is not None:
         record["columns"] = item.columns
     return record

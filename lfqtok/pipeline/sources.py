@@ -40,6 +40,7 @@ IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp"})  # still ima
 COMPRESSED_TARS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 READAHEAD_BYTES = 64 * 2**20  # remote video bytes fetched ahead of the decoders, at most (plus one per fetch thread)
 FETCH_THREADS = 8  # remote videos fetched at once: requests overlap their latency
+FETCH_WINDOW = 256  # items taken from the input ahead of the decoders, at most (a table's stream is never drained)
 
 # items
 
@@ -71,6 +72,7 @@ class VideoItem:
     columns: dict | None = field(default=None, compare=False)  # the row's other cells, as typed in the table
     still: bool = False  # a GIF among images (module docstring): decoded as a still image, its first frame
     fetched: "Fetched | None" = field(default=None, repr=False, compare=False)  # a remote item's bytes, read ahead
+    error: str | None = None  # a table row that cannot become a sample (a cell that does not parse): its failure
 
     @property
     def is_image(self) -> bool:
@@ -124,11 +126,13 @@ def is_image_name(name: str) -> bool:
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
-def _sanitize(text: str) -> str:
+def sanitize_key(text: str) -> str:
+    """A key from any text: [A-Za-z0-9_-] only, other characters replaced by '_' (never empty)."""
     return _UNSAFE.sub("_", text).strip("_") or "video"
 
 
-def _short_hash(text: str) -> str:
+def short_hash(text: str) -> str:
+    """8 hex digits of a text's hash: what makes colliding keys unique, whatever the order."""
     return hashlib.blake2s(text.encode("utf-8", "surrogateescape"), digest_size=4).hexdigest()
 
 
@@ -318,7 +322,7 @@ def _list_file(path: str, root: str | None) -> _Raw:
     rel = _relative(path, root) if root is not None else ".."
     inside = not rel.startswith("..")
     base = rel if inside else storage.name(path)  # a URL's path only: never its query (a token) or fragment
-    return _Raw(_sanitize(os.path.splitext(base)[0]), storage.redact(path), path, rel=rel.replace(os.sep, "/") if inside else None)
+    return _Raw(sanitize_key(os.path.splitext(base)[0]), storage.redact(path), path, rel=rel.replace(os.sep, "/") if inside else None)
 
 
 def _list_tar(path: str, prefix: bool, out: list[_Raw], left_out: list[str], options: Options = None, timeout: float | None = None) -> int:
@@ -342,7 +346,7 @@ def _list_tar(path: str, prefix: bool, out: list[_Raw], left_out: list[str], opt
         main = media[0]
         extras = tuple(m for _, m in members if m is not main)
         still = not videos and _is_gif(main.name)
-        out.append(_Raw(_sanitize(f"{stem}/{key}" if prefix else key), f"{storage.redact(path)}:{main.name}", path, main, extras, key, still))
+        out.append(_Raw(sanitize_key(f"{stem}/{key}" if prefix else key), f"{storage.redact(path)}:{main.name}", path, main, extras, key, still))
     return skipped
 
 
@@ -362,7 +366,7 @@ def _assign_keys(raws: list, names: Sequence[str] | None = None, classes: Sequen
     counts = Counter(r.base for r in raws)
     labels = {name: label for label, name in enumerate(classes)}
     for i, raw in enumerate(raws):  # raw.source is what users see (redacted): a re-signed URL keeps its key
-        key = f"{raw.base}_{_short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
+        key = f"{raw.base}_{short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
         name = names[i] if names is not None else None
         raws[i] = VideoItem(key, raw.source, raw.path, raw.member, raw.extras, name, labels.get(name), still=raw.still)
     return raws
@@ -430,9 +434,9 @@ def _list_items(inputs: Sequence[str], options: Options, class_folders: bool = F
             walked = list(_walk_url(path, options) if storage.is_url(path) else _walk(path))
             if _side(rel for _, rel in walked) == "videos":  # videos' posters and thumbnails stay out, as always
                 left_out.extend(p for p, rel in walked if not _is_video(rel))
-                raws.extend(_Raw(_sanitize(rel.rpartition(".")[0]), storage.redact(p), p, rel=rel) for p, rel in walked if _is_video(rel))
+                raws.extend(_Raw(sanitize_key(rel.rpartition(".")[0]), storage.redact(p), p, rel=rel) for p, rel in walked if _is_video(rel))
             else:
-                raws.extend(_Raw(_sanitize(rel.rpartition(".")[0]), storage.redact(p), p, rel=rel, still=_is_gif(rel)) for p, rel in walked)
+                raws.extend(_Raw(sanitize_key(rel.rpartition(".")[0]), storage.redact(p), p, rel=rel, still=_is_gif(rel)) for p, rel in walked)
         else:
             raws.append(_list_file(path, root))
     # duplicates (a file under two inputs) keep the key from the outermost root, whatever the input order
@@ -583,12 +587,13 @@ def iter_fetched(
     with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="lfqtok-fetch") as pool:
         exhausted = False
         while True:
-            while not exhausted and sum(f is not None and not f.done() for _, f in window) < FETCH_THREADS and held[0] < budget:
+            while (not exhausted and len(window) < FETCH_WINDOW and held[0] < budget
+                   and sum(f is not None and not f.done() for _, f in window) < FETCH_THREADS):
                 item = next(source, None)
                 if item is None:
                     exhausted = True
                     break
-                remote = storage.is_url(item.path) and item.fetched is None
+                remote = storage.is_url(item.path) and item.fetched is None and item.error is None
                 window.append((item, pool.submit(fetched, item) if remote else None))
             if not window:
                 return

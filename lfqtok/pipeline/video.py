@@ -23,6 +23,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from ..errors import UsageError, VideoError
+from .scenes import SceneSpec, make_detector, thumbnail
 from .shapes import Layout, Plan, Shapes, Size, check_scale, place, short_side
 
 try:  # decord has no wheels for some platforms; PyAV alone decodes everything, only slower
@@ -59,6 +60,7 @@ class ClipSpec:
     resize: str = "crop"  # crop | pad | fit onto the size (lfqtok/pipeline/shapes.py)
     buckets: tuple[tuple[int, int], ...] | None = None  # (H, W) shapes; each video goes to the nearest in aspect
     multiple: int = 8  # the tokenizer's spatial factor: every frame side is a multiple of it
+    scenes: SceneSpec | None = None  # shot detection (--scenes): clips never cross a cut; None: one scene
 
     @property
     def stride(self) -> int:
@@ -73,6 +75,8 @@ class ClipSpec:
         when used (so `--size S` manifests stay as they were)."""
         base = {"size": self.size, "clip_frames": self.clip_frames, "clip_stride": self.clip_stride, "fps": self.fps,
                 "max_clips": self.max_clips, "pad_short": self.pad_short}
+        if self.scenes is not None:
+            base["scenes"] = self.scenes.settings()
         if self.shapes.legacy:
             return base
         shaped = {"size": self.size if isinstance(self.size, int) else list(self.size), "resize": self.resize,
@@ -87,6 +91,7 @@ class ClipSpec:
             known["size"] = tuple(known["size"])
         if known.get("buckets") is not None:
             known["buckets"] = tuple(tuple(b) for b in known["buckets"])
+        known["scenes"] = SceneSpec.from_settings(known.get("scenes"))
         return cls(**known)
 
 
@@ -110,6 +115,7 @@ class VideoMeta:
     orig_size: tuple[int, int]  # (width, height) as displayed, after rotation
     decoder: str  # "decord" or "pyav" (the one that decoded the last frames)
     plan: Plan | None = None  # the video's frame shape, crop/pad box and bucket
+    scenes: list[tuple[float, float]] | None = None  # with --scenes: [start, end) s of each scene of the decoded span
 
 
 class RangeTooShort(VideoError):
@@ -328,6 +334,14 @@ def _in_span(frames: Iterator[Frame], span: tuple[float, float]) -> Iterator[Fra
 LayoutFn = Callable[[int, int], Layout]  # displayed (width, height) -> where the frame goes
 
 
+class _Scaled(NamedTuple):
+    """A frame scaled for display but not yet cropped or padded: what decord hands over, and what the scene stage
+    turns a PyAV frame into (its thumbnail is made from this, and the clip frame placed from it)."""
+
+    rgb: np.ndarray  # (h, w, 3) uint8 at the layout's scaled size (or native size without a layout)
+    layout: Layout | None
+
+
 def frame_to_rgb(
     frame: av.VideoFrame, place_frame: Plan | LayoutFn | None, rotation: int = 0, reformatter: VideoReformatter | None = None
 ) -> np.ndarray:
@@ -337,6 +351,11 @@ def frame_to_rgb(
     a function of the displayed (width, height), or None for the frame at its native size. `reformatter`: one
     kept over a video's frames keeps its swscale context (a frame's own builds one per call: 2x the cost of a
     small frame's conversion); the same pixels either way."""
+    return _placed(_scale(frame, place_frame, rotation, reformatter))
+
+
+def _scale(frame: av.VideoFrame, place_frame: Plan | LayoutFn | None, rotation: int, reformatter: VideoReformatter | None) -> _Scaled:
+    """`frame_to_rgb` up to its crop or pad."""
     display = (frame.height, frame.width) if rotation in (90, 270) else (frame.width, frame.height)
     lay = place_frame.for_frame(*display) if isinstance(place_frame, Plan) else place_frame(*display) if place_frame else None
     h, w = lay.scaled if lay else (display[1], display[0])
@@ -347,8 +366,11 @@ def frame_to_rgb(
     rgb = scaled.to_ndarray()
     if alpha:
         rgb = (rgb[..., :3].astype(np.uint16) * rgb[..., 3:] + 127) // 255
-    rgb = np.rot90(rgb, k=rotation // 90) if rotation else rgb
-    return place(rgb, lay) if lay else np.ascontiguousarray(rgb, dtype=np.uint8)
+    return _Scaled(np.rot90(rgb, k=rotation // 90) if rotation else rgb, lay)
+
+
+def _placed(scaled: _Scaled) -> np.ndarray:
+    return place(scaled.rgb, scaled.layout) if scaled.layout else np.ascontiguousarray(scaled.rgb, dtype=np.uint8)
 
 
 class _Decoder:
@@ -382,16 +404,73 @@ class _Decoder:
             try:
                 for frame in _decord_frames(self.video, w, h, 0, max(self.threads, 0)):
                     next_index = frame.index + 1
-                    yield frame._replace(data=place(frame.data, lay) if lay else frame.data)
+                    yield frame._replace(data=_Scaled(frame.data, lay))
                 return
             except (decord.DECORDError, VideoError, RuntimeError, ValueError):
                 self.name = "pyav"  # decord failed (open, a bad size, the end of a short stream): PyAV goes on
         yield from _pyav_frames(self.video, next_index, self.threads)
 
+    def scaled(self, frame: Frame) -> _Scaled:
+        """The frame scaled for display, before its crop or pad."""
+        if isinstance(frame.data, _Scaled):
+            return frame.data
+        return _scale(frame.data, self.layout_of, self.probe.rotation, self.reformatter)
+
     def to_rgb(self, frame: Frame) -> np.ndarray:
-        if isinstance(frame.data, np.ndarray):
-            return np.ascontiguousarray(frame.data)
+        if isinstance(frame.data, _Scaled):
+            return _placed(frame.data)
         return frame_to_rgb(frame.data, self.layout_of, self.probe.rotation, self.reformatter)
+
+
+class _SceneStage:
+    """The decode stage between the decoder and `_sample`: every decoded frame's thumbnail (`scenes.thumbnail` of
+    the scaled frame, whichever decoder made it) goes to a streaming detector, and frames come out with their
+    scene index once the detector can no longer put a cut before them (at most `lookahead` frames late).
+
+    Holds only the frames of the look-ahead (scaled, so PyAV frames are converted once: clips reuse the
+    conversion) and the scene boundaries it has passed on (`scenes`, [start, end) s)."""
+
+    def __init__(self, spec: SceneSpec, decoder: _Decoder):
+        self.detector = make_detector(spec)
+        self.decoder = decoder
+        self.scenes: list[tuple[float, float]] = []
+        self._cuts: deque[int] = deque()  # cuts reported, not yet reached by the frames passed on
+        self._scene, self._start, self._last = 0, None, None  # current scene, its start time, last frame passed on
+        self._step = 0.0  # the last interval between decoded frames (the last scene ends one frame after its last)
+        self._reformatter = VideoReformatter()  # the thumbnails' scaler, kept over the video
+
+    def run(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+        held: deque[Frame] = deque()
+        previous = None
+        for frame in frames:
+            scaled = self.decoder.scaled(frame)
+            if previous is not None:
+                self._step = max(frame.time - previous, 0.0)
+            previous = frame.time
+            held.append(frame._replace(data=scaled))
+            self._cuts.extend(self.detector.push(thumbnail(scaled.rgb, self._reformatter)))
+            while len(held) > self.detector.lookahead:
+                yield self._pass(held.popleft())
+        self._cuts.extend(self.detector.finish())
+        while held:
+            yield self._pass(held.popleft())
+
+    def finish(self) -> list[tuple[float, float]]:
+        """The scenes of the frames passed on, the last one closed one frame interval after its last frame."""
+        if self._last is not None:
+            self.scenes.append((self._start, self._last.time + self._step))
+            self._last = None
+        return self.scenes
+
+    def _pass(self, frame: Frame) -> Frame:
+        if self._start is None:
+            self._start = frame.time
+        while self._cuts and self._cuts[0] <= frame.index:
+            self._cuts.popleft()
+            self.scenes.append((self._start, frame.time))
+            self._scene, self._start = self._scene + 1, frame.time
+        self._last = frame
+        return frame._replace(scene=self._scene)
 
 
 # sampling and windows
@@ -546,6 +625,7 @@ def iter_clips(
     check_scale(plan, "video", VideoError)
     decoder = _Decoder(video, probe, plan.for_frame, threads, resolve_decoder(decoder), span)
     meta = VideoMeta(fps=probe.fps, num_frames=probe.num_frames, orig_size=display, decoder=decoder.name, plan=plan)
+    stage = _SceneStage(spec.scenes, decoder) if spec.scenes is not None else None
 
     def clips() -> Iterator[Clip]:
         produced, sampled = 0, 0
@@ -556,7 +636,8 @@ def iter_clips(
                 sampled += 1
                 yield frame
 
-        frames = counted(_sample(decoder.frames(), spec.fps, span[0] if span else 0.0))
+        decoded = stage.run(decoder.frames()) if stage else decoder.frames()  # scenes: inside the range, if any
+        frames = counted(_sample(decoded, spec.fps, span[0] if span else 0.0))
         for clip in plan_clips(frames, replace(spec, pad_short=True) if span else spec, decoder.to_rgb):
             if span is not None and clip.padded:
                 raise RangeTooShort(f"range {_span_text(span)} has {sampled} sampled frames, fewer than one clip of {spec.clip_frames}")
@@ -564,11 +645,15 @@ def iter_clips(
             meta.decoder = decoder.name
             yield clip
         meta.decoder = decoder.name
+        if stage:
+            meta.scenes = stage.finish()
         if produced == 0 and span is not None:
             raise RangeTooShort(
                 f"no frame of the video falls in the range {_span_text(span)}" if sampled == 0 else
                 f"range {_span_text(span)} has {sampled} sampled frames, no scene of them as long as one clip of {spec.clip_frames}"
             )
+        if produced == 0 and stage and len(meta.scenes) > 1:
+            raise VideoError(f"each of its {len(meta.scenes)} scenes is shorter than one clip of {spec.clip_frames} frames")
         if produced == 0:
             raise VideoError("no frames could be decoded")
 

@@ -7,13 +7,14 @@ one sample and writes the shards in input order (so reruns, resumes and every en
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def decode_workers(workers: int | None) -> int:
 
 # results
 
-COUNTS = ("videos_done", "videos_failed", "videos_skipped", "clips", "frames", "tokens")  # what engines sum over shards and processes
+COUNTS = ("videos_done", "videos_failed", "videos_skipped", "clips", "frames", "tokens", "rows_done")  # what engines sum over shards and processes
 
 
 @dataclass
@@ -54,6 +55,9 @@ class Counters:
     clips: int = 0
     frames: int = 0
     tokens: int = 0
+    writing: tuple[int, ...] = ()  # indices of the shards being written now (what a progress line names)
+    rows_total: int = 0  # a table's rows this run reads (estimated; 0: not a table): what progress counts then
+    rows_done: int = 0
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -66,14 +70,16 @@ class Counters:
             clips=sum(r.clips for r in results),
             frames=sum(r.frames for r in results),
             tokens=sum(r.tokens for r in results),
+            rows_done=sum(r.rows for r in results),
         )
 
     def set_sum(self, parts: Iterable["Counters"]) -> "Counters":
-        """Every count := its sum over `parts` (processes, actors, finished shards); `videos_total` and the
-        clock stay. Returns self, what the engines hand to `on_progress`."""
+        """Every count := its sum over `parts` (processes, actors, finished shards), `writing` their shards; the
+        totals and the clock stay. Returns self, what the engines hand to `on_progress`."""
         parts = list(parts)
         for name in COUNTS:
             setattr(self, name, sum(getattr(p, name) for p in parts))
+        self.writing = tuple(sorted({s for p in parts for s in p.writing}))
         return self
 
 
@@ -89,6 +95,9 @@ class ShardResult:
     seconds: float
     failures: list[dict[str, Any]]
     skipped: list[dict[str, Any]] = field(default_factory=list)  # time ranges shorter than one clip (in shards of ranges)
+    scenes: int | None = None  # --scenes: scenes detected in its samples ...
+    scenes_too_short: int | None = None  # ... and those shorter than one clip (they give none)
+    rows: int = 0  # table rows whose samples it holds or records (0: not a table); not in its stats file
 
 
 # the shard job function
@@ -127,17 +136,23 @@ class ShardEncoder:
             self._tokenizer = load_tokenizer(self.model, device=self.device, storage_options=self.storage_options)
         return self._tokenizer
 
-    def __call__(self, jobs: Sequence[ShardJob], on_progress: ProgressFn | None = None) -> list[ShardResult]:
-        """Encode every video of `jobs` with one decode pool, so the encoder does not drain between shards."""
-        counters = Counters(videos_total=sum(len(j.items) for j in jobs))
-        if not jobs:
+    def __call__(self, jobs: Iterable[ShardJob], on_progress: ProgressFn | None = None, rows_total: int = 0) -> list[ShardResult]:
+        """Encode every video of `jobs` with one decode pool, so the encoder does not drain between shards.
+
+        `jobs`: a sequence, or a stream (a table's, `rows_total` rows): its items are taken as decoders free up."""
+        listed = isinstance(jobs, Sequence)
+        counters = Counters(videos_total=sum(len(j.items) for j in jobs) if listed else 0, rows_total=rows_total)
+        stream = iter(jobs)
+        first = next(stream, None)
+        if first is None:
             return []
         tok = self.tokenizer
         spec = self.spec
         storage = token_dtype(tok.codebook_size)
-        assembler = _ShardAssembler(location(self.out), jobs, storage, counters, self.storage_options, shaped=not spec.shapes.legacy, hflip=self.hflip)
-        items = [item for job in jobs for item in job.items]
-        frames = 1 if all(item.is_image for item in items) else spec.clip_frames  # images: 1-frame clips
+        assembler = _ShardAssembler(location(self.out), storage, counters, self.storage_options, shaped=not spec.shapes.legacy,
+                                    hflip=self.hflip, scenes=spec.scenes is not None)
+        images_only = listed and all(item.is_image for job in jobs for item in job.items)
+        frames = 1 if images_only else spec.clip_frames  # images: 1-frame clips (a stream may hold videos)
         abort = threading.Event()
         on_cuda = next(tok.parameters()).device.type == "cuda"
         batcher = ClipBatcher(self.batch_size, (frames, *spec.shapes.largest, 3), pin_memory=on_cuda, abort=abort)
@@ -153,7 +168,7 @@ class ShardEncoder:
                 spec, decode_workers(self.workers), timeout=self.video_timeout, decoder=self.decoder, storage_options=self.storage_options
             )
             with pool:
-                for event in pool.run(items):
+                for event in pool.run(assembler.items(itertools.chain([first], stream))):
                     if abort.is_set():
                         break
                     if isinstance(event, ClipEvent):
@@ -162,7 +177,7 @@ class ShardEncoder:
                         ref = (event.item, event.clip_index, origin)
                         for batch in batcher.add(clip.frames, ref):
                             gpu_q.put(batch)
-                        if self.hflip and items[event.item].is_image:  # the model input mirrored: (T, H, W, 3)
+                        if self.hflip and assembler.item(event.item).is_image:  # the model input mirrored: (T, H, W, 3)
                             flipped = (event.item, event.clip_index, replace(origin, flipped=True))
                             for batch in batcher.add(clip.frames[:, :, ::-1], flipped):
                                 gpu_q.put(batch)
@@ -285,27 +300,45 @@ class _Pending:
 
 
 class _ShardAssembler:
-    """Collects each video's clip tokens and writes samples shard by shard, in the jobs' item order."""
+    """Collects each video's clip tokens and writes samples shard by shard, in the jobs' item order.
+
+    Jobs arrive through `items` as they are read (a table streams them); what it holds of a job goes once the
+    job's shard is written, so its memory follows the items in flight, not the run."""
 
     def __init__(
-        self, out: Location, jobs: Sequence[ShardJob], storage: np.dtype, counters: Counters, storage_options: Options = None,
-        shaped: bool = False, hflip: bool = False,
+        self, out: Location, storage: np.dtype, counters: Counters, storage_options: Options = None,
+        shaped: bool = False, hflip: bool = False, scenes: bool = False,
     ):
-        self.out, self.jobs, self.storage, self.counters, self.hflip = out, list(jobs), storage, counters, hflip
+        self.out, self.storage, self.counters, self.hflip = out, storage, counters, hflip
         self.storage_options = storage_options
         self.shaped = shaped  # shape options in use: samples record their frame size, valid box and bucket
-        self.owner: list[tuple[int, int]] = [(j, i) for j, job in enumerate(self.jobs) for i in range(len(job.items))]
+        self.scenes = scenes  # --scenes: shard stats count scenes and those too short for a clip
+        self.jobs: dict[int, ShardJob] = {}  # jobs taken and not finished, by their order of arrival j
+        self.owner: dict[int, tuple[int, int]] = {}  # item index -> (j, index in its job), until it is written
         self.pending: dict[int, _Pending] = {}
-        self.next_item = [0] * len(self.jobs)  # per job: local index of the next sample to write
-        self.first_item = np.cumsum([0] + [len(job.items) for job in self.jobs]).tolist()
+        self.next_item: dict[int, int] = {}  # per job: local index of the next sample to write
+        self.first_item: dict[int, int] = {}  # per job: the item index of its first item
         self.writers: dict[int, ShardWriter] = {}
         self.stats: dict[int, dict[str, Any]] = {}
         self.results: list[ShardResult] = []
-        self.finished: set[int] = set()
+        self.taken = 0  # items handed out so far
+
+    def items(self, jobs: Iterable[ShardJob]) -> Iterator[VideoItem]:
+        """The items of `jobs` in order, each job registered before its first item is decoded."""
+        for j, job in enumerate(jobs):
+            self.jobs[j], self.first_item[j], self.next_item[j] = job, self.taken, 0
+            self._stats(j)  # its clock starts as its first item goes to the decoders
+            for local, item in enumerate(job.items):
+                self.owner[self.taken] = (j, local)
+                self.taken += 1
+                yield item
+
+    def item(self, index: int) -> VideoItem:
+        j, local = self.owner[index]
+        return self.jobs[j].items[local]
 
     def clip(self, item: int, clip_index: int, clip: Any, tokens: np.ndarray) -> None:
-        j, local = self.owner[item]
-        if local < self.next_item[j]:
+        if item not in self.owner:
             return  # a late clip of a video that already failed and was recorded
         if clip.flipped:
             self._get(item).flips[clip_index] = tokens
@@ -314,6 +347,8 @@ class _ShardAssembler:
         self._advance(item)
 
     def done(self, event: DoneEvent) -> None:
+        if event.item not in self.owner:
+            return
         pending = self._get(event.item)
         pending.done = event
         if event.num_clips == 0:
@@ -321,10 +356,14 @@ class _ShardAssembler:
         self._advance(event.item)
 
     def fail(self, item: int, error: str) -> None:
+        if item not in self.owner:
+            return
         self._get(item).error = error
         self._advance(item)
 
     def skip(self, item: int, reason: str) -> None:
+        if item not in self.owner:
+            return
         self._get(item).skipped = reason
         self._advance(item)
 
@@ -351,12 +390,15 @@ class _ShardAssembler:
             if pending is None or not pending.complete:
                 return
             self._emit(j, job.items[self.next_item[j]], pending)
-            del self.pending[position]
+            del self.pending[position], self.owner[position]
             self.next_item[j] += 1
         self._finish(j)
 
     def _emit(self, j: int, item: VideoItem, pending: _Pending) -> None:
         stats = self._stats(j)
+        if item.row is not None and not item.segment:  # a table row's first sample (or its recorded failure or skip)
+            stats["rows"] += 1
+            self.counters.rows_done += 1
         where = {name: value for name, value in (("row", item.row), ("segment", item.segment)) if value is not None}
         if pending.error is not None:
             stats["failures"].append({"source": item.source, **where, "error": pending.error})
@@ -376,12 +418,16 @@ class _ShardAssembler:
         stats["clips"] += tokens.shape[0]
         stats["tokens"] += int(tokens.size)
         stats["frames"] += sum(len(c.frame_indices) for c, _ in clips)
+        if self.scenes and done.meta.scenes is not None:  # a scene shorter than one clip gives none
+            stats["scenes"] += len(done.meta.scenes)
+            stats["scenes_too_short"] += len(done.meta.scenes) - len({c.scene for c, _ in clips})
         self.counters.videos_done += 1
 
     def _stats(self, j: int) -> dict[str, Any]:
         if j not in self.stats:
             self.stats[j] = {"shard": self.jobs[j].index, "samples": 0, "clips": 0, "tokens": 0, "frames": 0,
-                             "started": time.perf_counter(), "failures": []}
+                             **({"scenes": 0, "scenes_too_short": 0} if self.scenes else {}),
+                             "started": time.perf_counter(), "failures": [], "rows": 0}
             if any(item.span is not None for item in self.jobs[j].items):  # a shard of time ranges (a table's)
                 self.stats[j]["skipped"] = []
         return self.stats[j]
@@ -389,16 +435,21 @@ class _ShardAssembler:
     def _writer(self, j: int) -> ShardWriter:
         if j not in self.writers:
             self.writers[j] = ShardWriter(self.out, self.jobs[j].index, self.storage, self.storage_options)
+            self._writing()
         return self.writers[j]
 
+    def _writing(self) -> None:
+        self.counters.writing = tuple(sorted(self.jobs[j].index for j in self.writers))
+
     def _finish(self, j: int) -> None:
-        if j in self.finished:
+        if j not in self.jobs:
             return
-        self.finished.add(j)
         stats = self._stats(j)
         started = stats.pop("started")
+        rows = stats.pop("rows")
         stats["seconds"] = round(time.perf_counter() - started, 3)
         writer = self._writer(j)  # an all-failed shard still gets its (empty) tar and stats
         writer.finish(stats)
-        del self.writers[j]
-        self.results.append(ShardResult(**stats))
+        del self.writers[j], self.stats[j], self.jobs[j], self.next_item[j], self.first_item[j]
+        self._writing()
+        self.results.append(ShardResult(**stats, rows=rows))
