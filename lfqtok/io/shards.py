@@ -541,7 +541,7 @@ def _resumed_listing(out: Location, old: dict, manifest: dict, listing: Sequence
     added, removed = _added_removed(recorded, listing) if recorded is not None else (None, None)
     if segmented and not added and not removed:
         return recorded, before
-    if append and removed:
+    if removed:
         raise OutputError(f"{listing_change(recorded, listing)} since the run in {where}: --append only adds inputs; "
                           "encode into a new OUT")
     if append:
