@@ -396,3 +396,19 @@ def test_a_presigned_list_url_stays_out_of_the_manifest_and_errors(tmp_path, cli
     assert not _files_hold(tmp_path, CANARY)
     code, stdout, stderr = cli(*encode_args(f"@{http_server.url('empty.txt')}?sig={CANARY}", out=str(tmp_path / "none"), model=model))
     assert code != 0 and CANARY not in one_line(stderr) and http_server.url("empty.txt") in stderr, stderr
+
+
+def test_presigned_token_tars_are_read_and_their_signature_never_shown(tmp_path, clips, model, http_server):
+    """stats --by source/shard and decode of `tok/00000.tar?sig=...`: the manifest beside the tar is found (the
+    query is no part of the name) and no row or line carries the signature."""
+    code, _, stderr = cli(*encode_args(str(clips), out=str(http_server.root / "tok"), model=model))
+    assert code == 0, stderr
+    tar = http_server.url("tok/00000.tar") + f"?sig={CANARY}"
+    for by in ("source", "shard"):
+        code, stdout, stderr = cli("stats", tar, "--by", by, "--json")
+        assert code == 0 and CANARY not in stdout + stderr, stdout + stderr
+        rows = json.loads(stdout)[f"per_{by}"]
+        assert {row["shard"] for row in rows} == {http_server.url("tok/00000.tar")}
+    code, stdout, stderr = cli("decode", tar, "-o", str(tmp_path / "prev"), "--format", "png", "--device", "cpu", "--json")
+    assert code == 0 and CANARY not in stdout + stderr, stderr
+    assert len(json.loads(stdout)) == 2 and not _files_hold(tmp_path, CANARY)
