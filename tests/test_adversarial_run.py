@@ -383,3 +383,24 @@ def test_a_gif_sample_in_a_tar_of_images_is_an_image_and_a_tar_of_videos_counts_
     assert {k: t.shape[1] for k, t, _ in lfqtok.read_tokens(tmp_path / "tok-images")} == {"p0": 1, "g1": 1, "p2": 1}
     videos = encode(tmp_path / "videos.tar", tmp_path / "tok-videos", model)
     assert videos["videos_ok"] == 1 and videos["left_out"] == 1 and videos["left_out_first"] == [f"{tmp_path / 'videos.tar'}:p1.png"]
+
+
+# found by the review of the merged sweep (qa-24)
+
+
+def test_decode_previews_never_replace_the_source_videos(tmp_path, grown, model):
+    """`decode OUT -o VIDEOS`: each preview `{key}.mp4` would land on the video it decodes; refused, videos kept."""
+    encode(grown, tmp_path / "tok", model)
+    before = snapshot(grown)
+    error = one_line_error(run("decode", tmp_path / "tok", "-o", grown, "--device", "cpu", "--compare"), 2)
+    assert "source" in error and "b.mp4" in error
+    assert snapshot(grown) == before
+
+
+def test_a_removed_input_is_refused_without_suggesting_append(tmp_path, grown, model):
+    """A rename (1 added, 1 removed): --append would be refused too, so the first refusal does not offer it."""
+    out = tmp_path / "tok"
+    encode(grown, out, model, "--samples-per-shard", "2")
+    (grown / "c.mp4").rename(grown / "z.mp4")
+    message = one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2"), 1)
+    assert "1 input added, 1 removed" in message and "new OUT" in message and "add --append" not in message

@@ -363,3 +363,52 @@ def test_a_canary_secret_in_presigned_urls_never_leaves_the_process(tmp_path, cl
     for result in (done, tarred, refused, bad_endpoint):
         assert CANARY not in result.stdout + result.stderr, result.stdout + result.stderr
     assert not _files_hold(tmp_path, CANARY)  # outputs, stats, manifests and the model cache
+
+
+# found by the review of the merged sweep (qa-24)
+
+
+def test_a_prefix_whose_listing_stalls_is_one_line_not_a_failed_video(tmp_path, clips, model, s3, s3_server, monkeypatch):
+    """The store answers the prefix's HEAD (404) but never its LIST: the run stops in one line, within the timeout;
+    it used to take the prefix for one object, record it as a failed video and exit 0 with an empty OUT."""
+    fs, bucket = storage.filesystem(s3)
+    fs.pipe_file(f"{bucket}/v/a.mp4", (clips / "a.mp4").read_bytes())
+    proxy = _StallingProxy(s3_server, f"GET /{bucket}?list-type".encode())
+    try:
+        use_s3_server(monkeypatch, proxy.endpoint)
+        started = time.monotonic()
+        code, _, stderr = cli(*encode_args(f"{s3}/v", out=str(tmp_path / "out"), model=model))
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert code == 1 and f"{s3}/v" in one_line(stderr) and f"no progress for {TIMEOUT} s" in stderr, stderr
+    assert not (tmp_path / "out").exists() and elapsed < 3 * TIMEOUT + 20, elapsed
+
+
+def test_a_presigned_list_url_stays_out_of_the_manifest_and_errors(tmp_path, clips, model, http_server):
+    """`@URL?sig=...`: the manifest's `inputs` and the 'nothing found' line name the list without its signature."""
+    (http_server.root / "a.mp4").write_bytes((clips / "a.mp4").read_bytes())
+    (http_server.root / "list.txt").write_text("a.mp4\n")
+    (http_server.root / "empty.txt").write_text("\n")
+    code, stdout, stderr = cli(*encode_args(f"@{http_server.url('list.txt')}?sig={CANARY}", out=str(tmp_path / "out"), model=model))
+    assert code == 0 and CANARY not in stdout + stderr, stderr
+    assert json.loads((tmp_path / "out" / "lfqtok.json").read_text())["inputs"] == [f"@{http_server.url('list.txt')}"]
+    assert not _files_hold(tmp_path, CANARY)
+    code, stdout, stderr = cli(*encode_args(f"@{http_server.url('empty.txt')}?sig={CANARY}", out=str(tmp_path / "none"), model=model))
+    assert code != 0 and CANARY not in one_line(stderr) and http_server.url("empty.txt") in stderr, stderr
+
+
+def test_presigned_token_tars_are_read_and_their_signature_never_shown(tmp_path, clips, model, http_server):
+    """stats --by source/shard and decode of `tok/00000.tar?sig=...`: the manifest beside the tar is found (the
+    query is no part of the name) and no row or line carries the signature."""
+    code, _, stderr = cli(*encode_args(str(clips), out=str(http_server.root / "tok"), model=model))
+    assert code == 0, stderr
+    tar = http_server.url("tok/00000.tar") + f"?sig={CANARY}"
+    for by in ("source", "shard"):
+        code, stdout, stderr = cli("stats", tar, "--by", by, "--json")
+        assert code == 0 and CANARY not in stdout + stderr, stdout + stderr
+        rows = json.loads(stdout)[f"per_{by}"]
+        assert {row["shard"] for row in rows} == {http_server.url("tok/00000.tar")}
+    code, stdout, stderr = cli("decode", tar, "-o", str(tmp_path / "prev"), "--format", "png", "--device", "cpu", "--json")
+    assert code == 0 and CANARY not in stdout + stderr, stderr
+    assert len(json.loads(stdout)) == 2 and not _files_hold(tmp_path, CANARY)

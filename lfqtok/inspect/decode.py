@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import re
 import struct
 import zlib
@@ -549,6 +550,14 @@ def source_video(source: Any, cwd: str | None = None, tars: TarSources | None = 
     return tars.read(tar, member)
 
 
+def local_source(sample: Sample) -> str | None:
+    """The local video file a sample was encoded from, when it is still there (not a URL, not a tar member)."""
+    source = sample.meta.get("source")
+    if exists(sample.generated) or not isinstance(source, str) or not source or storage.is_url(source):
+        return None
+    return _existing_file(source, (sample.manifest or {}).get("cwd"))
+
+
 def _existing_file(path: str, cwd: str | None) -> str | None:
     if Path(path).is_file():
         return path
@@ -653,6 +662,7 @@ def decode_samples(
     tars = TarSources(storage_options)
     previews = []
     names: set[str] = set()
+    sources = {os.path.realpath(found): found for found in map(local_source, samples) if found}
     for sample in samples:
         t, h, w = sample.tokens.shape[1:4]
         c = tok.config
@@ -662,6 +672,10 @@ def decode_samples(
         kind = preview_format(sample, fmt)
         renamed = f"written as {name}.{kind}: an earlier input has the key {sample.key}" if name != sample.key else None
         notes = [n for n in (model_note, to_bit_order(sample, tok), note, renamed) if n]
+        replaced = sources.get(os.path.realpath(out / f"{name}.{kind}"))
+        if replaced:
+            raise UsageError(f"the preview {out / f'{name}.{kind}'} would replace the source video {replaced}: write the "
+                             "previews to another directory")
         previews.append(Preview(sample, out / f"{name}.{kind}", kind, compare, source, notes))
     rows: dict[int, dict] = {}
     left = [len(s.tokens) for s in samples]

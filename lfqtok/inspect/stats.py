@@ -431,10 +431,12 @@ def token_stats(
     if scened:
         result["scenes"] = scene_summary(scenes)
     if by == "shard":
-        result["per_shard"] = [{**shard_rows[str(p)], "utilization": shard_rows[str(p)]["used_codes"] / codebook_size} for p in tars]
+        result["per_shard"] = [{**shard_rows[str(p)], "shard": storage.redact(str(p)),  # a presigned URL's signature stays here
+                                "utilization": shard_rows[str(p)]["used_codes"] / codebook_size} for p in tars]
     if by == "source":
         order = {str(p): i for i, p in enumerate(tars)}
-        result["per_source"] = sorted(sources, key=lambda r: order[r["shard"]])  # stable: sample order within a shard
+        rows = sorted(sources, key=lambda r: order[r["shard"]])  # stable: sample order within a shard
+        result["per_source"] = [{**r, "shard": storage.redact(r["shard"])} for r in rows]
     if exists(plot):
         plot_stats(total, result, Path(plot))
     return result

@@ -266,8 +266,8 @@ def _checked_manifest(manifest: Any, path: Location) -> dict:
 
 def _read_remote_manifest(url: str, storage_options: Options) -> dict | None:
     """`read_manifest` for a URL: the prefix's manifest, the one beside a .tar, or the manifest object itself."""
-    base = url.rstrip("/")
-    path = base if base.endswith("/" + MANIFEST_NAME) else storage.join(storage.parent(base) if base.endswith(".tar") else base, MANIFEST_NAME)
+    base, name = url.rstrip("/"), storage.url_path(url.rstrip("/"))  # name: without a presigned URL's query
+    path = base if name.endswith("/" + MANIFEST_NAME) else storage.join(storage.parent(base) if name.endswith(".tar") else base, MANIFEST_NAME)
     try:
         data = storage.read_bytes(path, storage_options)
     except FileNotFoundError:
@@ -541,7 +541,7 @@ def _resumed_listing(out: Location, old: dict, manifest: dict, listing: Sequence
     added, removed = _added_removed(recorded, listing) if recorded is not None else (None, None)
     if segmented and not added and not removed:
         return recorded, before
-    if append and removed:
+    if removed:
         raise OutputError(f"{listing_change(recorded, listing)} since the run in {where}: --append only adds inputs; "
                           "encode into a new OUT")
     if append:

@@ -149,8 +149,10 @@ def bare(url: Location) -> str:
 def redact(url: Location) -> str:
     """What users may see of a URL (in errors, manifests, stats, sources): the URL without user info and without
     the query parameters that carry credentials (signatures, tokens, keys, expiry), the others kept in order; an
-    http fragment dropped; an object-store key kept whole, '?' and '#' included."""
+    http fragment dropped; an object-store key kept whole, '?' and '#' included. An `@list` input: its URL so."""
     text = str(url)
+    if text.startswith("@") and is_url(text[1:]):
+        return "@" + redact(text[1:])
     if not is_url(text):
         return text
     scheme, host, route, query = _split(text)

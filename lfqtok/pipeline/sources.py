@@ -390,13 +390,17 @@ def list_items(inputs: Sequence[str], options: Options = None, class_folders: bo
 
 
 def _kind(path: str, options: Options, timeout: float | None = None) -> str:
-    """'dir', 'file' or 'missing': one stat, or one metadata request for a URL (one that stalls: 'file')."""
+    """'dir', 'file' or 'missing': one stat, or one metadata request for a URL (one that stalls: 'file' when its
+    name is a video, image or tar's, its fetch then its recorded failure; else a prefix that cannot be listed)."""
     if not storage.is_url(path):
         return "dir" if os.path.isdir(path) else "file" if os.path.exists(path) else "missing"
     try:
         found = storage.info(path, options, timeout)
-    except TimeoutError:
-        return "file"
+    except TimeoutError as exc:
+        name = storage.url_path(path).lower()
+        if _is_media(name) or name.endswith(".tar"):
+            return "file"
+        raise InputError(f"cannot list {storage.redact(path)}: {exc}") from None
     except storage.errors() as exc:
         raise storage.storage_error(InputError, "read", path, exc) from None
     return "missing" if found is None else "dir" if found.get("type") == "directory" else "file"
