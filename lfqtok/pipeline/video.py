@@ -365,7 +365,7 @@ def _scale(frame: av.VideoFrame, place_frame: Plan | LayoutFn | None, rotation: 
     scaled = (reformatter or VideoReformatter()).reformat(frame, width=w, height=h, format="rgba" if alpha else "rgb24", interpolation="AREA")
     rgb = scaled.to_ndarray()
     if alpha:
-        rgb = (rgb[..., :3].astype(np.uint16) * rgb[..., 3:] + 127) // 255
+        rgb = ((rgb[..., :3].astype(np.uint16) * rgb[..., 3:] + 127) // 255).astype(np.uint8)  # uint8, as every frame
     return _Scaled(np.rot90(rgb, k=rotation // 90) if rotation else rgb, lay)
 
 
