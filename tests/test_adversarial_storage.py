@@ -193,18 +193,23 @@ class _StallingProxy:
             thread.join(timeout=5)
 
 
+def encode_stalled(hold: str, inputs: str, out: Path, model: str, s3_server, monkeypatch) -> tuple[int, str, str, float]:
+    """(exit code, stdout, stderr, seconds) of an encode whose S3 requests starting with `hold` never get an answer."""
+    proxy = _StallingProxy(s3_server, hold.encode())
+    try:
+        use_s3_server(monkeypatch, proxy.endpoint)
+        started = time.monotonic()
+        code, stdout, stderr = cli(*encode_args(inputs, out=str(out), model=model))
+        return code, stdout, stderr, time.monotonic() - started
+    finally:
+        proxy.close()
+
+
 def test_an_s3_object_that_never_answers_is_a_recorded_failure(tmp_path, clips, model, s3, s3_server, monkeypatch):
     fs, bucket = storage.filesystem(s3)
     for name in ("a.mp4", "b.mp4"):
         fs.pipe_file(f"{bucket}/v/{name}", (clips / name).read_bytes())
-    proxy = _StallingProxy(s3_server, f"GET /{bucket}/v/b.mp4".encode())
-    try:
-        use_s3_server(monkeypatch, proxy.endpoint)
-        started = time.monotonic()
-        code, stdout, stderr = cli(*encode_args(f"{s3}/v", out=str(tmp_path / "out"), model=model))
-        elapsed = time.monotonic() - started
-    finally:
-        proxy.close()
+    code, stdout, stderr, elapsed = encode_stalled(f"GET /{bucket}/v/b.mp4", f"{s3}/v", tmp_path / "out", model, s3_server, monkeypatch)
     assert code == 0, stderr
     [failure] = stats_of(tmp_path / "out")["failures"]
     assert failure["source"] == f"{s3}/v/b.mp4" and f"no progress for {TIMEOUT} s" in failure["error"]
@@ -373,14 +378,7 @@ def test_a_prefix_whose_listing_stalls_is_one_line_not_a_failed_video(tmp_path, 
     it used to take the prefix for one object, record it as a failed video and exit 0 with an empty OUT."""
     fs, bucket = storage.filesystem(s3)
     fs.pipe_file(f"{bucket}/v/a.mp4", (clips / "a.mp4").read_bytes())
-    proxy = _StallingProxy(s3_server, f"GET /{bucket}?list-type".encode())
-    try:
-        use_s3_server(monkeypatch, proxy.endpoint)
-        started = time.monotonic()
-        code, _, stderr = cli(*encode_args(f"{s3}/v", out=str(tmp_path / "out"), model=model))
-        elapsed = time.monotonic() - started
-    finally:
-        proxy.close()
+    code, _, stderr, elapsed = encode_stalled(f"GET /{bucket}?list-type", f"{s3}/v", tmp_path / "out", model, s3_server, monkeypatch)
     assert code == 1 and f"{s3}/v" in one_line(stderr) and f"no progress for {TIMEOUT} s" in stderr, stderr
     assert not (tmp_path / "out").exists() and elapsed < 3 * TIMEOUT + 20, elapsed
 
