@@ -22,7 +22,7 @@ def test_a_plain_sample_has_exactly_the_fields_it_always_had():
 def test_a_table_range_records_where_it_came_from_and_when_each_clip_is():
     item = VideoItem("k", "v/a.mp4", "v/a.mp4", span=(12.5, 20.0), row=7, segment=1, caption="a dog runs ☃",
                      columns={"score": 5.5, "camera motion": "pan"})
-    record = sample_record(item, META, CLIPS, (2, 2, 16, 16), timed=True)
+    record = sample_record(item, META, CLIPS, (2, 2, 16, 16))
     assert record["row"] == 7 and record["segment"] == 1 and record["time_range"] == [12.5, 20.0]
     assert record["clip_times"] == [[0.0, 0.133333], [0.166667, 0.266667]]
     assert record["columns"] == {"score": 5.5, "camera motion": "pan"}

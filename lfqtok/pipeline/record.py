@@ -41,12 +41,12 @@ def seconds(t: float) -> float:
 
 def sample_record(
     item: VideoItem, meta: VideoMeta, clips: Sequence[ClipOrigin], tokens_shape: Sequence[int], *,
-    shaped: bool = False, timed: bool = False,
+    shaped: bool = False,
 ) -> dict[str, Any]:
     """The json of one sample: its source, each clip's frames, what the video is, its token shape, then what the
-    run's options add: `shaped` (shape options: frame size, valid box, bucket), `timed` (a time-aware run: each
-    clip's first and last frame time), the item's class and label, and with `--scenes` (the decode recorded
-    `meta.scenes`) the scenes, each clip's scene and its times."""
+    run's options add: `shaped` (shape options: frame size, valid box, bucket), the item's class and label, its
+    table row and range, and each clip's first and last frame time where time matters (a table's item, a `--scenes`
+    run: the decode recorded `meta.scenes`), with the scenes and each clip's scene."""
     indices = [list(map(int, c.frame_indices)) for c in clips]
     record: dict[str, Any] = {
         "source": item.source,
@@ -66,7 +66,8 @@ def sample_record(
              "time_range": [seconds(t) for t in item.span] if item.span is not None else None}
     record.update({name: value for name, value in table.items() if value is not None})
     scenes = meta.scenes if not item.is_image else None  # a --scenes run
-    if (timed or scenes is not None) and not item.is_image:
+    timed = item.row is not None or item.span is not None or scenes is not None
+    if timed and not item.is_image:
         record["clip_times"] = [[seconds(c.times[0]), seconds(c.times[1])] for c in clips]
     if scenes is not None:
         record["scenes"] = [[seconds(start), seconds(end)] for start, end in scenes]

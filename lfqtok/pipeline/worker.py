@@ -411,7 +411,7 @@ class _ShardAssembler:
         done = pending.done
         clips = [pending.clips[i] for i in range(done.num_clips)]
         tokens = np.stack([t for _, t in clips]).astype(self.storage, copy=False)  # (clips, t, h, w) [+ (c)]
-        meta = sample_record(item, done.meta, [c for c, _ in clips], tokens.shape, shaped=self.shaped, timed=item.row is not None or item.span is not None)
+        meta = sample_record(item, done.meta, [c for c, _ in clips], tokens.shape, shaped=self.shaped)
         flips = np.stack([pending.flips[i] for i in range(done.num_clips)]).astype(self.storage, copy=False) if pending.flip else None
         self._writer(j).write(item.key, tokens, meta, {**done.extras, **sample_members(item)}, flip_tokens=flips)
         stats["samples"] += 1
