@@ -32,7 +32,7 @@ import numpy as np
 from .. import __version__
 from . import storage
 from .codec import token_dtype
-from ..errors import InputError, OutputError, UsageError
+from ..errors import InputError, OutputError, OutputRefused, UsageError
 from .storage import Location, Options
 
 # constants
@@ -376,7 +376,7 @@ def _entry_key(key: str, source: str, taken: set[str]) -> str:
     if key in taken:
         key = f"{key}_{hashlib.blake2s(source.encode('utf-8', 'surrogateescape'), digest_size=4).hexdigest()}"
         if key in taken:
-            raise OutputError(f"the new input {source} would get the key {key}, which the run already has: rename it")
+            raise OutputRefused(f"the new input {source} would get the key {key}, which the run already has: rename it")
     return key
 
 
@@ -449,7 +449,7 @@ def _foreign_tar(path: Location, storage_options: Options) -> str | None:
 
 def _ours(out: Location, names: Sequence[str], storage_options: Options) -> list[str]:
     """The names in OUT that lfqtok wrote: manifest, listing, temp files, its `_stats.json`, token tars (those
-    with lfqtok's `_stats.json`, or whose first sample holds tokens). OutputError for a tar that is not a token
+    with lfqtok's `_stats.json`, or whose first sample holds tokens). OutputRefused for a tar that is not a token
     shard (a video or image dataset's, say): nothing is deleted then, and --overwrite is no way out."""
     stats = {n for n in names if _STATS_RE.match(n) and _stats_is_ours(out, n, storage_options)}
     ours = [n for n in names if n == MANIFEST_NAME or LISTING_RE.match(n) or TMP_RE.match(n) or n in stats]
@@ -461,7 +461,7 @@ def _ours(out: Location, names: Sequence[str], storage_options: Options) -> list
             continue
         why = _foreign_tar(storage.join(out, n), storage_options)
         if why is not None:
-            raise OutputError(f"{storage.redact(out)} holds {n}, which lfqtok did not write ({why}): "
+            raise OutputRefused(f"{storage.redact(out)} holds {n}, which lfqtok did not write ({why}): "
                               "write the tokens to another OUT; nothing was changed")
         ours.append(n)
     return ours
@@ -471,8 +471,8 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
                    listing: Sequence[Sequence[str]] | None = None, append: bool = False) -> Prepared:
     """Create OUT with its manifest (written first; the listing sidecar just before it) or check the one there.
 
-    Other settings in an existing OUT -> OutputError naming them, unless `overwrite` (then lfqtok's old outputs go;
-    nothing else in OUT is touched, and a tar lfqtok did not write is refused). `listing`: the run's entries
+    Other settings in an existing OUT -> OutputRefused naming them (a usage error), unless `overwrite` (then
+    lfqtok's old outputs go; nothing else in OUT is touched, and a tar lfqtok did not write is refused). `listing`: the run's entries
     ([key, source], sorted), whose identity is the manifest's `listing`: an OUT made from another listing is refused
     naming what changed, started over with `overwrite`, or grown with `append` (the new entries only, into new
     shards after the last one). A URL OUT instead of stale temp files has stale multipart uploads aborted.
@@ -484,7 +484,7 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
     if old is not None and old != manifest:
         diff = _differences(old, manifest)
         if diff and not overwrite:
-            raise OutputError(
+            raise OutputRefused(
                 f"{out} holds tokens made with other settings: {'; '.join(diff)}. Rerun with the settings it was "
                 "made with to resume, or use --overwrite to replace it, or another output directory"
             )
@@ -494,14 +494,14 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
     if old is not None and listing is not None and old.get(LISTING_KEY) is not None:
         try:
             recorded, identity = _resumed_listing(out, old, manifest, listing, append, storage_options)
-        except OutputError:
+        except OutputRefused:
             if not overwrite:
                 raise
             old = None  # --overwrite over other inputs: start over
     if old is None:
         ours = _ours(out, names, storage_options)
         if not overwrite and any(n.endswith(".tar") or _STATS_RE.match(n) for n in ours):
-            raise OutputError(f"{out} holds token shards but no readable {MANIFEST_NAME}: use --overwrite to replace them")
+            raise OutputRefused(f"{out} holds token shards but no readable {MANIFEST_NAME}: use --overwrite to replace them")
         _remove(out, [n for n in ours if n != MANIFEST_NAME], storage_options)
         if listing is not None:
             write_listing(out, listing, storage_options)
@@ -527,7 +527,7 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
 
 def _resumed_listing(out: Location, old: dict, manifest: dict, listing: Sequence[Sequence[str]], append: bool,
                      storage_options: Options) -> tuple[list[list[str]] | None, dict]:
-    """The listing a resumed OUT goes on with: (recorded entries, identity), grown by `append`; OutputError naming
+    """The listing a resumed OUT goes on with: (recorded entries, identity), grown by `append`; OutputRefused naming
     what changed when the inputs are not the recorded ones."""
     before = old[LISTING_KEY]
     segmented = "segments" in before  # grown by --append: its order is the shards', not the sorted listing's
@@ -536,17 +536,17 @@ def _resumed_listing(out: Location, old: dict, manifest: dict, listing: Sequence
     recorded = read_listing(out, before, storage_options)
     where = storage.redact(out)
     if recorded is None and (segmented or append):
-        raise OutputError(f"the listing of the run in {where} ({listing_name(before)}) is missing or damaged, so which "
+        raise OutputRefused(f"the listing of the run in {where} ({listing_name(before)}) is missing or damaged, so which "
                           "inputs its shards hold is unknown: encode into a new OUT")
     added, removed = _added_removed(recorded, listing) if recorded is not None else (None, None)
     if segmented and not added and not removed:
         return recorded, before
     if removed:
-        raise OutputError(f"{listing_change(recorded, listing)} since the run in {where}: --append only adds inputs; "
+        raise OutputRefused(f"{listing_change(recorded, listing)} since the run in {where}: --append only adds inputs; "
                           "encode into a new OUT")
     if append:
         return _appended(old, recorded, listing, int(old.get("samples_per_shard", 1)))
-    raise OutputError(f"{listing_change(recorded, listing, before.get('count'))} since the run in {where}: encode into a "
+    raise OutputRefused(f"{listing_change(recorded, listing, before.get('count'))} since the run in {where}: encode into a "
                       "new OUT, or add --append to encode only the new inputs, into new shards after the finished ones")
 
 
@@ -558,7 +558,7 @@ def _existing_manifest(path: Location, overwrite: bool, storage_options: Options
     except InputError:
         if overwrite:
             return None
-        raise OutputError(f"{storage.redact(path)} is unreadable or not an lfqtok manifest: use --overwrite to replace it") from None
+        raise OutputRefused(f"{storage.redact(path)} is unreadable or not an lfqtok manifest: use --overwrite to replace it") from None
 
 
 def _mtime(path: Path) -> float:

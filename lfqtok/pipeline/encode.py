@@ -19,7 +19,7 @@ from ..device import resolve_device
 from ..io import storage
 from .batch import check_buffers
 from .engines import ENGINES, run_jobs
-from ..errors import InputError, LfqtokError, OutputError, UsageError
+from ..errors import InputError, LfqtokError, OutputRefused, UsageError
 from .pool import validate_pool
 from ..io.shards import LISTING_KEY, MANIFEST_NAME, build_manifest, listing_identity, prepare_output, read_listing, read_manifest
 from .sources import ItemList, list_items, plan_segments, plan_shards, validate_split
@@ -213,7 +213,7 @@ def open_table(inputs: Sequence[str], config: EncodeConfig) -> Table | None:
 
 
 def check_table(out: storage.Location, table: Table, identity: list[list[str]], config: EncodeConfig) -> None:
-    """A resumed table run must read the table it started on: OutputError naming what changed (unless --overwrite)."""
+    """A resumed table run must read the table it started on: OutputRefused naming what changed (unless --overwrite)."""
     try:
         old = None if config.overwrite else read_manifest(storage.join(out, MANIFEST_NAME), config.storage_options)
     except InputError:  # an unreadable manifest: prepare_output says so
@@ -224,7 +224,7 @@ def check_table(out: storage.Location, table: Table, identity: list[list[str]], 
     changed = [f"{path}: {size} -> {now_size} bytes, {digest[:19]} -> {now[:19]}"
                for (path, size, digest), (_, now_size, now) in zip(recorded, identity) if (size, digest) != (now_size, now)]
     what = "; ".join(changed) or f"{len(recorded)} file(s) then, {len(identity)} now"
-    raise OutputError(f"{table.name} changed since the run in {storage.redact(str(out))} ({what}): encode it into a new OUT, "
+    raise OutputRefused(f"{table.name} changed since the run in {storage.redact(str(out))} ({what}): encode it into a new OUT, "
                       "or --overwrite to start over")
 
 
