@@ -332,6 +332,20 @@ def listing_change(old: Sequence[Sequence[str]] | None, new: Sequence[Sequence[s
     return "the same inputs under other keys or in another order"
 
 
+def _files_change(old: Sequence[Sequence[str]] | None, new: Sequence[Sequence[str]], old_count: int | None) -> str:
+    """What changed in a table's files (its listing: [path, size, digest] per file): each changed file with its
+    sizes and hashes, each added or removed one named; `old` None (its entries unknown): the counts then and now."""
+    files = lambda n: f"{n} file{'s' if n != 1 else ''}"
+    if old is None:
+        return f"{files(old_count) if old_count is not None else 'an unknown number of files'} then, {len(new)} now"
+    before, after = {e[0]: tuple(e[1:]) for e in old}, {e[0]: tuple(e[1:]) for e in new}
+    said = [f"{path}: {size} -> {after[path][0]} bytes, {digest[:19]} -> {after[path][1][:19]}"
+            for path, (size, digest) in before.items() if path in after and after[path] != (size, digest)]
+    said += [f"{path} removed" for path in before if path not in after]
+    said += [f"{path} added" for path in after if path not in before]
+    return "; ".join(said) or "its files in another order"
+
+
 def _added_removed(old: Sequence[Sequence[str]], new: Sequence[Sequence[str]]) -> tuple[int, int]:
     before, after = {e[-1] for e in old}, {e[-1] for e in new}
     return len(after - before), len(before - after)
@@ -535,6 +549,10 @@ def _resumed_listing(out: Location, old: dict, manifest: dict, listing: Sequence
         return None, before
     recorded = read_listing(out, before, storage_options)
     where = storage.redact(out)
+    if "table" in manifest:  # its listing is its files' identity, and a table is never appended to
+        raise OutputRefused(f"{manifest['inputs'][0]} changed since the run in {where} "
+                            f"({_files_change(recorded, listing, before.get('count'))}): encode it into a new OUT, or "
+                            "--overwrite to start over")
     if recorded is None and (segmented or append):
         raise OutputRefused(f"the listing of the run in {where} ({listing_name(before)}) is missing or damaged, so which "
                           "inputs its shards hold is unknown: encode into a new OUT")

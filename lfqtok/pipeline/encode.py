@@ -19,9 +19,9 @@ from ..device import resolve_device
 from ..io import storage
 from .batch import check_buffers
 from .engines import ENGINES, run_jobs
-from ..errors import InputError, LfqtokError, OutputRefused, UsageError
+from ..errors import LfqtokError, UsageError
 from .pool import validate_pool
-from ..io.shards import LISTING_KEY, MANIFEST_NAME, build_manifest, listing_identity, prepare_output, read_listing, read_manifest
+from ..io.shards import LISTING_KEY, build_manifest, listing_identity, prepare_output
 from .sources import ItemList, list_items, plan_segments, plan_shards, validate_split
 from .tables import Table, TableJobs, TableOptions, table_format
 from .shapes import MIN_MULTIPLE, PRESET, frame_dims, parse_buckets, parse_size, preset_buckets
@@ -212,22 +212,6 @@ def open_table(inputs: Sequence[str], config: EncodeConfig) -> Table | None:
     return Table.open(inputs[0], config.table, config.storage_options)
 
 
-def check_table(out: storage.Location, table: Table, identity: list[list[str]], config: EncodeConfig) -> None:
-    """A resumed table run must read the table it started on: OutputRefused naming what changed (unless --overwrite)."""
-    try:
-        old = None if config.overwrite else read_manifest(storage.join(out, MANIFEST_NAME), config.storage_options)
-    except InputError:  # an unreadable manifest: prepare_output says so
-        return
-    if old is None or "table" not in old or old.get(LISTING_KEY) == listing_identity(identity):
-        return
-    recorded = read_listing(out, old.get(LISTING_KEY), config.storage_options) or []
-    changed = [f"{path}: {size} -> {now_size} bytes, {digest[:19]} -> {now[:19]}"
-               for (path, size, digest), (_, now_size, now) in zip(recorded, identity) if (size, digest) != (now_size, now)]
-    what = "; ".join(changed) or f"{len(recorded)} file(s) then, {len(identity)} now"
-    raise OutputRefused(f"{table.name} changed since the run in {storage.redact(str(out))} ({what}): encode it into a new OUT, "
-                      "or --overwrite to start over")
-
-
 LEFT_OUT_SHOWN = 5  # images left out that the summary and the manifest name
 
 
@@ -300,7 +284,6 @@ def encode_dataset(
         check_apart(out, table.files)
         items, images, classes = ItemList(), 0, table.classes
         listing = table.identity()
-        check_table(out, table, listing, config)
     from ..tokenizers.model import load_tokenizer
 
     started = time.perf_counter()
