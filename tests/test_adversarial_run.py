@@ -156,6 +156,19 @@ def test_an_appended_key_never_collides_with_a_recorded_one(tmp_path, grown, cli
     assert len(found) == len(set(found)) == 5 and found[:4] == ["b", "c", "d", "e"] and found[4].startswith("b_")
 
 
+def test_a_run_builds_its_listing_once(tmp_path, grown, clip_bytes, model, monkeypatch):
+    """The lines of a million inputs take about 1.5 s to build: the manifest's hash and the sidecar share them."""
+    from lfqtok.io import shards
+
+    built, real = [], shards._listing_text
+    monkeypatch.setattr(shards, "_listing_text", lambda entries: built.append(len(entries)) or real(entries))
+    encode(grown, tmp_path / "tok", model)
+    encode(grown, tmp_path / "tok", model)  # a resume: only the hash that finds the listing unchanged
+    (grown / "a.mp4").write_bytes(clip_bytes)
+    encode(grown, tmp_path / "tok", model, "--append")  # the new listing's hash, then the grown one's (another order)
+    assert built == [4, 4, 5, 5]
+
+
 @pytest.mark.parametrize("damage, said", [
     (lambda out: (out / "lfqtok.json").write_text("{not json"), "is unreadable or not an lfqtok manifest"),
     (lambda out: (out / "lfqtok.json").unlink(), "holds token shards but no readable lfqtok.json"),

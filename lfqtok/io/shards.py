@@ -315,10 +315,23 @@ def _listing_text(entries: Sequence[Sequence[str]]) -> bytes:
     return "".join(f"[{', '.join(map(encode_basestring, e))}]\n" for e in entries).encode("utf-8", "surrogateescape")
 
 
-def listing_identity(entries: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """The manifest's `listing` entry: how many entries and the sha256 of their ordered lines (each entry, e.g. an
-    item's [key, source] or a table's [url, size, etag], one JSON line): equal exactly when the entries are."""
-    return {"count": len(entries), "sha256": hashlib.sha256(_listing_text(entries)).hexdigest()}
+class Listing:
+    """A run's listing: its entries in order (an item's [key, source], a table file's [path, size, digest]), their
+    lines built once, when first needed (about 1.5 s a million entries): `identity` hashes them, `write_listing`
+    stores them."""
+
+    def __init__(self, entries: Sequence[Sequence[str]]):
+        self.entries = entries
+
+    @functools.cached_property
+    def text(self) -> bytes:
+        return _listing_text(self.entries)
+
+    @functools.cached_property
+    def identity(self) -> dict[str, Any]:
+        """The manifest's `listing` entry: how many entries and the sha256 of their lines (one JSON array a line):
+        equal exactly when the entries are."""
+        return {"count": len(self.entries), "sha256": hashlib.sha256(self.text).hexdigest()}
 
 
 def listing_change(old: Sequence[Sequence[str]] | None, new: Sequence[Sequence[str]], old_count: int | None = None) -> str:
@@ -362,12 +375,11 @@ def listing_name(identity: dict) -> str:
     return f"lfqtok.listing.{identity['sha256'][:16]}.gz"
 
 
-def write_listing(out: Location, entries: Sequence[Sequence[str]], storage_options: Options = None) -> None:
-    """The listing sidecar (`listing_name`, gzip of the lines `listing_identity` hashes), written whole before the
+def write_listing(out: Location, listing: Listing, storage_options: Options = None) -> None:
+    """The listing sidecar (`listing_name`, gzip of the lines its identity hashes), written whole before the
     manifest that names it; several --num-shards parts may write the same one at once."""
-    text = _listing_text(entries)
-    data = gzip.compress(text, compresslevel=6, mtime=0)
-    path = storage.join(out, listing_name({"sha256": hashlib.sha256(text).hexdigest()}))
+    data = gzip.compress(listing.text, compresslevel=6, mtime=0)
+    path = storage.join(out, listing_name(listing.identity))
     write_bytes_atomic(path, data, shared=True, storage_options=storage_options)
 
 
@@ -404,7 +416,7 @@ class Prepared:
     segments: list[list[int]] | None = None
 
 
-def _appended(old: dict, recorded: list[list[str]], entries: Sequence[Sequence[str]], per_shard: int) -> tuple[list[list[str]], dict]:
+def _appended(old: dict, recorded: list[list[str]], entries: Sequence[Sequence[str]], per_shard: int) -> tuple[Listing, dict]:
     """--append: the recorded listing plus the new entries (keys kept unique), and its identity with one more
     segment of shards numbered after the last one (none when nothing is new)."""
     identity = old[LISTING_KEY]
@@ -417,10 +429,10 @@ def _appended(old: dict, recorded: list[list[str]], entries: Sequence[Sequence[s
             taken.add(key)
             new.append([key, source])
     if not new:
-        return recorded, {**identity, "segments": segments}  # its keys and order, not the new listing's
+        return Listing(recorded), {**identity, "segments": segments}  # its keys and order, not the new listing's
     first, count = segments[-1]
-    combined = [*recorded, *new]
-    return combined, {**listing_identity(combined), "segments": [*segments, [first + -(-count // per_shard), len(new)]]}
+    grown = Listing([*recorded, *new])
+    return grown, {**grown.identity, "segments": [*segments, [first + -(-count // per_shard), len(new)]]}
 
 
 # what is ours: --overwrite and a fresh start delete only what lfqtok wrote
@@ -482,14 +494,14 @@ def _ours(out: Location, names: Sequence[str], storage_options: Options) -> list
 
 
 def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_options: Options = None,
-                   listing: Sequence[Sequence[str]] | None = None, append: bool = False) -> Prepared:
+                   listing: Listing | None = None, append: bool = False) -> Prepared:
     """Create OUT with its manifest (written first; the listing sidecar just before it) or check the one there.
 
     Other settings in an existing OUT -> OutputRefused naming them (a usage error), unless `overwrite` (then
-    lfqtok's old outputs go; nothing else in OUT is touched, and a tar lfqtok did not write is refused). `listing`: the run's entries
-    ([key, source], sorted), whose identity is the manifest's `listing`: an OUT made from another listing is refused
-    naming what changed, started over with `overwrite`, or grown with `append` (the new entries only, into new
-    shards after the last one). A URL OUT instead of stale temp files has stale multipart uploads aborted.
+    lfqtok's old outputs go; nothing else in OUT is touched, and a tar lfqtok did not write is refused). `listing`:
+    the run's (items' [key, source], sorted; a table's files), whose identity is the manifest's `listing`: an OUT
+    made from another listing is refused naming what changed, started over with `overwrite`, or grown with `append`
+    (the new entries only, into new shards after the last one). A URL OUT instead of stale temp files has stale multipart uploads aborted.
     """
     out = storage.location(out)
     names = _list_output(out, storage_options)
@@ -507,7 +519,7 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
     recorded, identity = None, None
     if old is not None and listing is not None and old.get(LISTING_KEY) is not None:
         try:
-            recorded, identity = _resumed_listing(out, old, manifest, listing, append, storage_options)
+            recorded, identity = _resumed_listing(out, old, manifest, listing.entries, append, storage_options)
         except OutputRefused:
             if not overwrite:
                 raise
@@ -536,12 +548,12 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
     finished = finished_shards(out, storage_options)
     if identity is None or "segments" not in identity:
         return Prepared(finished)
-    return Prepared(finished, recorded, identity["segments"])
+    return Prepared(finished, recorded.entries, identity["segments"])
 
 
 def _resumed_listing(out: Location, old: dict, manifest: dict, listing: Sequence[Sequence[str]], append: bool,
-                     storage_options: Options) -> tuple[list[list[str]] | None, dict]:
-    """The listing a resumed OUT goes on with: (recorded entries, identity), grown by `append`; OutputRefused naming
+                     storage_options: Options) -> tuple[Listing | None, dict]:
+    """The listing a resumed OUT goes on with: (the recorded one, its identity), grown by `append`; OutputRefused naming
     what changed when the inputs are not the recorded ones."""
     before = old[LISTING_KEY]
     segmented = "segments" in before  # grown by --append: its order is the shards', not the sorted listing's
@@ -558,7 +570,7 @@ def _resumed_listing(out: Location, old: dict, manifest: dict, listing: Sequence
                           "inputs its shards hold is unknown: encode into a new OUT")
     added, removed = _added_removed(recorded, listing) if recorded is not None else (None, None)
     if segmented and not added and not removed:
-        return recorded, before
+        return Listing(recorded), before
     if removed:
         raise OutputRefused(f"{listing_change(recorded, listing)} since the run in {where}: --append only adds inputs; "
                           "encode into a new OUT")

@@ -21,7 +21,7 @@ from .batch import check_buffers
 from .engines import ENGINES, run_jobs
 from ..errors import LfqtokError, UsageError
 from .pool import validate_pool
-from ..io.shards import LISTING_KEY, build_manifest, listing_identity, prepare_output
+from ..io.shards import LISTING_KEY, Listing, build_manifest, prepare_output
 from .sources import ItemList, list_items, plan_segments, plan_shards, validate_split
 from .tables import Table, TableJobs, TableOptions, table_format
 from .shapes import MIN_MULTIPLE, PRESET, frame_dims, parse_buckets, parse_size, preset_buckets
@@ -278,12 +278,12 @@ def encode_dataset(
         if not items:
             raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
         check_apart(out, items.roots)
-        listing = [[item.key, item.source] for item in items]
+        listing = Listing([[item.key, item.source] for item in items])
         images, classes = sum(item.is_image for item in items), items.classes
     else:  # a table's rows are streamed, never listed (rows are videos); its listing is its files' identity
         check_apart(out, table.files)
         items, images, classes = ItemList(), 0, table.classes
-        listing = table.identity()
+        listing = Listing(table.identity())
     from ..tokenizers.model import load_tokenizer
 
     started = time.perf_counter()
@@ -314,11 +314,12 @@ def encode_dataset(
             **({"hflip": True} if config.hflip else {}),
             **({"images_left_out": left_out(items)} if items.left_out else {}),
             **({"table": table.settings()} if table is not None else {}),  # its format and row options
-            LISTING_KEY: listing_identity(listing),
+            LISTING_KEY: listing.identity,  # its lines, built once: the sidecar stores the same
         },
     )
     del tok  # the encode processes load their own copy: a large model is not held twice while they run
     prepared = prepare_output(out, manifest, config.overwrite, config.storage_options, listing=listing, append=config.append)
+    del listing  # its entries and lines (about 150 bytes an input) are not held through the run
     if table is not None:
         todo = TableJobs(table, config.samples_per_shard, config.num_shards, config.shard_index, frozenset(prepared.finished))
         skipped = sum(1 for i in prepared.finished if i % config.num_shards == config.shard_index)
