@@ -228,7 +228,8 @@ def check_apart(out: storage.Location, roots: Sequence[str]) -> None:
     """UsageError when OUT is an input, holds one, or is inside an input directory: the run would write among (and
     --overwrite could delete) the user's own files, and a rerun would list its own output."""
     if storage.is_url(out):
-        target, paths = str(out).rstrip("/"), [(r, r.rstrip("/")) for r in roots if storage.is_url(r)]
+        target = storage.normalize(str(out)).rstrip("/")  # URLs compared as written would miss S3:// vs s3://
+        paths = [(r, storage.normalize(r).rstrip("/")) for r in roots if storage.is_url(r)]
     else:
         target = os.path.realpath(out)
         paths = [(r, os.path.realpath(r)) for r in roots if not storage.is_url(r)]
