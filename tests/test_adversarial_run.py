@@ -392,6 +392,17 @@ def test_images_left_out_by_the_videos_rule_are_counted_and_named(tmp_path, clip
     assert result.exit_code == 0 and "images left" in result.stderr  # the summary table's row
 
 
+def test_a_dangling_symlink_in_a_folder_is_a_recorded_failure(tmp_path, grown, model):
+    """One of a million files is a link to nothing: the user learns it was not read, as for any unreadable input."""
+    (grown / "x.mp4").symlink_to(tmp_path / "gone.mp4")
+    (grown / "y.mp4").symlink_to(grown / "b.mp4")  # a link that resolves is a video like any other
+    summary = encode(grown, tmp_path / "tok", model)
+    assert summary["videos_ok"] == 5 and summary["videos_failed"] == 1
+    [failure] = json.loads((tmp_path / "tok" / "00000_stats.json").read_text())["failures"]
+    assert failure == {"source": str(grown / "x.mp4"), "error": f"broken symlink: target missing ({tmp_path / 'gone.mp4'})"}
+    assert keys(tmp_path / "tok") == ["b", "c", "d", "e", "y"]
+
+
 def test_a_gif_sample_in_a_tar_of_images_is_an_image_and_a_tar_of_videos_counts_its_images(tmp_path, clip_bytes, model):
     def png() -> bytes:
         buffer = io.BytesIO()
