@@ -20,7 +20,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 import lfqtok  # noqa: E402
 from lfqtok.cli import app  # noqa: E402
-from lfqtok.errors import OutputError, UsageError  # noqa: E402
+from lfqtok.errors import UsageError  # noqa: E402
 from lfqtok.io.shards import read_listing  # noqa: E402
 from lfqtok.pipeline.tables import Table, TableJobs, TableOptions, parse_ranges, parse_time  # noqa: E402
 from token_shards import output_bytes  # noqa: E402
@@ -191,7 +191,7 @@ def test_a_changed_table_is_refused_on_resume(tmp_path, videos, model):
     out = tmp_path / "tok"
     encode(table, out, model)
     table.write_text(f"path\n{videos / 'v' / 'b.mp4'}\n")
-    with pytest.raises(OutputError, match=r"t\.csv changed since the run in .*: \d+ -> \d+ bytes, sha256:[0-9a-f]{12} -> sha256:"):
+    with pytest.raises(lfqtok.OutputRefused, match=r"t\.csv changed since the run in .*: \d+ -> \d+ bytes, sha256:[0-9a-f]{12} -> sha256:"):
         encode(table, out, model)
     assert encode(table, out, model, overwrite=True).videos_ok == 1
 
