@@ -416,7 +416,8 @@ class Prepared:
     segments: list[list[int]] | None = None
 
 
-def _appended(old: dict, recorded: list[list[str]], entries: Sequence[Sequence[str]], per_shard: int) -> tuple[Listing, dict]:
+def _appended(old: dict, recorded: list[list[str]], entries: Sequence[Sequence[str]],
+              per_shard: int) -> tuple[Listing, dict]:
     """--append: the recorded listing plus the new entries (keys kept unique), and its identity with one more
     segment of shards numbered after the last one (none when nothing is new)."""
     identity = old[LISTING_KEY]
@@ -488,7 +489,7 @@ def _ours(out: Location, names: Sequence[str], storage_options: Options) -> list
         why = _foreign_tar(storage.join(out, n), storage_options)
         if why is not None:
             raise OutputRefused(f"{storage.redact(out)} holds {n}, which lfqtok did not write ({why}): "
-                              "write the tokens to another OUT; nothing was changed")
+                                "write the tokens to another OUT; nothing was changed")
         ours.append(n)
     return ours
 
@@ -501,7 +502,8 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
     lfqtok's old outputs go; nothing else in OUT is touched, and a tar lfqtok did not write is refused). `listing`:
     the run's (items' [key, source], sorted; a table's files), whose identity is the manifest's `listing`: an OUT
     made from another listing is refused naming what changed, started over with `overwrite`, or grown with `append`
-    (the new entries only, into new shards after the last one). A URL OUT instead of stale temp files has stale multipart uploads aborted.
+    (the new entries only, into new shards after the last one). A URL OUT instead of stale temp files has stale
+    multipart uploads aborted.
     """
     out = storage.location(out)
     names = _list_output(out, storage_options)
@@ -527,7 +529,8 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
     if old is None:
         ours = _ours(out, names, storage_options)
         if not overwrite and any(n.endswith(".tar") or _STATS_RE.match(n) for n in ours):
-            raise OutputRefused(f"{out} holds token shards but no readable {MANIFEST_NAME}: use --overwrite to replace them")
+            raise OutputRefused(f"{out} holds token shards but no readable {MANIFEST_NAME}: use --overwrite to replace "
+                                "them")
         _remove(out, [n for n in ours if n != MANIFEST_NAME], storage_options)
         if listing is not None:
             write_listing(out, listing, storage_options)
@@ -553,8 +556,8 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
 
 def _resumed_listing(out: Location, old: dict, manifest: dict, listing: Sequence[Sequence[str]], append: bool,
                      storage_options: Options) -> tuple[Listing | None, dict]:
-    """The listing a resumed OUT goes on with: (the recorded one, its identity), grown by `append`; OutputRefused naming
-    what changed when the inputs are not the recorded ones."""
+    """The listing a resumed OUT goes on with: (the recorded one, its identity), grown by `append`; OutputRefused
+    naming what changed when the inputs are not the recorded ones."""
     before = old[LISTING_KEY]
     segmented = "segments" in before  # grown by --append: its order is the shards', not the sorted listing's
     if not segmented and not _listing_changed(old, manifest):
@@ -566,18 +569,19 @@ def _resumed_listing(out: Location, old: dict, manifest: dict, listing: Sequence
                             f"({_files_change(recorded, listing, before.get('count'))}): encode it into a new OUT, or "
                             "--overwrite to start over")
     if recorded is None and (segmented or append):
-        raise OutputRefused(f"the listing of the run in {where} ({listing_name(before)}) is missing or damaged, so which "
-                          "inputs its shards hold is unknown: encode into a new OUT")
+        raise OutputRefused(f"the listing of the run in {where} ({listing_name(before)}) is missing or damaged, so "
+                            "which inputs its shards hold is unknown: encode into a new OUT")
     added, removed = _added_removed(recorded, listing) if recorded is not None else (None, None)
     if segmented and not added and not removed:
         return Listing(recorded), before
     if removed:
-        raise OutputRefused(f"{listing_change(recorded, listing)} since the run in {where}: --append only adds inputs; "
-                          "encode into a new OUT")
+        raise OutputRefused(f"{listing_change(recorded, listing)} since the run in {where}: --append only adds "
+                            "inputs; encode into a new OUT")
     if append:
         return _appended(old, recorded, listing, int(old.get("samples_per_shard", 1)))
-    raise OutputRefused(f"{listing_change(recorded, listing, before.get('count'))} since the run in {where}: encode into a "
-                      "new OUT, or add --append to encode only the new inputs, into new shards after the finished ones")
+    raise OutputRefused(f"{listing_change(recorded, listing, before.get('count'))} since the run in {where}: encode "
+                        "into a new OUT, or add --append to encode only the new inputs, into new shards after the "
+                        "finished ones")
 
 
 def _existing_manifest(path: Location, overwrite: bool, storage_options: Options = None) -> dict | None:
@@ -588,7 +592,8 @@ def _existing_manifest(path: Location, overwrite: bool, storage_options: Options
     except InputError:
         if overwrite:
             return None
-        raise OutputRefused(f"{storage.redact(path)} is unreadable or not an lfqtok manifest: use --overwrite to replace it") from None
+        raise OutputRefused(f"{storage.redact(path)} is unreadable or not an lfqtok manifest: use --overwrite to "
+                            "replace it") from None
 
 
 def _mtime(path: Path) -> float:

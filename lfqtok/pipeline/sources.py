@@ -386,7 +386,8 @@ def _assign_keys(raws: list, names: Sequence[str] | None = None, classes: Sequen
     for i, raw in enumerate(raws):  # raw.source is what users see (redacted): a re-signed URL keeps its key
         key = f"{raw.base}_{short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
         name = names[i] if names is not None else None
-        raws[i] = VideoItem(key, raw.source, raw.path, raw.member, raw.extras, name, labels.get(name), still=raw.still, error=raw.error)
+        raws[i] = VideoItem(key, raw.source, raw.path, raw.member, raw.extras, name, labels.get(name), still=raw.still,
+                            error=raw.error)
     return raws
 
 
