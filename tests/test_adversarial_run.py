@@ -173,7 +173,7 @@ def test_a_run_builds_its_listing_once(tmp_path, grown, clip_bytes, model, monke
     (lambda out: (out / "lfqtok.json").write_text("{not json"), "is unreadable or not an lfqtok manifest"),
     (lambda out: (out / "lfqtok.json").unlink(), "holds token shards but no readable lfqtok.json"),
     (lambda out: [p.unlink() for p in out.glob("lfqtok.listing.*.gz")], "is missing or damaged"),
-])
+], ids=["unreadable-manifest", "no-manifest", "no-listing"])
 def test_every_refusal_of_an_existing_out_is_a_usage_error(tmp_path, grown, clip_bytes, model, damage, said):
     """What the user fixes by changing the command (another OUT, --overwrite) exits 2, like every usage error."""
     out = tmp_path / "tok"
