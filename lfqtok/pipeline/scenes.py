@@ -50,8 +50,9 @@ UNSURE = (0.2, 0.8)
 # cut test set, cuts stood 6.3-40x above their neighbours, changes in cut-free stretches at most 5.5x
 RATIO_SURE, RATIO_LOW, RATIO_SPAN = 8.0, 3.0, 2
 # `on`: a change under RATIO_LOW times its neighbours' that the content detector alone would call a cut (its own
-# default threshold) goes to TransNetV2 too, where the video holds its whole window: a cut between two shots that
-# both move fast changes the picture about as much as the motion around it (1.7-3.1x on real footage)
+# default threshold), and the largest of the 5, goes to TransNetV2 too, where the video holds its whole window: a cut
+# between two shots that both move fast changes the picture about as much as the motion around it (1.7-3.1x on real
+# footage), but more than the frames beside it
 MOTION_CUT = DEFAULTS["content"][0]
 
 
@@ -271,9 +272,10 @@ class GatedCuts:
     reaches the gate) more than around it, and where that is not plain, TransNetV2 agrees.
 
     A change RATIO_SURE times the mean change of its neighbours is a cut. One below RATIO_LOW times is motion, a
-    flash or flicker, unless it is also a change of MOTION_CUT or more away from the video's ends. TransNetV2 judges
-    the rest, on 2 x NARROW thumbnails around the frame, then, where unsure and away from the ends, on 2 x WIDE: a cut
-    when it calls the frame before the last of its shot (probability rising above the threshold there). The content
+    flash or flicker, unless it is also a change of MOTION_CUT or more, above its neighbours', away from the video's
+    ends. TransNetV2 judges the rest, on 2 x NARROW thumbnails around the frame, then, where unsure and away from the
+    ends, on 2 x WIDE: a cut when it calls the frame before the last of its shot (probability rising above the
+    threshold there). The content
     score alone takes fast motion, flashes and fire for cuts, TransNetV2 alone a dip to black or a light switched on;
     together they met the targets on three sets, one of real editorial cuts (docs/performance.md), and the network
     runs only on the changes that are neither plain cut nor plain motion. A decode worker loads torch and the
@@ -314,7 +316,7 @@ class GatedCuts:
             inside = cut - 1 - WIDE >= 0 and cut - 1 + WIDE <= self._pushed  # the video holds a whole wide window
             if ratio >= RATIO_SURE:
                 cuts.append(cut)
-            elif ratio >= RATIO_LOW or (inside and self._scores[cut] >= MOTION_CUT):
+            elif ratio >= RATIO_LOW or (inside and self._scores[cut] >= MOTION_CUT and self._scores[cut] > max(near)):
                 probs, at = self._probabilities(cut, NARROW)
                 if inside and UNSURE[0] <= probs[at] <= UNSURE[1]:
                     probs, at = self._probabilities(cut, WIDE)
