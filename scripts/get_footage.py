@@ -21,6 +21,8 @@ Where the files come from (public GitHub repositories through the session's `fet
   wikimedia/mediawiki-extensions-TimedMediaHandler (commit a6e5b896), tests/phpunit/integration/media/. The tractor
   is Xiph's public-domain derf sequence (its README); the stream is NASA's Apollo 15 feather-and-hammer drop, public
   domain (stream-tracks-generate.sh); the shuttle clip is NASA footage by its name, not documented there.
+- run.mp4, test.avi: OpenShot/libopenshot (commit 09ca2ced), examples/; LGPL-3.0-or-later, OpenShot Studios
+  (the repository's .reuse/dep5). A crowd running, seen from above (H.264), and a hand-held sculpture (MS-MPEG-4 v2 in AVI).
 
 How the cuts were labelled: every place any of `content`, `transnetv2` and `on` fired, and every local peak of the
 content score (at least 6 and 2.5x its neighbours), looked at frame by frame on contact sheets; plus sheets of
@@ -54,6 +56,7 @@ CUT_VIDEOS = {
 
 TMH = "wikimedia/mediawiki-extensions-TimedMediaHandler: tests/phpunit/integration/media/"
 MDN = "mdn/shared-assets: videos/"
+OPENSHOT = "OpenShot/libopenshot: examples/"
 CUT_FREE = {
     "flower.webm": ("c6f8a34895339559", 150, MDN + "flower.webm", "CC0 (MDN)"),
     "friday.mp4": ("339504acdef44f4e", 185, MDN + "friday.mp4", "MDN shared assets: CC0 or permissive"),
@@ -61,6 +64,8 @@ CUT_FREE = {
     "VP9-tractor.webm": ("b0a540dfa4b5ceea", 248, TMH + "VP9-tractor.webm", "public domain (Xiph derf tractor)"),
     "stream.360p.video.vp9.mp4": ("ef493e9c45f47af3", 1422, TMH + "stream.360p.video.vp9.mp4", "public domain (NASA, Apollo 15)"),
     "shuttle10seconds.1080x608.webm": ("d4c29975f2486fb0", 321, TMH + "shuttle10seconds.1080x608.webm", "NASA footage (public domain), per its name"),
+    "run.mp4": ("149e307ce4ccc9a4", 150, OPENSHOT + "run.mp4", "LGPL-3.0-or-later (OpenShot Studios)"),
+    "test.avi": ("699c7e7d349ab18b", 496, OPENSHOT + "test.avi", "LGPL-3.0-or-later (OpenShot Studios)"),
 }
 
 # one shot each of the Tears of Steel clip, between two labelled cuts: (first frame, frames, what makes it hard)
