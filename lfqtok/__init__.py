@@ -30,6 +30,7 @@ _EXPORTS = {
     "VideoError": "lfqtok.errors",
     "ModelError": "lfqtok.errors",
     "OutputError": "lfqtok.errors",
+    "OutputRefused": "lfqtok.errors",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

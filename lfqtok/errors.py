@@ -30,4 +30,11 @@ class ModelError(LfqtokError):
 
 
 class OutputError(LfqtokError):
-    """The output directory cannot be written, or holds a run with other settings."""
+    """The output directory cannot be written, or holds what this run may not resume or replace."""
+
+
+class OutputRefused(OutputError, UsageError):
+    """OUT holds a run with other settings or inputs, or files lfqtok did not write: refused before any work, and
+    fixed by changing the command (the run's settings and inputs, --append, --overwrite, another OUT)."""
+
+    exit_code = 2

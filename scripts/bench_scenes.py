@@ -8,13 +8,15 @@ counts), the cuts it invents in the cut-free videos (each named), and frames/s o
 thumbnails (one torch thread, as in a decode worker). Thumbnails come from lfqtok's own decode path
 (`iter_frames` at the pipeline's scaled size, then `scenes.thumbnail`). Then `--scenes on` through the encode's
 decode path with decord and with PyAV: the same scenes? `--encode`: the same encode of the cut videos with
-`--scenes off` and `--scenes on` (CPU, default model), best of 2, and the ratio of their times.
+`--scenes off` and `--scenes on` (CPU, default model), once and over `--copies` copies, best of `--repeats`: the
+on/off throughput ratio end to end and in the steady state of a long run (wall and CPU seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -111,24 +113,41 @@ def bench_decode_stage(name: str, inputs: list[str], size: int, repeats: int) ->
     return result
 
 
-def bench_encode(name: str, inputs: list[str], repeats: int) -> dict:
-    """`lfqtok encode` of `inputs` (default model, CPU, --size 128, one decode worker), --scenes off vs on: the best
-    of `repeats` runs each, alternating, every run into a fresh OUT."""
-    seconds: dict[str, float] = {}
+def bench_encode(name: str, inputs: list[str], repeats: int, copies: int) -> dict:
+    """`lfqtok encode` of `inputs` (default model, CPU, --size 128, one decode worker), --scenes off vs on, once over
+    the inputs and once over `copies` copies of them (links with other names): best of `repeats` runs each,
+    alternating, every run into a fresh OUT. Wall and CPU seconds (the run's processes, decode worker included), and
+    on/off ratios of throughput: end to end (one pass, start-up included) and steady (the time the extra copies
+    took: start-up, the model load and a worker's first network load cancel out, as in a long dataset run)."""
+    best: dict[tuple[str, int], tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        listing = Path(tmp) / "inputs.txt"
-        listing.write_text("\n".join(inputs) + "\n")
+        lists = {}
+        for count in (1, copies):
+            links = Path(tmp) / f"x{count}"
+            links.mkdir()
+            for copy in range(count):
+                for path in inputs:
+                    (links / f"{copy}_{Path(path).name}").symlink_to(Path(path).resolve())
+            lists[count] = Path(tmp) / f"x{count}.txt"
+            lists[count].write_text("".join(f"{link}\n" for link in sorted(links.iterdir())))
         for repeat in range(repeats):
-            for mode in ("off", "on"):
-                out = Path(tmp) / f"out_{mode}_{repeat}"  # a fresh OUT each time: a rerun into the same one resumes
-                start = time.perf_counter()
-                done = subprocess.run([sys.executable, "-m", "lfqtok", "encode", f"@{listing}", "-o", str(out), "--size", "128",
-                                       "--device", "cpu", "--scenes", mode, "--workers", "1", "--json"],
-                                      check=True, capture_output=True, text=True)
-                seconds[mode] = min(seconds.get(mode, 1e9), time.perf_counter() - start)
-                frames = json.loads(done.stdout)["frames"]
-    result = {"inputs": name, "videos": len(inputs), "frames_encoded": frames,
-              **{f"seconds_{m}": round(s, 2) for m, s in seconds.items()}, "on_vs_off": round(seconds["off"] / seconds["on"], 3)}
+            for count in (1, copies):
+                for mode in ("off", "on"):
+                    out = Path(tmp) / f"out_{mode}_{count}_{repeat}"  # a fresh OUT each time: a rerun into the same one resumes
+                    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+                    done = subprocess.run([sys.executable, "-m", "lfqtok", "encode", f"@{lists[count]}", "-o", str(out),
+                                           "--size", "128", "--device", "cpu", "--scenes", mode, "--workers", "1", "--json"],
+                                          check=True, capture_output=True, text=True)
+                    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+                    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                    best[mode, count] = tuple(min(a, b) for a, b in zip(best.get((mode, count), (1e9, 1e9)), (wall, cpu)))
+                    if count == 1:
+                        frames = json.loads(done.stdout)["frames"]
+    result = {"inputs": name, "videos": len(inputs), "frames_encoded_on": frames, "copies": copies}
+    for i, clock in enumerate(("wall", "cpu")):
+        result |= {f"{clock}_s_{mode}_x{count}": round(best[mode, count][i], 2) for mode in ("off", "on") for count in (1, copies)}
+        result[f"{clock}_end_to_end_on_vs_off"] = round(best["off", 1][i] / best["on", 1][i], 3)
+        result[f"{clock}_steady_on_vs_off"] = round((best["off", copies][i] - best["off", 1][i]) / (best["on", copies][i] - best["on", 1][i]), 3)
     print(json.dumps({"encode": result}), flush=True)
     return result
 
@@ -140,6 +159,7 @@ def main() -> None:
     ap.add_argument("--encode", action="store_true", help="also time an encode with --scenes off and on")
     ap.add_argument("--encode-only", action="store_true", help="only the encode timing")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--copies", type=int, default=3, help="the steady-state timing encodes this many copies of the inputs")
     ap.add_argument("--footage", type=Path, help="also time the encode of this folder's videos (footage with few cuts)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -153,7 +173,7 @@ def main() -> None:
             sets[str(args.footage)] = sorted(str(p) for p in args.footage.iterdir() if p.suffix in (".mp4", ".webm", ".avi"))
         for name, inputs in sets.items():
             bench_decode_stage(name, inputs, args.size, args.repeats)
-            bench_encode(name, inputs, args.repeats)
+            bench_encode(name, inputs, args.repeats, args.copies)
 
 
 if __name__ == "__main__":

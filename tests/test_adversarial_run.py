@@ -91,7 +91,7 @@ def test_a_grown_folder_is_refused_naming_what_changed_and_nothing_changes(tmp_p
     encode(grown, out, model, "--samples-per-shard", "2")
     before = snapshot(out)
     (grown / "a.mp4").write_bytes(clip_bytes)
-    message = one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2"), 1)
+    message = one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2"), 2)
     assert "1 input added, 0 removed since the run in" in message and "new OUT" in message and "--append" in message
     assert snapshot(out) == before
     assert keys(out) == ["b", "c", "d", "e"]
@@ -102,9 +102,9 @@ def test_a_shrunk_folder_is_refused_too(tmp_path, grown, model):
     encode(grown, out, model, "--samples-per-shard", "2")
     before = snapshot(out)
     (grown / "c.mp4").unlink()
-    message = one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2"), 1)
+    message = one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2"), 2)
     assert "0 inputs added, 1 removed" in message
-    message = one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2", "--append"), 1)
+    message = one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2", "--append"), 2)
     assert "--append only adds inputs" in message
     assert snapshot(out) == before
 
@@ -149,11 +149,40 @@ def test_an_appended_key_never_collides_with_a_recorded_one(tmp_path, grown, cli
     encode(grown, out, model)
     (grown / "b.mp4").unlink()
     (grown / "b.webm").write_bytes(clip_bytes)  # a new input whose key, b, an encoded one has
-    one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--append"), 1)  # b.mp4 was removed
+    one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--append"), 2)  # b.mp4 was removed
     (grown / "b.mp4").write_bytes(clip_bytes)
     encode(grown, out, model, "--append")
     found = keys(out)
     assert len(found) == len(set(found)) == 5 and found[:4] == ["b", "c", "d", "e"] and found[4].startswith("b_")
+
+
+def test_a_run_builds_its_listing_once(tmp_path, grown, clip_bytes, model, monkeypatch):
+    """The lines of a million inputs take about 1.5 s to build: the manifest's hash and the sidecar share them."""
+    from lfqtok.io import shards
+
+    built, real = [], shards._listing_text
+    monkeypatch.setattr(shards, "_listing_text", lambda entries: built.append(len(entries)) or real(entries))
+    encode(grown, tmp_path / "tok", model)
+    encode(grown, tmp_path / "tok", model)  # a resume: only the hash that finds the listing unchanged
+    (grown / "a.mp4").write_bytes(clip_bytes)
+    encode(grown, tmp_path / "tok", model, "--append")  # the new listing's hash, then the grown one's (another order)
+    assert built == [4, 4, 5, 5]
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda out: (out / "lfqtok.json").write_text("{not json"), "is unreadable or not an lfqtok manifest"),
+    (lambda out: (out / "lfqtok.json").unlink(), "holds token shards but no readable lfqtok.json"),
+    (lambda out: [p.unlink() for p in out.glob("lfqtok.listing.*.gz")], "is missing or damaged"),
+], ids=["unreadable-manifest", "no-manifest", "no-listing"])
+def test_every_refusal_of_an_existing_out_is_a_usage_error(tmp_path, grown, clip_bytes, model, damage, said):
+    """What the user fixes by changing the command (another OUT, --overwrite) exits 2, like every usage error."""
+    out = tmp_path / "tok"
+    encode(grown, out, model)
+    damage(out)
+    (grown / "a.mp4").write_bytes(clip_bytes)
+    before = snapshot(out)
+    assert said in one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--append"), 2)
+    assert snapshot(out) == before
 
 
 def test_num_shards_parts_record_one_identity(tmp_path, grown, model):
@@ -195,7 +224,7 @@ def test_a_grown_prefix_is_refused_then_appended_on_s3(s3, grown, clip_bytes, mo
     encode(f"{s3}/videos", out, model, "--samples-per-shard", "2")
     before = {p: fs.cat_file(p) for p in fs.find(f"{s3[5:]}/tok")}
     fs.pipe_file(f"{s3[5:]}/videos/a.mp4", clip_bytes)
-    message = one_line_error(run("encode", f"{s3}/videos", "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2"), 1)
+    message = one_line_error(run("encode", f"{s3}/videos", "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2"), 2)
     assert "1 input added, 0 removed since the run in s3://" in message
     fs.invalidate_cache()
     assert {p: fs.cat_file(p) for p in fs.find(f"{s3[5:]}/tok")} == before
@@ -233,7 +262,7 @@ def test_out_that_holds_the_input_shards_is_refused_even_with_overwrite(tmp_path
 def test_overwrite_never_deletes_video_shards_it_did_not_write(tmp_path, wds, grown, model):
     before = snapshot(wds)
     for extra in ((), ("--overwrite",)):
-        message = one_line_error(run("encode", grown, "-o", wds, "--model", model, *COMMON, *extra), 1)
+        message = one_line_error(run("encode", grown, "-o", wds, "--model", model, *COMMON, *extra), 2)
         assert "00000.tar, which lfqtok did not write" in message and "--overwrite" not in message
         assert snapshot(wds) == before
 
@@ -270,7 +299,7 @@ def test_s3_out_that_holds_the_input_shards_is_refused_and_they_stay(s3, wds, mo
         assert "holds the input" in message and "--overwrite" not in message
     other = wds.parent / "videos-s3"  # inputs elsewhere: OUT is refused for the tars it holds
     make_video(other / "x.mp4", frames=6, width=40, height=32, fps=10)
-    message = one_line_error(run("encode", other, "-o", f"{s3}/wds", "--model", model, *COMMON, "--overwrite"), 1)
+    message = one_line_error(run("encode", other, "-o", f"{s3}/wds", "--model", model, *COMMON, "--overwrite"), 2)
     assert "00000.tar, which lfqtok did not write" in message
     fs.invalidate_cache()
     assert {p: fs.cat_file(p) for p in fs.find(f"{s3[5:]}/wds")} == before
@@ -363,6 +392,17 @@ def test_images_left_out_by_the_videos_rule_are_counted_and_named(tmp_path, clip
     assert result.exit_code == 0 and "images left" in result.stderr  # the summary table's row
 
 
+def test_a_dangling_symlink_in_a_folder_is_a_recorded_failure(tmp_path, grown, model):
+    """One of a million files is a link to nothing: the user learns it was not read, as for any unreadable input."""
+    (grown / "x.mp4").symlink_to(tmp_path / "gone.mp4")
+    (grown / "y.mp4").symlink_to(grown / "b.mp4")  # a link that resolves is a video like any other
+    summary = encode(grown, tmp_path / "tok", model)
+    assert summary["videos_ok"] == 5 and summary["videos_failed"] == 1
+    [failure] = json.loads((tmp_path / "tok" / "00000_stats.json").read_text())["failures"]
+    assert failure == {"source": str(grown / "x.mp4"), "error": f"broken symlink: target missing ({tmp_path / 'gone.mp4'})"}
+    assert keys(tmp_path / "tok") == ["b", "c", "d", "e", "y"]
+
+
 def test_a_gif_sample_in_a_tar_of_images_is_an_image_and_a_tar_of_videos_counts_its_images(tmp_path, clip_bytes, model):
     def png() -> bytes:
         buffer = io.BytesIO()
@@ -402,5 +442,5 @@ def test_a_removed_input_is_refused_without_suggesting_append(tmp_path, grown, m
     out = tmp_path / "tok"
     encode(grown, out, model, "--samples-per-shard", "2")
     (grown / "c.mp4").rename(grown / "z.mp4")
-    message = one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2"), 1)
+    message = one_line_error(run("encode", grown, "-o", out, "--model", model, *COMMON, "--samples-per-shard", "2"), 2)
     assert "1 input added, 1 removed" in message and "new OUT" in message and "add --append" not in message

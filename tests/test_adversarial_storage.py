@@ -297,6 +297,30 @@ def test_double_slashes_in_an_object_url_are_normalized_so_reruns_and_stats_find
     assert code == 0 and json.loads(stdout)["num_samples"] == 2, stderr
 
 
+def test_a_scheme_in_capitals_is_the_same_url_recorded_in_lowercase(tmp_path, clips, model, s3):
+    """Schemes are case-insensitive (RFC 3986; fsspec's registry is not): S3://b/x is s3://b/x, one input however
+    spelled, recorded as s3://."""
+    loud = "S3://" + s3[len("s3://"):]
+    fs, bucket = storage.filesystem(s3)
+    for name in ("a.mp4", "b.mp4"):
+        fs.pipe_file(f"{bucket}/v/{name}", (clips / name).read_bytes())
+    code, stdout, stderr = cli(*encode_args(f"{loud}/v", f"{s3}/v/a.mp4", out=f"{loud}/tok", model=model))
+    assert code == 0 and json.loads(stdout)["videos_ok"] == 2 and json.loads(stdout)["out"] == f"{s3}/tok", stderr
+    assert sorted(meta["source"] for _, _, meta in read_tokens(f"{s3}/tok")) == [f"{s3}/v/a.mp4", f"{s3}/v/b.mp4"]
+    assert json.loads(storage.read_bytes(f"{s3}/tok/lfqtok.json"))["inputs"] == [f"{s3}/v", f"{s3}/v/a.mp4"]
+    code, stdout, stderr = cli(*encode_args(f"{s3}/v", out=f"{s3}/tok", model=model))  # the same run, spelled otherwise
+    assert code == 0 and json.loads(stdout)["shards_skipped"] == 1, stderr
+    assert storage.redact("HTTPS://h/p?sig=S&a=1") == "https://h/p?a=1" and storage.location("S3://b//x") == "s3://b/x"
+
+
+def test_out_holding_a_table_spelled_in_capitals_is_refused(tmp_path, clips, model, s3):
+    pytest.importorskip("pyarrow")
+    fs, bucket = storage.filesystem(s3)
+    fs.pipe_file(f"{bucket}/x/t.csv", f"path\n{clips / 'a.mp4'}\n".encode())
+    code, stdout, stderr = cli(*encode_args("S3://" + s3[len("s3://"):] + "/x/t.csv", out=f"{s3}/x", model=model))
+    assert code == 2 and "holds the input" in one_line(stderr) and fs.find(f"{bucket}/x") == [f"{bucket}/x/t.csv"]
+
+
 # secrets never leave the process
 
 

@@ -257,9 +257,9 @@ class _SlowTokenizer(torch.nn.Module):
 
 def test_decode_workers_never_run_more_than_a_few_batches_ahead_of_a_slow_encoder(tmp_path):
     import dataclasses
-    import functools
 
     from lfqtok.pipeline.pool import DecodePool
+    from lfqtok.pipeline.worker import CPU_ENCODE_NICE
 
     src = tmp_path / "src"
     src.mkdir()
@@ -267,7 +267,12 @@ def test_decode_workers_never_run_more_than_a_few_batches_ahead_of_a_slow_encode
         (src / f"v{i}.mp4").write_bytes(b"")
     items = list_items([str(src)])
     config = EncodeConfig(batch_size=2, workers=2, device="cpu", **BP_SPEC)
-    pool = functools.partial(DecodePool, max_pending_clips=4, decode=many_clips)
+    asked = {}
+
+    def pool(*args, **kwargs):
+        asked.update(kwargs)
+        return DecodePool(*args, max_pending_clips=4, decode=many_clips, **kwargs)
+
     encoder = dataclasses.replace(config.shard_encoder(tmp_path / "out"), pool_factory=pool)
     encoder._tokenizer = _SlowTokenizer(src)
     (tmp_path / "out").mkdir()
@@ -275,3 +280,4 @@ def test_decode_workers_never_run_more_than_a_few_batches_ahead_of_a_slow_encode
     assert result.clips == 10 * BP_CLIPS and encoder._tokenizer.calls == 10 * BP_CLIPS // 2
     # bound: 3 batch buffers (6 clips) + 1 clip waiting for a buffer + 4 pending events + 2 per worker (pipe, making)
     assert max(encoder._tokenizer.ahead) <= 6 + 1 + 4 + 2 * 2, encoder._tokenizer.ahead
+    assert asked["nice"] == CPU_ENCODE_NICE  # the CPU encoder's threads get the cores first

@@ -42,6 +42,11 @@ def fake_decode(index, item, spec, decoder="auto"):
     yield DoneEvent(index, VideoMeta(None, None, (side, side), "fake"), count, {"txt": name.encode()})
 
 
+def niceness_decode(index, item, spec, decoder="auto"):
+    """No clips; the worker's niceness as the video's extras."""
+    yield DoneEvent(index, VideoMeta(None, None, (2, 2), "fake"), 0, {"nice": os.nice(0)})
+
+
 def events_by_item(events):
     by_item = {}
     for e in events:
@@ -204,6 +209,16 @@ def test_inline_mode_runs_in_this_process(tmp_path):
         events = list(pool.run(items))
     assert [type(e).__name__ for e in events] == ["ClipEvent", "ClipEvent", "DoneEvent"] * 2
     assert [e.item for e in events] == [0, 0, 0, 1, 1, 1]
+
+
+def test_workers_run_as_much_nicer_as_asked(tmp_path):
+    # a CPU encode's workers yield the cores to the encoder's threads (worker.CPU_ENCODE_NICE)
+    items = fake_items(tmp_path, ["a.mp4"])
+    with DecodePool(SPEC, workers=1, decode=niceness_decode, nice=5) as pool:
+        [done] = list(pool.run(items))
+    with DecodePool(SPEC, workers=1, decode=niceness_decode) as pool:
+        [plain] = list(pool.run(items))
+    assert done.extras["nice"] == plain.extras["nice"] + 5 == os.nice(0) + 5
 
 
 @pytest.mark.parametrize("kwargs", [dict(workers=-1), dict(workers=1, timeout=0), dict(workers=1, max_pending_clips=0)])

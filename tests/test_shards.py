@@ -15,10 +15,10 @@ import webdataset as wds
 from lfqtok.errors import OutputError, UsageError
 from lfqtok.io.shards import (
     MANIFEST_NAME,
+    Listing,
     ShardWriter,
     build_manifest,
     listing_change,
-    listing_identity,
     listing_name,
     prepare_output,
     read_listing,
@@ -168,8 +168,9 @@ ENTRIES = [["a", "/v/a.mp4"], ["b", "/v/b.mp4"], ["c", "/v/\u00e9t\u00e9 \"x\".m
 
 
 def test_the_listing_identity_and_what_changed():
-    assert listing_identity(ENTRIES) == listing_identity([list(e) for e in ENTRIES]) and listing_identity(ENTRIES)["count"] == 3
-    assert listing_identity(ENTRIES) != listing_identity(ENTRIES[::-1])  # order is part of it
+    identity = lambda entries: Listing(entries).identity
+    assert identity(ENTRIES) == identity([list(e) for e in ENTRIES]) and identity(ENTRIES)["count"] == 3
+    assert identity(ENTRIES) != identity(ENTRIES[::-1])  # order is part of it
     assert listing_change(ENTRIES, ENTRIES + [["d", "/v/d.mp4"], ["e", "/v/e.mp4"]]) == "2 inputs added, 0 removed"
     assert listing_change(ENTRIES, ENTRIES[1:]) == "0 inputs added, 1 removed"
     assert listing_change(ENTRIES, [["x", s] for _, s in ENTRIES]) == "the same inputs under other keys or in another order"
@@ -178,8 +179,8 @@ def test_the_listing_identity_and_what_changed():
 
 def test_the_listing_sidecar_is_written_before_the_manifest_and_checked_by_its_hash(tmp_path):
     out = tmp_path / "tok"
-    m = manifest(extra={"clip": {}, "listing": listing_identity(ENTRIES)})
-    prepare_output(out, m, overwrite=False, listing=ENTRIES)
+    m = manifest(extra={"clip": {}, "listing": Listing(ENTRIES).identity})
+    prepare_output(out, m, overwrite=False, listing=Listing(ENTRIES))
     identity = m["listing"]
     assert read_listing(out, identity) == ENTRIES and (out / listing_name(identity)).is_file()
     lines = [json.loads(line) for line in gzip.decompress((out / listing_name(identity)).read_bytes()).splitlines()]

@@ -20,7 +20,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 import lfqtok  # noqa: E402
 from lfqtok.cli import app  # noqa: E402
-from lfqtok.errors import OutputError, UsageError  # noqa: E402
+from lfqtok.errors import UsageError  # noqa: E402
 from lfqtok.io.shards import read_listing  # noqa: E402
 from lfqtok.pipeline.tables import Table, TableJobs, TableOptions, parse_ranges, parse_time  # noqa: E402
 from token_shards import output_bytes  # noqa: E402
@@ -191,9 +191,28 @@ def test_a_changed_table_is_refused_on_resume(tmp_path, videos, model):
     out = tmp_path / "tok"
     encode(table, out, model)
     table.write_text(f"path\n{videos / 'v' / 'b.mp4'}\n")
-    with pytest.raises(OutputError, match=r"t\.csv changed since the run in .*: \d+ -> \d+ bytes, sha256:[0-9a-f]{12} -> sha256:"):
+    with pytest.raises(lfqtok.OutputRefused, match=r"t\.csv changed since the run in .*: \d+ -> \d+ bytes, sha256:[0-9a-f]{12} -> sha256:"):
         encode(table, out, model)
     assert encode(table, out, model, overwrite=True).videos_ok == 1
+
+
+def test_a_table_that_gained_a_part_is_one_line_naming_the_part(tmp_path, videos, model):
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(pa.table({"path": [str(videos / "v" / "a.mp4")]}), parts / "p0.parquet")
+    out = tmp_path / "tok"
+    encode(parts, out, model)
+    pq.write_table(pa.table({"path": [str(videos / "v" / "b.mp4")]}), parts / "p1.parquet")
+    args = ["encode", str(parts), "-o", str(out), "--model", model, "--size", str(SIZE), "--clip-frames", str(FRAMES),
+            "--workers", "0", "--batch-size", "4", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    assert f"{parts} changed since the run in" in line and f"{parts / 'p1.parquet'} added" in line and "--overwrite" in line
+    for sidecar in out.glob("lfqtok.listing.*.gz"):  # what the table was is lost: the line says so, not "0 files then"
+        sidecar.unlink()
+    [line] = CliRunner().invoke(app, args).output.strip().splitlines()
+    assert "1 file then, 2 now" in line and "0 file" not in line
 
 
 def test_a_column_that_does_not_exist_is_one_line_naming_the_columns(tmp_path, videos, model):

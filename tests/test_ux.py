@@ -160,7 +160,7 @@ def test_encode_help_groups_its_options_into_panels():
 
 def test_a_resume_with_other_settings_names_the_options_as_typed(encoded, videos, model):
     result = runner.invoke(cli.app, ["encode", str(videos), "-o", encoded, "--model", model, *COMMON, "--size", "32x48", "--fps", "12"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     message = result.stderr.strip()
     assert "--size 32 (was) vs 32x48 (now); --fps not set (was) vs 12 (now)." in message  # in the help's order
     assert "--overwrite" in message

@@ -32,7 +32,7 @@ import numpy as np
 from .. import __version__
 from . import storage
 from .codec import token_dtype
-from ..errors import InputError, OutputError, UsageError
+from ..errors import InputError, OutputError, OutputRefused, UsageError
 from .storage import Location, Options
 
 # constants
@@ -315,10 +315,23 @@ def _listing_text(entries: Sequence[Sequence[str]]) -> bytes:
     return "".join(f"[{', '.join(map(encode_basestring, e))}]\n" for e in entries).encode("utf-8", "surrogateescape")
 
 
-def listing_identity(entries: Sequence[Sequence[str]]) -> dict[str, Any]:
-    """The manifest's `listing` entry: how many entries and the sha256 of their ordered lines (each entry, e.g. an
-    item's [key, source] or a table's [url, size, etag], one JSON line): equal exactly when the entries are."""
-    return {"count": len(entries), "sha256": hashlib.sha256(_listing_text(entries)).hexdigest()}
+class Listing:
+    """A run's listing: its entries in order (an item's [key, source], a table file's [path, size, digest]), their
+    lines built once, when first needed (about 1.5 s a million entries): `identity` hashes them, `write_listing`
+    stores them."""
+
+    def __init__(self, entries: Sequence[Sequence[str]]):
+        self.entries = entries
+
+    @functools.cached_property
+    def text(self) -> bytes:
+        return _listing_text(self.entries)
+
+    @functools.cached_property
+    def identity(self) -> dict[str, Any]:
+        """The manifest's `listing` entry: how many entries and the sha256 of their lines (one JSON array a line):
+        equal exactly when the entries are."""
+        return {"count": len(self.entries), "sha256": hashlib.sha256(self.text).hexdigest()}
 
 
 def listing_change(old: Sequence[Sequence[str]] | None, new: Sequence[Sequence[str]], old_count: int | None = None) -> str:
@@ -330,6 +343,20 @@ def listing_change(old: Sequence[Sequence[str]] | None, new: Sequence[Sequence[s
     if added or removed:
         return f"{added} input{'s' if added != 1 else ''} added, {removed} removed"
     return "the same inputs under other keys or in another order"
+
+
+def _files_change(old: Sequence[Sequence[str]] | None, new: Sequence[Sequence[str]], old_count: int | None) -> str:
+    """What changed in a table's files (its listing: [path, size, digest] per file): each changed file with its
+    sizes and hashes, each added or removed one named; `old` None (its entries unknown): the counts then and now."""
+    files = lambda n: f"{n} file{'s' if n != 1 else ''}"
+    if old is None:
+        return f"{files(old_count) if old_count is not None else 'an unknown number of files'} then, {len(new)} now"
+    before, after = {e[0]: tuple(e[1:]) for e in old}, {e[0]: tuple(e[1:]) for e in new}
+    said = [f"{path}: {size} -> {after[path][0]} bytes, {digest[:19]} -> {after[path][1][:19]}"
+            for path, (size, digest) in before.items() if path in after and after[path] != (size, digest)]
+    said += [f"{path} removed" for path in before if path not in after]
+    said += [f"{path} added" for path in after if path not in before]
+    return "; ".join(said) or "its files in another order"
 
 
 def _added_removed(old: Sequence[Sequence[str]], new: Sequence[Sequence[str]]) -> tuple[int, int]:
@@ -348,12 +375,11 @@ def listing_name(identity: dict) -> str:
     return f"lfqtok.listing.{identity['sha256'][:16]}.gz"
 
 
-def write_listing(out: Location, entries: Sequence[Sequence[str]], storage_options: Options = None) -> None:
-    """The listing sidecar (`listing_name`, gzip of the lines `listing_identity` hashes), written whole before the
+def write_listing(out: Location, listing: Listing, storage_options: Options = None) -> None:
+    """The listing sidecar (`listing_name`, gzip of the lines its identity hashes), written whole before the
     manifest that names it; several --num-shards parts may write the same one at once."""
-    text = _listing_text(entries)
-    data = gzip.compress(text, compresslevel=6, mtime=0)
-    path = storage.join(out, listing_name({"sha256": hashlib.sha256(text).hexdigest()}))
+    data = gzip.compress(listing.text, compresslevel=6, mtime=0)
+    path = storage.join(out, listing_name(listing.identity))
     write_bytes_atomic(path, data, shared=True, storage_options=storage_options)
 
 
@@ -376,7 +402,7 @@ def _entry_key(key: str, source: str, taken: set[str]) -> str:
     if key in taken:
         key = f"{key}_{hashlib.blake2s(source.encode('utf-8', 'surrogateescape'), digest_size=4).hexdigest()}"
         if key in taken:
-            raise OutputError(f"the new input {source} would get the key {key}, which the run already has: rename it")
+            raise OutputRefused(f"the new input {source} would get the key {key}, which the run already has: rename it")
     return key
 
 
@@ -390,7 +416,8 @@ class Prepared:
     segments: list[list[int]] | None = None
 
 
-def _appended(old: dict, recorded: list[list[str]], entries: Sequence[Sequence[str]], per_shard: int) -> tuple[list[list[str]], dict]:
+def _appended(old: dict, recorded: list[list[str]], entries: Sequence[Sequence[str]],
+              per_shard: int) -> tuple[Listing, dict]:
     """--append: the recorded listing plus the new entries (keys kept unique), and its identity with one more
     segment of shards numbered after the last one (none when nothing is new)."""
     identity = old[LISTING_KEY]
@@ -403,10 +430,10 @@ def _appended(old: dict, recorded: list[list[str]], entries: Sequence[Sequence[s
             taken.add(key)
             new.append([key, source])
     if not new:
-        return recorded, {**identity, "segments": segments}  # its keys and order, not the new listing's
+        return Listing(recorded), {**identity, "segments": segments}  # its keys and order, not the new listing's
     first, count = segments[-1]
-    combined = [*recorded, *new]
-    return combined, {**listing_identity(combined), "segments": [*segments, [first + -(-count // per_shard), len(new)]]}
+    grown = Listing([*recorded, *new])
+    return grown, {**grown.identity, "segments": [*segments, [first + -(-count // per_shard), len(new)]]}
 
 
 # what is ours: --overwrite and a fresh start delete only what lfqtok wrote
@@ -449,7 +476,7 @@ def _foreign_tar(path: Location, storage_options: Options) -> str | None:
 
 def _ours(out: Location, names: Sequence[str], storage_options: Options) -> list[str]:
     """The names in OUT that lfqtok wrote: manifest, listing, temp files, its `_stats.json`, token tars (those
-    with lfqtok's `_stats.json`, or whose first sample holds tokens). OutputError for a tar that is not a token
+    with lfqtok's `_stats.json`, or whose first sample holds tokens). OutputRefused for a tar that is not a token
     shard (a video or image dataset's, say): nothing is deleted then, and --overwrite is no way out."""
     stats = {n for n in names if _STATS_RE.match(n) and _stats_is_ours(out, n, storage_options)}
     ours = [n for n in names if n == MANIFEST_NAME or LISTING_RE.match(n) or TMP_RE.match(n) or n in stats]
@@ -461,21 +488,22 @@ def _ours(out: Location, names: Sequence[str], storage_options: Options) -> list
             continue
         why = _foreign_tar(storage.join(out, n), storage_options)
         if why is not None:
-            raise OutputError(f"{storage.redact(out)} holds {n}, which lfqtok did not write ({why}): "
-                              "write the tokens to another OUT; nothing was changed")
+            raise OutputRefused(f"{storage.redact(out)} holds {n}, which lfqtok did not write ({why}): "
+                                "write the tokens to another OUT; nothing was changed")
         ours.append(n)
     return ours
 
 
 def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_options: Options = None,
-                   listing: Sequence[Sequence[str]] | None = None, append: bool = False) -> Prepared:
+                   listing: Listing | None = None, append: bool = False) -> Prepared:
     """Create OUT with its manifest (written first; the listing sidecar just before it) or check the one there.
 
-    Other settings in an existing OUT -> OutputError naming them, unless `overwrite` (then lfqtok's old outputs go;
-    nothing else in OUT is touched, and a tar lfqtok did not write is refused). `listing`: the run's entries
-    ([key, source], sorted), whose identity is the manifest's `listing`: an OUT made from another listing is refused
-    naming what changed, started over with `overwrite`, or grown with `append` (the new entries only, into new
-    shards after the last one). A URL OUT instead of stale temp files has stale multipart uploads aborted.
+    Other settings in an existing OUT -> OutputRefused naming them (a usage error), unless `overwrite` (then
+    lfqtok's old outputs go; nothing else in OUT is touched, and a tar lfqtok did not write is refused). `listing`:
+    the run's (items' [key, source], sorted; a table's files), whose identity is the manifest's `listing`: an OUT
+    made from another listing is refused naming what changed, started over with `overwrite`, or grown with `append`
+    (the new entries only, into new shards after the last one). A URL OUT instead of stale temp files has stale
+    multipart uploads aborted.
     """
     out = storage.location(out)
     names = _list_output(out, storage_options)
@@ -484,7 +512,7 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
     if old is not None and old != manifest:
         diff = _differences(old, manifest)
         if diff and not overwrite:
-            raise OutputError(
+            raise OutputRefused(
                 f"{out} holds tokens made with other settings: {'; '.join(diff)}. Rerun with the settings it was "
                 "made with to resume, or use --overwrite to replace it, or another output directory"
             )
@@ -493,15 +521,16 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
     recorded, identity = None, None
     if old is not None and listing is not None and old.get(LISTING_KEY) is not None:
         try:
-            recorded, identity = _resumed_listing(out, old, manifest, listing, append, storage_options)
-        except OutputError:
+            recorded, identity = _resumed_listing(out, old, manifest, listing.entries, append, storage_options)
+        except OutputRefused:
             if not overwrite:
                 raise
             old = None  # --overwrite over other inputs: start over
     if old is None:
         ours = _ours(out, names, storage_options)
         if not overwrite and any(n.endswith(".tar") or _STATS_RE.match(n) for n in ours):
-            raise OutputError(f"{out} holds token shards but no readable {MANIFEST_NAME}: use --overwrite to replace them")
+            raise OutputRefused(f"{out} holds token shards but no readable {MANIFEST_NAME}: use --overwrite to replace "
+                                "them")
         _remove(out, [n for n in ours if n != MANIFEST_NAME], storage_options)
         if listing is not None:
             write_listing(out, listing, storage_options)
@@ -522,32 +551,37 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
     finished = finished_shards(out, storage_options)
     if identity is None or "segments" not in identity:
         return Prepared(finished)
-    return Prepared(finished, recorded, identity["segments"])
+    return Prepared(finished, recorded.entries, identity["segments"])
 
 
 def _resumed_listing(out: Location, old: dict, manifest: dict, listing: Sequence[Sequence[str]], append: bool,
-                     storage_options: Options) -> tuple[list[list[str]] | None, dict]:
-    """The listing a resumed OUT goes on with: (recorded entries, identity), grown by `append`; OutputError naming
-    what changed when the inputs are not the recorded ones."""
+                     storage_options: Options) -> tuple[Listing | None, dict]:
+    """The listing a resumed OUT goes on with: (the recorded one, its identity), grown by `append`; OutputRefused
+    naming what changed when the inputs are not the recorded ones."""
     before = old[LISTING_KEY]
     segmented = "segments" in before  # grown by --append: its order is the shards', not the sorted listing's
     if not segmented and not _listing_changed(old, manifest):
         return None, before
     recorded = read_listing(out, before, storage_options)
     where = storage.redact(out)
+    if "table" in manifest:  # its listing is its files' identity, and a table is never appended to
+        raise OutputRefused(f"{manifest['inputs'][0]} changed since the run in {where} "
+                            f"({_files_change(recorded, listing, before.get('count'))}): encode it into a new OUT, or "
+                            "--overwrite to start over")
     if recorded is None and (segmented or append):
-        raise OutputError(f"the listing of the run in {where} ({listing_name(before)}) is missing or damaged, so which "
-                          "inputs its shards hold is unknown: encode into a new OUT")
+        raise OutputRefused(f"the listing of the run in {where} ({listing_name(before)}) is missing or damaged, so "
+                            "which inputs its shards hold is unknown: encode into a new OUT")
     added, removed = _added_removed(recorded, listing) if recorded is not None else (None, None)
     if segmented and not added and not removed:
-        return recorded, before
+        return Listing(recorded), before
     if removed:
-        raise OutputError(f"{listing_change(recorded, listing)} since the run in {where}: --append only adds inputs; "
-                          "encode into a new OUT")
+        raise OutputRefused(f"{listing_change(recorded, listing)} since the run in {where}: --append only adds "
+                            "inputs; encode into a new OUT")
     if append:
         return _appended(old, recorded, listing, int(old.get("samples_per_shard", 1)))
-    raise OutputError(f"{listing_change(recorded, listing, before.get('count'))} since the run in {where}: encode into a "
-                      "new OUT, or add --append to encode only the new inputs, into new shards after the finished ones")
+    raise OutputRefused(f"{listing_change(recorded, listing, before.get('count'))} since the run in {where}: encode "
+                        "into a new OUT, or add --append to encode only the new inputs, into new shards after the "
+                        "finished ones")
 
 
 def _existing_manifest(path: Location, overwrite: bool, storage_options: Options = None) -> dict | None:
@@ -558,7 +592,8 @@ def _existing_manifest(path: Location, overwrite: bool, storage_options: Options
     except InputError:
         if overwrite:
             return None
-        raise OutputError(f"{storage.redact(path)} is unreadable or not an lfqtok manifest: use --overwrite to replace it") from None
+        raise OutputRefused(f"{storage.redact(path)} is unreadable or not an lfqtok manifest: use --overwrite to "
+                            "replace it") from None
 
 
 def _mtime(path: Path) -> float:

@@ -84,9 +84,9 @@ def location(path: Location) -> Location:
 
 
 def _split(url: str) -> tuple[str, str, str, str]:
-    """(scheme as written, host without user info, path, query): an object-store URL's path is its whole key."""
-    scheme = url[: url.index("://")]
-    if scheme.lower() in QUERY_PROTOCOLS:
+    """(scheme in lowercase, host without user info, path, query): an object-store URL's path is its whole key."""
+    scheme = url[: url.index("://")].lower()
+    if scheme in QUERY_PROTOCOLS:
         parts = urlsplit(url)
         return scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query
     host, slash, path = url[len(scheme) + 3 :].partition("/")
@@ -94,11 +94,15 @@ def _split(url: str) -> tuple[str, str, str, str]:
 
 
 def normalize(url: str) -> str:
-    """An object-store URL with runs of '/' in its key made one ('s3://b//x' -> 's3://b/x': S3 would store a key
-    '/x' that no prefix listing of s3://b/x finds); other URLs and paths as they are."""
-    if not is_url(url) or protocol(url) in QUERY_PROTOCOLS:
+    """A URL with its scheme in lowercase (schemes are case-insensitive, fsspec's registry is not: 'S3://b/x' is
+    's3://b/x'), and in an object store's key runs of '/' made one ('s3://b//x' -> 's3://b/x': S3 would store a key
+    '/x' that no prefix listing of s3://b/x finds); paths as they are."""
+    if not is_url(url):
         return url
     scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme in QUERY_PROTOCOLS:
+        return f"{scheme}://{rest}"
     host, slash, key = rest.partition("/")
     return f"{scheme}://{host}{slash}" + re.sub("/{2,}", "/", key.lstrip("/"))
 

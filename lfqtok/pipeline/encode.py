@@ -19,9 +19,9 @@ from ..device import resolve_device
 from ..io import storage
 from .batch import check_buffers
 from .engines import ENGINES, run_jobs
-from ..errors import InputError, LfqtokError, OutputError, UsageError
+from ..errors import LfqtokError, UsageError
 from .pool import validate_pool
-from ..io.shards import LISTING_KEY, MANIFEST_NAME, build_manifest, listing_identity, prepare_output, read_listing, read_manifest
+from ..io.shards import LISTING_KEY, Listing, build_manifest, prepare_output
 from .sources import ItemList, list_items, plan_segments, plan_shards, validate_split
 from .tables import Table, TableJobs, TableOptions, table_format
 from .shapes import MIN_MULTIPLE, PRESET, frame_dims, parse_buckets, parse_size, preset_buckets
@@ -212,22 +212,6 @@ def open_table(inputs: Sequence[str], config: EncodeConfig) -> Table | None:
     return Table.open(inputs[0], config.table, config.storage_options)
 
 
-def check_table(out: storage.Location, table: Table, identity: list[list[str]], config: EncodeConfig) -> None:
-    """A resumed table run must read the table it started on: OutputError naming what changed (unless --overwrite)."""
-    try:
-        old = None if config.overwrite else read_manifest(storage.join(out, MANIFEST_NAME), config.storage_options)
-    except InputError:  # an unreadable manifest: prepare_output says so
-        return
-    if old is None or "table" not in old or old.get(LISTING_KEY) == listing_identity(identity):
-        return
-    recorded = read_listing(out, old.get(LISTING_KEY), config.storage_options) or []
-    changed = [f"{path}: {size} -> {now_size} bytes, {digest[:19]} -> {now[:19]}"
-               for (path, size, digest), (_, now_size, now) in zip(recorded, identity) if (size, digest) != (now_size, now)]
-    what = "; ".join(changed) or f"{len(recorded)} file(s) then, {len(identity)} now"
-    raise OutputError(f"{table.name} changed since the run in {storage.redact(str(out))} ({what}): encode it into a new OUT, "
-                      "or --overwrite to start over")
-
-
 LEFT_OUT_SHOWN = 5  # images left out that the summary and the manifest name
 
 
@@ -244,7 +228,8 @@ def check_apart(out: storage.Location, roots: Sequence[str]) -> None:
     """UsageError when OUT is an input, holds one, or is inside an input directory: the run would write among (and
     --overwrite could delete) the user's own files, and a rerun would list its own output."""
     if storage.is_url(out):
-        target, paths = str(out).rstrip("/"), [(r, r.rstrip("/")) for r in roots if storage.is_url(r)]
+        target = storage.normalize(str(out)).rstrip("/")  # URLs compared as written would miss S3:// vs s3://
+        paths = [(r, storage.normalize(r).rstrip("/")) for r in roots if storage.is_url(r)]
     else:
         target = os.path.realpath(out)
         paths = [(r, os.path.realpath(r)) for r in roots if not storage.is_url(r)]
@@ -294,13 +279,12 @@ def encode_dataset(
         if not items:
             raise UsageError(f"no videos or images found in {', '.join(storage.redact(str(i)) for i in inputs)}")
         check_apart(out, items.roots)
-        listing = [[item.key, item.source] for item in items]
+        listing = Listing([[item.key, item.source] for item in items])
         images, classes = sum(item.is_image for item in items), items.classes
     else:  # a table's rows are streamed, never listed (rows are videos); its listing is its files' identity
         check_apart(out, table.files)
         items, images, classes = ItemList(), 0, table.classes
-        listing = table.identity()
-        check_table(out, table, listing, config)
+        listing = Listing(table.identity())
     from ..tokenizers.model import load_tokenizer
 
     started = time.perf_counter()
@@ -331,11 +315,12 @@ def encode_dataset(
             **({"hflip": True} if config.hflip else {}),
             **({"images_left_out": left_out(items)} if items.left_out else {}),
             **({"table": table.settings()} if table is not None else {}),  # its format and row options
-            LISTING_KEY: listing_identity(listing),
+            LISTING_KEY: listing.identity,  # its lines, built once: the sidecar stores the same
         },
     )
     del tok  # the encode processes load their own copy: a large model is not held twice while they run
     prepared = prepare_output(out, manifest, config.overwrite, config.storage_options, listing=listing, append=config.append)
+    del listing  # its entries and lines (about 150 bytes an input) are not held through the run
     if table is not None:
         todo = TableJobs(table, config.samples_per_shard, config.num_shards, config.shard_index, frozenset(prepared.finished))
         skipped = sum(1 for i in prepared.finished if i % config.num_shards == config.shard_index)

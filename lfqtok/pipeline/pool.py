@@ -127,9 +127,11 @@ def decode_item(
 # worker side
 
 
-def _worker_main(conn: Connection, clock: Any, spec: ClipSpec, decode: DecodeFn) -> None:
+def _worker_main(conn: Connection, clock: Any, spec: ClipSpec, decode: DecodeFn, nice: int) -> None:
     """Worker loop: receive (index, item, decoder), send its events; clock = decode start time, 0 while not decoding."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then kills us
+    if nice:
+        os.nice(nice)
     while True:
         clock.value = 0.0
         try:
@@ -155,11 +157,11 @@ def _worker_main(conn: Connection, clock: Any, spec: ClipSpec, decode: DecodeFn)
 class _Worker:
     """One decode process, its pipe, its decode clock and the item it is on."""
 
-    def __init__(self, ctx: Any, spec: ClipSpec, decode: DecodeFn, decoders: Sequence[str]):
+    def __init__(self, ctx: Any, spec: ClipSpec, decode: DecodeFn, decoders: Sequence[str], nice: int):
         self.decoders = decoders  # per attempt
         self.conn, child = ctx.Pipe()
         self.clock = ctx.Value("d", 0.0, lock=False)
-        self.proc = ctx.Process(target=_worker_main, args=(child, self.clock, spec, decode), daemon=True, name="lfqtok-decode")
+        self.proc = ctx.Process(target=_worker_main, args=(child, self.clock, spec, decode, nice), daemon=True, name="lfqtok-decode")
         self.proc.start()
         child.close()
         self.task: Task | None = None  # what it is on
@@ -223,6 +225,7 @@ class DecodePool:
 
     Use as a context manager: leaving it kills every worker, also on exceptions and KeyboardInterrupt.
     `decoder`: what each video is decoded with first (None: `resolve_decoder`), PyAV alone on a retry.
+    `nice`: added to each worker's niceness (the encode's, when its encoder runs on the CPU: `worker.CPU_ENCODE_NICE`).
     `decode` replaces the per-video function run in the workers (a picklable, module-level function; tests
     use it to simulate hangs and crashes). Remote items' bytes are fetched here, ahead of the workers
     (`sources.iter_fetched`, at most READAHEAD_BYTES), with `storage_options`; a fetch without progress for
@@ -239,6 +242,7 @@ class DecodePool:
         decoder: str | None = None,
         decode: DecodeFn | None = None,
         storage_options: Options = None,
+        nice: int = 0,
     ):
         validate_pool(workers, timeout)
         if max_pending_clips < 1:
@@ -247,7 +251,7 @@ class DecodePool:
         self.decoders = decoder_attempts(resolve_decoder(decoder))
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))  # decoder threads per worker: no oversubscription
         self.decode = decode or functools.partial(decode_item, threads=threads, storage_options=storage_options, fetch_timeout=timeout)
-        self.storage_options = storage_options
+        self.storage_options, self.nice = storage_options, nice
         self._ctx = mp.get_context("spawn")  # never fork a parent that may hold torch / CUDA state
         self._pool: list[_Worker] = []
 
@@ -292,7 +296,7 @@ class DecodePool:
     # helpers
 
     def _start(self, tasks: _Tasks) -> _Worker:
-        worker = _Worker(self._ctx, self.spec, self.decode, self.decoders)
+        worker = _Worker(self._ctx, self.spec, self.decode, self.decoders, self.nice)
         worker.give(tasks.next())
         return worker
 

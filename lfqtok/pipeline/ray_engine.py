@@ -139,11 +139,12 @@ class RayDecodePool:
     next of `decoder_attempts(decoder)` (PyAV alone), as `DecodePool` does; after an event, or on the last try,
     the video fails.
     `decode` replaces the per-video function, as in `DecodePool` (tests simulate hangs and crashes with it).
+    `nice` is `DecodePool`'s, left to Ray: its tasks hold the CPUs it reserved for them (`num_cpus=1`).
     """
 
     def __init__(
         self, spec: ClipSpec, workers: int, timeout: float = 60.0, *, decoder: str | None = None, decode: DecodeFn | None = None,
-        storage_options: Options = None,
+        storage_options: Options = None, nice: int = 0,
     ):
         self.spec, self.workers, self.timeout = spec, max(1, workers), timeout
         self.decoders = decoder_attempts(resolve_decoder(decoder))

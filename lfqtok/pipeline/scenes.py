@@ -37,14 +37,22 @@ INSTALL_HINT = "--scenes {mode} needs {package}, which is not installed: pip ins
 
 # TransNetV2 reads windows of 100 frames and keeps the predictions of the middle 50 (upstream's predict_frames)
 TN_WINDOW, TN_STEP, TN_CONTEXT = 100, 50, 25
-# `on`: thumbnails on each side of a frame where the picture changes, for TransNetV2 to judge it. 16 (32-frame
-# windows, ~0.3 s of one core each) decides every cut of both bench sets as 24 did (docs/performance.md) at 2/3 the cost
-GATE_CONTEXT = 16
-GATE_MARGIN = 8  # `on`: a window's probabilities serve later frames that still have this much context on each side
+# `on`: TransNetV2 first judges a change on NARROW thumbnails each side (~0.3 s of one core); where it is unsure
+# (its probability in UNSURE) and the video holds a window of the network's own length (WIDE a side, ~1 s), that
+# window decides. On real footage 16 frames a side left 5 of 25 cuts between fast-moving shots at 0.34-0.48, and 50
+# found them (docs/performance.md). Within WIDE frames of an end a wide window would be mostly a repeated first or
+# last frame, where it called flashes cuts: there the narrow one decides alone. A window's probabilities also serve
+# later changes that still have a quarter of its length of context on each side.
+WIDE, NARROW = TN_WINDOW // 2, 16
+UNSURE = (0.2, 0.8)
 # `on`: a change this many times the mean change of the 2 frames on each side is a cut outright, one below
 # RATIO_LOW times it is motion (PySceneDetect's AdaptiveDetector default); TransNetV2 judges what lies between. On the
 # cut test set, cuts stood 6.3-40x above their neighbours, changes in cut-free stretches at most 5.5x
 RATIO_SURE, RATIO_LOW, RATIO_SPAN = 8.0, 3.0, 2
+# `on`: a change under RATIO_LOW times its neighbours' that the content detector alone would call a cut (its own
+# default threshold) goes to TransNetV2 too, where the video holds its whole window: a cut between two shots that
+# both move fast changes the picture about as much as the motion around it (1.7-3.1x on real footage)
+MOTION_CUT = DEFAULTS["content"][0]
 
 
 @dataclass(frozen=True)
@@ -262,25 +270,25 @@ class GatedCuts:
     """`--scenes on`: a cut is where the picture changes (the content score of a frame against the one before
     reaches the gate) more than around it, and where that is not plain, TransNetV2 agrees.
 
-    A change RATIO_SURE times the mean change of its neighbours is a cut; one below RATIO_LOW times is motion, a
-    flash or flicker. In between, TransNetV2, run on a window of 2 x GATE_CONTEXT thumbnails around the frame,
-    decides: a cut when it calls the frame before the last of its shot (probability rising above the threshold
-    there). A later frame that the last window covers with GATE_MARGIN frames on each side is judged from that
-    window's probabilities. The content score alone takes fast motion, flashes and fire for cuts, TransNetV2 alone
-    a dip to black or a light switched on; together they met the targets (docs/performance.md), and the network,
-    ~0.3 s of one core per 32-frame window, runs only on the few changes that are neither plain cut nor motion."""
+    A change RATIO_SURE times the mean change of its neighbours is a cut. One below RATIO_LOW times is motion, a
+    flash or flicker, unless it is also a change of MOTION_CUT or more away from the video's ends. TransNetV2 judges
+    the rest, on 2 x NARROW thumbnails around the frame, then, where unsure and away from the ends, on 2 x WIDE: a cut
+    when it calls the frame before the last of its shot (probability rising above the threshold there). The content
+    score alone takes fast motion, flashes and fire for cuts, TransNetV2 alone a dip to black or a light switched on;
+    together they met the targets on three sets, one of real editorial cuts (docs/performance.md), and the network
+    runs only on the changes that are neither plain cut nor plain motion. A decode worker loads torch and the
+    network (~1.2 s) only when the first such change comes."""
 
-    lookahead = GATE_CONTEXT
+    lookahead = WIDE
 
     def __init__(self, spec: SceneSpec):
-        self.net = _transnet()
         self.threshold, self.gate = spec.threshold, spec.gate
         self._keep = _MinLength(spec.min_scene_frames)
-        self._buffer: deque[np.ndarray] = deque(maxlen=2 * GATE_CONTEXT)  # the last thumbnails pushed
+        self._buffer: deque[np.ndarray] = deque(maxlen=2 * WIDE)  # the last thumbnails pushed
         self._candidates: deque[int] = deque()  # frames whose content score reached the gate, not yet decided
         self._scores: dict[int, float] = {}  # content score of each recent frame against the one before
         self._pushed = 0
-        self._window: tuple[int, np.ndarray] | None = None  # the last window run: its first frame, its probabilities
+        self._windows: dict[int, tuple[int, np.ndarray]] = {}  # context -> the last window run: first frame, probabilities
         self.windows = 0  # windows the network ran (benches)
 
     def push(self, thumb: np.ndarray) -> list[int]:
@@ -288,34 +296,45 @@ class GatedCuts:
             score = self._scores[self._pushed] = content_score(self._buffer[-1], thumb)
             if score >= self.gate:
                 self._candidates.append(self._pushed)
-            self._scores.pop(self._pushed - 2 * GATE_CONTEXT, None)
+            self._scores.pop(self._pushed - 2 * WIDE, None)
         self._buffer.append(thumb)
         self._pushed += 1
-        return self._decide(self._pushed - GATE_CONTEXT + 1)
+        return self._decide(self._pushed - WIDE + 1)
 
     def finish(self) -> list[int]:
-        return self._decide(self._pushed + GATE_CONTEXT)
+        return self._decide(self._pushed + WIDE)
 
     def _decide(self, upto: int) -> list[int]:
-        """Decide the candidates up to `upto` (each needs GATE_CONTEXT - 1 frames after it, or the stream's end)."""
+        """Decide the candidates up to `upto` (each needs WIDE - 1 frames after it, or the stream's end)."""
         cuts = []
         while self._candidates and self._candidates[0] <= upto:
             cut = self._candidates.popleft()
             near = [self._scores[i] for i in range(cut - RATIO_SPAN, cut + RATIO_SPAN + 1) if i != cut and i in self._scores]
             ratio = self._scores[cut] / max(sum(near) / len(near), 1e-6) if near else float("inf")
-            if ratio >= RATIO_SURE or ratio < RATIO_LOW:
-                cuts += [cut] if ratio >= RATIO_SURE else []
-                continue
-            if self._window is None or not (self._window[0] + GATE_MARGIN <= cut - 2 <= self._window[0] + 2 * GATE_CONTEXT - 2 - GATE_MARGIN):
-                first = cut - 1 - GATE_CONTEXT  # the window [first, cut - 1 + GATE_CONTEXT), edges repeated as upstream pads
-                held = self._pushed - len(self._buffer)  # index of the oldest thumbnail held
-                window = [self._buffer[min(max(i, 0), self._pushed - 1) - held] for i in range(first, first + 2 * GATE_CONTEXT)]
-                self._window = (first, _probabilities(self.net, window))
-                self.windows += 1
-            first, probs = self._window
-            if probs[cut - 1 - first] > self.threshold >= probs[cut - 2 - first]:
+            inside = cut - 1 - WIDE >= 0 and cut - 1 + WIDE <= self._pushed  # the video holds a whole wide window
+            if ratio >= RATIO_SURE:
                 cuts.append(cut)
+            elif ratio >= RATIO_LOW or (inside and self._scores[cut] >= MOTION_CUT):
+                probs, at = self._probabilities(cut, NARROW)
+                if inside and UNSURE[0] <= probs[at] <= UNSURE[1]:
+                    probs, at = self._probabilities(cut, WIDE)
+                if probs[at] > self.threshold >= probs[at - 1]:
+                    cuts.append(cut)
         return self._keep(cuts)
+
+    def _probabilities(self, cut: int, context: int) -> tuple[np.ndarray, int]:
+        """TransNetV2's probabilities on `context` thumbnails each side of the frame before `cut` (edges repeated as
+        upstream pads), and that frame's index in them; the last window of this size if it holds the frame with a
+        quarter of its length to spare on each side."""
+        window = self._windows.get(context)
+        margin = context // 2
+        if window is None or not (window[0] + margin <= cut - 2 <= window[0] + 2 * context - 2 - margin):
+            first = cut - 1 - context
+            held = self._pushed - len(self._buffer)  # index of the oldest thumbnail held
+            thumbs = [self._buffer[min(max(i, 0), self._pushed - 1) - held] for i in range(first, first + 2 * context)]
+            window = self._windows[context] = (first, _probabilities(_transnet(), thumbs))  # loaded at the first doubtful change
+            self.windows += 1
+        return window[1], cut - 1 - window[0]
 
 
 def _probabilities(net: Any, thumbs: Any) -> np.ndarray:

@@ -5,6 +5,7 @@ Listing never opens a video: directories are walked with os.scandir, tars are in
 million inputs list in seconds. Every input may also be a URL (`storage.py`): a prefix is walked like a directory
 (one recursive listing), and a prefix gives the same keys and order as the same tree on disk. Keys are the path relative to its input root (or the tar sample key), with
 [A-Za-z0-9_-] only; colliding keys all get a short hash of their source, so a key never depends on order.
+A symlink to nothing in a directory is an item too, never opened: its reason is its recorded failure.
 Images (jpg, jpeg, png, webp, bmp) are items too: files given one by one (or listed), and the images of a directory
 or tar input that holds no video (a video dataset's posters and thumbnails stay out, as they always did; the
 listing's `left_out` names them, and encode's summary and manifest count them).
@@ -17,6 +18,7 @@ and its label the class's index in the sorted list of all classes (`ItemList.cla
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import io
@@ -176,18 +178,33 @@ def _side(names: Iterable[str]) -> str:
     return "images" if images else "videos"
 
 
-def _walk(root: str, prefix: str = "") -> Iterator[tuple[str, str]]:
+def _walk(root: str, broken: dict[str, str], prefix: str = "") -> Iterator[tuple[str, str]]:
     """(path, path relative to the walk's root) of video and image files under root, recursively, following no links
-    to directories (no cycles); one scandir per directory and no stat per file."""
+    to directories (no cycles); one scandir per directory and no stat per file. A link to nothing is walked too, and
+    its reason put in `broken` (its path -> the reason): it is listed, and recorded as its failure."""
     try:
         entries = list(os.scandir(root))
     except OSError as exc:
         raise InputError(f"{root}: cannot list directory ({exc.strerror or exc})") from None
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
-            yield from _walk(entry.path, f"{prefix}{entry.name}/")
+            yield from _walk(entry.path, broken, f"{prefix}{entry.name}/")
         elif _is_media(entry.name) and entry.is_file():
             yield entry.path, prefix + entry.name
+        elif _is_media(entry.name) and entry.is_symlink() and (reason := _broken_link(entry.path)):
+            broken[entry.path] = reason
+            yield entry.path, prefix + entry.name
+
+
+def _broken_link(path: str) -> str | None:
+    """Why a symlink that is not a file cannot be read ('broken symlink: target missing (TARGET)'); None for a link
+    to a directory (never followed)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        what = "target missing" if exc.errno == errno.ENOENT else (exc.strerror or str(exc)).lower()
+        return f"broken symlink: {what} ({os.readlink(path)})"
+    return None
 
 
 def _dirname(path: str) -> str:
@@ -293,6 +310,7 @@ class _Raw:
     extras: tuple[Member, ...] = ()
     rel: str | None = None  # its path under its input root (a tar sample: its key), where its class folder is
     still: bool = False  # a GIF on the images side
+    error: str | None = None  # why it cannot be read (a link to nothing): its recorded failure, never opened
 
 
 def _normpath(path: str) -> str:
@@ -368,7 +386,8 @@ def _assign_keys(raws: list, names: Sequence[str] | None = None, classes: Sequen
     for i, raw in enumerate(raws):  # raw.source is what users see (redacted): a re-signed URL keeps its key
         key = f"{raw.base}_{short_hash(raw.source)}" if counts[raw.base] > 1 else raw.base
         name = names[i] if names is not None else None
-        raws[i] = VideoItem(key, raw.source, raw.path, raw.member, raw.extras, name, labels.get(name), still=raw.still)
+        raws[i] = VideoItem(key, raw.source, raw.path, raw.member, raw.extras, name, labels.get(name), still=raw.still,
+                            error=raw.error)
     return raws
 
 
@@ -426,17 +445,20 @@ def _list_items(inputs: Sequence[str], options: Options, class_folders: bool = F
     is_tar = [storage.url_path(path).lower().endswith(".tar") and kind != "dir" for (path, _), kind in zip(leaves, kinds)]
     raws: list[_Raw] = []
     left_out: list[str] = []
+    broken: dict[str, str] = {}  # links to nothing under input directories: path -> reason
     skipped = 0
     for (path, root), tar, kind in zip(leaves, is_tar, kinds):
         if tar:
             skipped += _list_tar(path, sum(is_tar) > 1, raws, left_out, options, timeout)
         elif kind == "dir":
-            walked = list(_walk_url(path, options) if storage.is_url(path) else _walk(path))
+            walked = list(_walk_url(path, options) if storage.is_url(path) else _walk(path, broken))
             if _side(rel for _, rel in walked) == "videos":  # videos' posters and thumbnails stay out, as always
                 left_out.extend(p for p, rel in walked if not _is_video(rel))
-                raws.extend(_Raw(sanitize_key(rel.rpartition(".")[0]), storage.redact(p), p, rel=rel) for p, rel in walked if _is_video(rel))
+                raws.extend(_Raw(sanitize_key(rel.rpartition(".")[0]), storage.redact(p), p, rel=rel, error=broken.get(p))
+                            for p, rel in walked if _is_video(rel))
             else:
-                raws.extend(_Raw(sanitize_key(rel.rpartition(".")[0]), storage.redact(p), p, rel=rel, still=_is_gif(rel)) for p, rel in walked)
+                raws.extend(_Raw(sanitize_key(rel.rpartition(".")[0]), storage.redact(p), p, rel=rel, still=_is_gif(rel),
+                                 error=broken.get(p)) for p, rel in walked)
         else:
             raws.append(_list_file(path, root))
     # duplicates (a file under two inputs) keep the key from the outermost root, whatever the input order

@@ -30,8 +30,14 @@ from ..io.storage import Location, Options, location
 from .video import ClipSpec
 
 ProgressFn = Callable[["Counters"], None]
-PoolFactory = Callable[..., Any]  # (spec, workers, timeout=, decoder=, storage_options=) -> context manager with .run(items) -> events
+PoolFactory = Callable[..., Any]  # (spec, workers, timeout=, decoder=, storage_options=, nice=) -> context manager with .run(items) -> events
 MAX_DEFAULT_WORKERS = 16  # decode processes by default: all cores but one, at most this many
+
+
+# a CPU encoder's threads wait on one another at every op: a decode worker holding one of their cores stalls them all
+# (--scenes on's network windows cost a third of the throughput that way, docs/performance.md). Decode workers of a CPU
+# encode run this much nicer: they take the cycles the encoder leaves, which a decode-bound run leaves them all of
+CPU_ENCODE_NICE = 8
 
 
 def decode_workers(workers: int | None) -> int:
@@ -121,7 +127,7 @@ class ShardEncoder:
     video_timeout: float = 60.0  # seconds one video may decode without progress before its try is killed
     decoder: str = "auto"  # each video's first decoder; `decoder_attempts` says what a retry uses
     hflip: bool = False  # images also get the tokens of their horizontally flipped model input (tokens_flip.npy)
-    pool_factory: PoolFactory = DecodePool  # (spec, workers, timeout=, decoder=, storage_options=) -> pool; Ray: RayDecodePool
+    pool_factory: PoolFactory = DecodePool  # (spec, workers, timeout=, decoder=, storage_options=, nice=) -> pool; Ray: RayDecodePool
     storage_options: Options = field(default=None, repr=False)  # for URLs (inputs, model, out); may hold secrets
     _tokenizer: Any = field(default=None, init=False, repr=False, compare=False)
 
@@ -164,9 +170,8 @@ class ShardEncoder:
             _Stage("writer", _writer_loop, write_q, assembler, abort, errors),
         ]
         try:
-            pool = self.pool_factory(
-                spec, decode_workers(self.workers), timeout=self.video_timeout, decoder=self.decoder, storage_options=self.storage_options
-            )
+            pool = self.pool_factory(spec, decode_workers(self.workers), timeout=self.video_timeout, decoder=self.decoder,
+                                     storage_options=self.storage_options, nice=0 if on_cuda else CPU_ENCODE_NICE)
             with pool:
                 for event in pool.run(assembler.items(itertools.chain([first], stream))):
                     if abort.is_set():
