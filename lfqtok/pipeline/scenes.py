@@ -275,11 +275,10 @@ class GatedCuts:
     flash or flicker, unless it is also a change of MOTION_CUT or more, above its neighbours', away from the video's
     ends. TransNetV2 judges the rest, on 2 x NARROW thumbnails around the frame, then, where unsure and away from the
     ends, on 2 x WIDE: a cut when it calls the frame before the last of its shot (probability rising above the
-    threshold there). The content
-    score alone takes fast motion, flashes and fire for cuts, TransNetV2 alone a dip to black or a light switched on;
-    together they met the targets on three sets, one of real editorial cuts (docs/performance.md), and the network
-    runs only on the changes that are neither plain cut nor plain motion. A decode worker loads torch and the
-    network (~1.2 s) only when the first such change comes."""
+    threshold there). The content score alone takes fast motion, flashes and fire for cuts, TransNetV2 alone a dip
+    to black or a light switched on; together they met the targets on three sets, one of real editorial cuts
+    (docs/performance.md), and the network runs only on the changes that are neither plain cut nor plain motion. A
+    decode worker loads torch and the network (~1.2 s) only when the first such change comes."""
 
     lookahead = WIDE
 
