@@ -127,6 +127,26 @@ def test_decord_and_pyav_give_the_same_scenes(cut_videos):
     assert found["pyav"] == found["decord"]
 
 
+def test_decord_and_pyav_record_the_same_times_minutes_into_a_video(tmp_path):
+    # decord keeps frame times as float32: two minutes in they were microseconds off PyAV's, in scenes and clip_times
+    if video_mod.decord is None:
+        pytest.skip("decord not installed")
+    path = tmp_path / "slow.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(2000, 1001))  # ~2 fps: 240 frames span two minutes
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        for i in range(240):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(look(int(i >= 100), i, 64, 32), format="rgb24")))
+        container.mux(stream.encode(None))
+    found = {}
+    for decoder in ("pyav", "decord"):
+        meta, clips = iter_clips(str(path), ClipSpec(size=32, clip_frames=FRAMES, scenes=CONTENT), decoder=decoder)
+        times = [[round(t, 6) for t in clip.times] for clip in clips]  # as the json holds them
+        found[meta.decoder] = ([[round(t, 6) for t in scene] for scene in meta.scenes], times)
+    assert found["decord"] == found["pyav"]
+    assert found["pyav"][0] == [[0.0, 50.05], [50.05, 120.12]]
+
+
 def test_scenes_of_a_gif_are_found(tmp_path):
     # palette and alpha frames come out of the scaler as RGBA, blended to RGB: the detector gets uint8 as from any video
     from PIL import Image

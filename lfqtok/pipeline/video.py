@@ -16,6 +16,7 @@ import math
 import os
 from collections import deque
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Any, Callable, Iterator, NamedTuple
 
 import av
@@ -160,6 +161,7 @@ class _Probe:
     num_frames: int | None
     approx_frames: int | None  # num_frames, or duration x fps where the container has no frame count
     start: float | None = None  # the first frame's presentation time (s): where frame times count from
+    time_base: Fraction | None = None  # the stream's tick (s): decord's float32 times are snapped to it
 
 
 def _open(video: str | bytes) -> av.container.InputContainer:
@@ -206,19 +208,21 @@ def _probe(video: str | bytes) -> _Probe:
             num_frames=stream.frames or None,
             approx_frames=approx or None,
             start=first.time,
+            time_base=stream.time_base,
         )
 
 
 # decoders: each is a sequential stream of Frame plus a function turning one into an (H, W, 3) array
 
 
-def _decord_frames(video: str | bytes, width: int, height: int, start: int, threads: int) -> Iterator[Frame]:
+def _decord_frames(video: str | bytes, width: int, height: int, start: int, threads: int,
+                   time_base: Fraction | None = None) -> Iterator[Frame]:
     """Frames from `start` on, read in short contiguous chunks (decord never seeks: its seeks can mis-map)."""
     reader = decord.VideoReader(io.BytesIO(video) if isinstance(video, bytes) else video, width=width, height=height, num_threads=threads)
     total = len(reader)
     if total == 0:
         raise VideoError("decord reports no frames")
-    times = _decord_times(reader, total)
+    times = _decord_times(reader, total, time_base)
     for lo in range(start, total, DECORD_CHUNK):
         hi = min(lo + DECORD_CHUNK, total)
         batch = reader.get_batch(list(range(lo, hi))).asnumpy()  # (n, h, w, 3)
@@ -228,13 +232,20 @@ def _decord_frames(video: str | bytes, width: int, height: int, start: int, thre
             yield Frame(i, float(times[i]), batch[i - lo])
 
 
-def _decord_times(reader: Any, total: int) -> np.ndarray:
+def _decord_times(reader: Any, total: int, time_base: Fraction | None = None) -> np.ndarray:
     """Seconds since the first frame from decord's index (8 bytes a frame), or index / fps where those are
-    missing or go backwards (decord reports no timestamps for AVI)."""
-    times = reader.get_frame_timestamp(list(range(total)))[:, 0].astype(np.float64)
-    if np.all(np.isfinite(times)) and times[0] > -1.0 and np.all(np.diff(times) >= 0):
-        return times - times[0]
-    return np.arange(total) / (reader.get_avg_fps() or 25.0)
+    missing or go backwards (decord reports no timestamps for AVI). decord keeps them as float32 (a microsecond off
+    after a minute): each is snapped to the stream's `time_base` tick while float32 is finer than half a tick there,
+    computed as PyAV computes its frame times, so both decoders record the same times."""
+    stamps = reader.get_frame_timestamp(list(range(total)))[:, 0]
+    times = stamps.astype(np.float64)
+    if not (np.all(np.isfinite(times)) and times[0] > -1.0 and np.all(np.diff(times) >= 0)):
+        stamps = times = np.arange(total) / (reader.get_avg_fps() or 25.0)
+    if time_base:
+        ticks = np.round(times / float(time_base))
+        exact = np.spacing(np.abs(stamps)) < float(time_base)  # off by at most half the spacing: the nearest tick is right
+        times = np.where(exact, ticks * time_base.numerator / time_base.denominator, times)
+    return times - times[0]
 
 
 def _threaded(container: av.container.InputContainer, threads: int) -> av.video.stream.VideoStream:
@@ -402,7 +413,7 @@ class _Decoder:
             lay = self.layout_of(self.probe.width, self.probe.height) if self.layout_of else None  # unrotated only
             h, w = lay.scaled if lay else (self.probe.height, self.probe.width)
             try:
-                for frame in _decord_frames(self.video, w, h, 0, max(self.threads, 0)):
+                for frame in _decord_frames(self.video, w, h, 0, max(self.threads, 0), self.probe.time_base):
                     next_index = frame.index + 1
                     yield frame._replace(data=_Scaled(frame.data, lay))
                 return
