@@ -274,8 +274,8 @@ class GatedCuts:
     A change RATIO_SURE times the mean change of its neighbours is a cut. One below RATIO_LOW times is motion, a
     flash or flicker, unless it is also a change of MOTION_CUT or more, above its neighbours', away from the video's
     ends. TransNetV2 judges the rest, on 2 x NARROW thumbnails around the frame, then, where unsure and away from the
-    ends, on 2 x WIDE: a cut when it calls the frame before the last of its shot (probability rising above the
-    threshold there). The content score alone takes fast motion, flashes and fire for cuts, TransNetV2 alone a dip
+    ends, on 2 x WIDE (a wide window already run that holds the frame judges it first): a cut when it calls the frame
+    before the last of its shot (probability rising above the threshold there). The content score alone takes fast motion, flashes and fire for cuts, TransNetV2 alone a dip
     to black or a light switched on; together they met the targets on three sets, one of real editorial cuts
     (docs/performance.md), and the network runs only on the changes that are neither plain cut nor plain motion. A
     decode worker loads torch and the network (~1.2 s) only when the first such change comes."""
@@ -316,26 +316,35 @@ class GatedCuts:
             if ratio >= RATIO_SURE:
                 cuts.append(cut)
             elif ratio >= RATIO_LOW or (inside and self._scores[cut] >= MOTION_CUT and self._scores[cut] > max(near)):
-                probs, at = self._probabilities(cut, NARROW)
-                if inside and UNSURE[0] <= probs[at] <= UNSURE[1]:
-                    probs, at = self._probabilities(cut, WIDE)
+                probs, at = self._held(cut, WIDE) if inside else (None, 0)  # a wide window already run decides
+                if probs is None:
+                    probs, at = self._probabilities(cut, NARROW)
+                    if inside and UNSURE[0] <= probs[at] <= UNSURE[1]:
+                        probs, at = self._probabilities(cut, WIDE)
                 if probs[at] > self.threshold >= probs[at - 1]:
                     cuts.append(cut)
         return self._keep(cuts)
 
+    def _held(self, cut: int, context: int) -> tuple[np.ndarray | None, int]:
+        """The last window of this size's probabilities, if it holds the frame before `cut` with a quarter of its
+        length to spare on each side (None otherwise), and that frame's index in them."""
+        window = self._windows.get(context)
+        if window is None or not (window[0] + context // 2 <= cut - 2 <= window[0] + 2 * context - 2 - context // 2):
+            return None, 0
+        return window[1], cut - 1 - window[0]
+
     def _probabilities(self, cut: int, context: int) -> tuple[np.ndarray, int]:
         """TransNetV2's probabilities on `context` thumbnails each side of the frame before `cut` (edges repeated as
-        upstream pads), and that frame's index in them; the last window of this size if it holds the frame with a
-        quarter of its length to spare on each side."""
-        window = self._windows.get(context)
-        margin = context // 2
-        if window is None or not (window[0] + margin <= cut - 2 <= window[0] + 2 * context - 2 - margin):
-            first = cut - 1 - context
-            held = self._pushed - len(self._buffer)  # index of the oldest thumbnail held
-            thumbs = [self._buffer[min(max(i, 0), self._pushed - 1) - held] for i in range(first, first + 2 * context)]
-            window = self._windows[context] = (first, _probabilities(_transnet(), thumbs))  # loaded at the first doubtful change
-            self.windows += 1
-        return window[1], cut - 1 - window[0]
+        upstream pads), and that frame's index in them: the last window of this size's where it holds the frame."""
+        probs, at = self._held(cut, context)
+        if probs is not None:
+            return probs, at
+        first = cut - 1 - context
+        held = self._pushed - len(self._buffer)  # index of the oldest thumbnail held
+        thumbs = [self._buffer[min(max(i, 0), self._pushed - 1) - held] for i in range(first, first + 2 * context)]
+        self._windows[context] = (first, _probabilities(_transnet(), thumbs))  # loaded at the first doubtful change
+        self.windows += 1
+        return self._windows[context][1], cut - 1 - first
 
 
 def _probabilities(net: Any, thumbs: Any) -> np.ndarray:
