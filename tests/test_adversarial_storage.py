@@ -8,11 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import use_s3_server
+from tcp_proxy import TcpProxy
 from videos import make_video
 from lfqtok.cli import app
 from lfqtok.io import storage
@@ -146,51 +145,16 @@ def test_tar_members_and_a_worker_fetch_that_stall_fail_in_bounded_time(tmp_path
     assert [e.extras for e in done] == [{"txt": b"hello"}] * 2
 
 
-class _StallingProxy:
-    """A TCP forwarder to the S3 server that holds back (never forwards, never answers) every request whose first
-    line starts with `stall` ('GET /bucket/key'): one object that never answers, the rest of the store healthy."""
+class _StallingProxy(TcpProxy):
+    """Holds back (never forwards, never answers) every request whose first line starts with `stall` ('GET
+    /bucket/key'): one object that never answers, the rest of the store healthy."""
 
     def __init__(self, upstream: str, stall: bytes):
-        self.upstream = ("127.0.0.1", int(upstream.rsplit(":", 1)[1]))
         self.stall = stall
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.sockets: list[socket.socket] = []
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
+        super().__init__(upstream)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.upstream)
-            self.sockets += [client, server]
-            for a, b, up in ((client, server, True), (server, client, False)):
-                thread = threading.Thread(target=self._pump, args=(a, b, up), daemon=True)
-                self.threads.append(thread)
-                thread.start()
-
-    def _pump(self, a: socket.socket, b: socket.socket, up: bool) -> None:
-        try:
-            while data := a.recv(65536):
-                if up and data.startswith(self.stall):
-                    return  # held: the client waits for an answer that never comes
-                b.sendall(data)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self.sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        for thread in self.threads:
-            thread.join(timeout=5)
+    def passes(self, data: bytes, up: bool) -> bool:
+        return not (up and data.startswith(self.stall))
 
 
 def encode_stalled(hold: str, inputs: str, out: Path, model: str, s3_server, monkeypatch) -> tuple[int, str, str, float]:

@@ -22,6 +22,7 @@ from lfqtok.io import storage
 from lfqtok.cli import app
 from lfqtok.io.shards import read_tokens
 from conftest import S3_SECRET, start_s3_server, use_s3_server
+from tcp_proxy import TcpProxy
 from videos import make_video
 
 SIZE, FRAMES = 32, 9
@@ -213,69 +214,31 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_shards(tmp_path, videos, model
     assert not fs.list_multipart_uploads(path.partition("/")[0])  # leftovers aborted (moto dates them 2010: stale)
 
 
-class _Proxy:
-    """A TCP forwarder to the S3 server that cuts the network (every connection dropped, new ones refused) right
-    after it passed on the answer to the first PUT of a `_stats.json` (one shard committed), and can be restored:
-    a network cut mid-run with the server's data kept."""
+class _Proxy(TcpProxy):
+    """Cuts the network (every connection dropped, new ones refused) right after it passed on the answer to the first
+    PUT of a `_stats.json` (one shard committed), and can be restored: a network cut mid-run with the server's data
+    kept."""
 
     def __init__(self, upstream: str):
-        import socket
-        import threading
-
-        self.upstream = ("127.0.0.1", int(upstream.rsplit(":", 1)[1]))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.conns: list = []
         self.open, self.armed, self.spent = True, False, False  # spent: it cuts once
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream)
 
-    def _accept(self) -> None:
-        import socket
-        import threading
+    def accepting(self) -> bool:
+        return self.open
 
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.open:
-                client.close()
-                continue
-            server = socket.create_connection(self.upstream)
-            self.conns += [client, server]
-            for a, b, up in ((client, server, True), (server, client, False)):
-                threading.Thread(target=self._pump, args=(a, b, up), daemon=True).start()
+    def passes(self, data: bytes, up: bool) -> bool:
+        if up and data.startswith(b"PUT ") and b"_stats.json" in data.split(b"\r\n", 1)[0] and not self.spent:
+            self.armed = True
+        return self.open
 
-    def _pump(self, a, b, up: bool) -> None:
-        try:
-            while data := a.recv(65536):
-                if up and data.startswith(b"PUT ") and b"_stats.json" in data.split(b"\r\n", 1)[0] and not self.spent:
-                    self.armed = True
-                if not self.open:
-                    break
-                b.sendall(data)
-                if not up and self.armed and self.open and b" 200 OK" in data:  # the PUT's answer, not its 100 Continue
-                    self.cut()
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.close()
-            except OSError:
-                pass
+    def passed(self, data: bytes, up: bool) -> None:
+        if not up and self.armed and self.open and b" 200 OK" in data:  # the PUT's answer, not its 100 Continue
+            self.cut()
 
     def cut(self) -> None:
         """Every connection dropped, new ones refused at once."""
-        import socket
-
         self.open, self.armed, self.spent = False, False, True
-        for conn in self.conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-                conn.close()
-            except OSError:
-                pass
+        self.drop()
 
     def restore(self) -> None:
         self.open = True
