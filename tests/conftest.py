@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +90,17 @@ __all__ = ["make_video"]
 S3_SECRET = "lfqtok-test-secret-Zq81"  # the secret key every S3 test uses: it must appear in no output
 
 
+def kill_9_once(args: list[str], done) -> None:
+    """Run `args` and kill -9 it as soon as `done()` holds (a shard committed, say), or after 60 s, or not at all if
+    it ended first: an encode killed mid-run."""
+    proc = subprocess.Popen(args)
+    deadline = time.time() + 60
+    while not done() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def free_port() -> int:
     import socket
 
@@ -98,8 +112,6 @@ def free_port() -> int:
 def start_s3_server(**env: str):
     """`python -m moto.server` on a free port (a real process, so tests can stop it); returns (process, endpoint)."""
     import socket
-    import subprocess
-    import time
 
     port = free_port()
     proc = subprocess.Popen(

@@ -3,8 +3,6 @@ failures, tar inputs with passthrough members, shard splitting, and the encoder 
 
 import io
 import json
-import signal
-import subprocess
 import sys
 import tarfile
 import time
@@ -21,6 +19,7 @@ from lfqtok.pipeline.engines import run_local
 from lfqtok.errors import OutputError, UsageError
 from lfqtok.pipeline.sources import list_items, plan_shards
 from token_shards import output_bytes
+from conftest import kill_9_once
 from videos import make_video
 
 SIZE, FRAMES = 32, 9
@@ -131,12 +130,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path, videos, model):
         "import sys, lfqtok; lfqtok.encode_dataset([sys.argv[1]], sys.argv[2], model=sys.argv[3], size=%d, "
         "clip_frames=%d, workers=0, batch_size=1, device='cpu', samples_per_shard=1)" % (SIZE, FRAMES)
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, str(videos), str(out), model])
-    deadline = time.time() + 60
-    while not list(out.glob("0000[0-9]_stats.json")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_9_once([sys.executable, "-c", script, str(videos), str(out), model], lambda: list(out.glob("0000[0-9]_stats.json")))
     encode(videos, out, model, samples_per_shard=1)
     assert output_bytes(out) == output_bytes(whole)
 

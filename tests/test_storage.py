@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import io
 import json
-import signal
-import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ import lfqtok
 from lfqtok.io import storage
 from lfqtok.cli import app
 from lfqtok.io.shards import read_tokens
-from conftest import S3_SECRET, start_s3_server, use_s3_server
+from conftest import S3_SECRET, kill_9_once, start_s3_server, use_s3_server
 from tcp_proxy import TcpProxy
 from videos import make_video
 
@@ -196,12 +193,8 @@ def test_kill_9_mid_run_then_rerun_gives_the_same_shards(tmp_path, videos, model
         "import sys, lfqtok; lfqtok.encode_dataset([sys.argv[1]], sys.argv[2], model=sys.argv[3], size=%d, "
         "clip_frames=%d, workers=1, batch_size=1, device='cpu', samples_per_shard=1)" % (SIZE, FRAMES)
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, f"{s3}/videos", out, model])
-    deadline = time.time() + 60
-    while not [n for n in storage.list_names(out) if n.endswith("_stats.json")] and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_9_once([sys.executable, "-c", script, f"{s3}/videos", out, model],
+                lambda: [n for n in storage.list_names(out) if n.endswith("_stats.json")])
     killed = _check_committed(out)  # no shard looks finished that is not
     assert 1 <= len(killed) < 4, killed
     before = {n: storage.read_bytes(f"{out}/{n}") for n in killed}

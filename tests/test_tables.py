@@ -4,11 +4,9 @@ csv (seconds, labels), InternVid-style jsonl. Exact samples, captions, labels an
 streamed shards (--num-shards, resume, a changed table refused); the failures table retried; captions in readers."""
 
 import json
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from lfqtok.errors import UsageError  # noqa: E402
 from lfqtok.io.shards import read_listing  # noqa: E402
 from lfqtok.pipeline.tables import Table, TableJobs, TableOptions, parse_ranges, parse_time  # noqa: E402
 from token_shards import output_bytes  # noqa: E402
+from conftest import kill_9_once  # noqa: E402
 from videos import make_video  # noqa: E402
 
 SIZE, FRAMES = 32, 9
@@ -270,12 +269,7 @@ def test_kill_9_mid_run_then_resume_is_byte_identical(tmp_path, videos, model):
     script = ("import sys, lfqtok; from lfqtok.pipeline.tables import TableOptions; lfqtok.encode_dataset([sys.argv[1]], "
               "sys.argv[2], model=sys.argv[3], size=%d, clip_frames=%d, workers=0, batch_size=1, device='cpu', "
               "samples_per_shard=1, table=TableOptions(caption_col='caption'))" % (SIZE, FRAMES))
-    proc = subprocess.Popen([sys.executable, "-c", script, str(table), str(out), model])
-    deadline = time.time() + 60
-    while not list(out.glob("0000[1-9]_stats.json")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_9_once([sys.executable, "-c", script, str(table), str(out), model], lambda: list(out.glob("0000[1-9]_stats.json")))
     assert len(list(out.glob("*_stats.json"))) < 8
     summary = encode(table, out, model, samples_per_shard=1, table=TableOptions(caption_col="caption"))
     assert summary.shards_skipped >= 1
