@@ -214,11 +214,18 @@ def _transnet() -> Any:
 def content_score(previous: np.ndarray, current: np.ndarray) -> float:
     """PySceneDetect's content score of two consecutive thumbnails with its default weights: the mean absolute
     change of hue, saturation and value (0-255), averaged."""
+    return _change(_hsv(previous), _hsv(current))
+
+
+def _hsv(thumb: np.ndarray) -> np.ndarray:
     import cv2
 
-    a = cv2.cvtColor(previous, cv2.COLOR_RGB2HSV).astype(np.int16)
-    b = cv2.cvtColor(current, cv2.COLOR_RGB2HSV).astype(np.int16)
-    return float(np.abs(b - a).mean())
+    return cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV).astype(np.int16)
+
+
+def _change(previous: np.ndarray, current: np.ndarray) -> float:
+    """`content_score` of two thumbnails already in `_hsv` (a stream converts each frame once)."""
+    return float(np.abs(current - previous).mean())
 
 
 class TransNetCuts:
@@ -275,10 +282,11 @@ class GatedCuts:
     flash or flicker, unless it is also a change of MOTION_CUT or more, above its neighbours', away from the video's
     ends. TransNetV2 judges the rest, on 2 x NARROW thumbnails around the frame, then, where unsure and away from the
     ends, on 2 x WIDE (a wide window already run that holds the frame judges it first): a cut when it calls the frame
-    before the last of its shot (probability rising above the threshold there). The content score alone takes fast motion, flashes and fire for cuts, TransNetV2 alone a dip
-    to black or a light switched on; together they met the targets on three sets, one of real editorial cuts
-    (docs/performance.md), and the network runs only on the changes that are neither plain cut nor plain motion. A
-    decode worker loads torch and the network (~1.2 s) only when the first such change comes."""
+    before the last of its shot (probability rising above the threshold there). The content score alone takes fast
+    motion, flashes and fire for cuts, TransNetV2 alone a dip to black or a light switched on; together they met the
+    targets on three sets, one of real editorial cuts (docs/performance.md), and the network runs only on the changes
+    that are neither plain cut nor plain motion. A decode worker loads torch and the network (~1.2 s) only when the
+    first such change comes."""
 
     lookahead = WIDE
 
@@ -289,12 +297,14 @@ class GatedCuts:
         self._candidates: deque[int] = deque()  # frames whose content score reached the gate, not yet decided
         self._scores: dict[int, float] = {}  # content score of each recent frame against the one before
         self._pushed = 0
+        self._hsv: np.ndarray | None = None  # the last thumbnail in HSV, for the next one's content score
         self._windows: dict[int, tuple[int, np.ndarray]] = {}  # context -> the last window run: first frame, probabilities
         self.windows = 0  # windows the network ran (benches)
 
     def push(self, thumb: np.ndarray) -> list[int]:
-        if self._pushed:
-            score = self._scores[self._pushed] = content_score(self._buffer[-1], thumb)
+        hsv, self._hsv = self._hsv, _hsv(thumb)
+        if hsv is not None:
+            score = self._scores[self._pushed] = _change(hsv, self._hsv)
             if score >= self.gate:
                 self._candidates.append(self._pushed)
             self._scores.pop(self._pushed - 2 * WIDE, None)
