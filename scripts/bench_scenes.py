@@ -72,7 +72,7 @@ def bench_detectors(labels: dict, size: int) -> dict:
             "recall": round(recall, 3), "f1": round(2 * precision * recall / max(precision + recall, 1e-9), 3),
             "errors_in_cut_videos": misses, "invented_in_cut_free": invented,
             "frames_per_s": round(frames / seconds, 1), "frames": frames,
-            **({"network_windows": windows, "rechecked_in_float32": rechecked} if mode == "on" else {}),
+            **({"network_windows": windows, "rechecked_in_float32": rechecked} if mode != "content" else {}),
         }
         print(json.dumps({mode: results[mode]}), flush=True)
     return results

