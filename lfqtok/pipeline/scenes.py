@@ -38,9 +38,9 @@ INSTALL_HINT = "--scenes {mode} needs {package}, which is not installed: pip ins
 
 # TransNetV2 reads windows of 100 frames and keeps the predictions of the middle 50 (upstream's predict_frames)
 TN_WINDOW, TN_STEP, TN_CONTEXT = 100, 50, 25
-# `on`: TransNetV2 first judges a change on NARROW thumbnails each side (~0.1-0.3 s of one core). Where it says no
-# but not surely (a probability from UNSURE up to the threshold) and the video holds a window of the network's own
-# length (WIDE a side, ~0.4-1 s), that window decides. With less context the network is less sure of a cut, never
+# `on`: TransNetV2 first judges a change on NARROW thumbnails each side (one core: 0.07 s screened, 0.26 s in
+# float32). Where it says no but not surely (a probability from UNSURE up to the threshold) and the video holds a
+# window of the network's own length (WIDE a side: 0.21 s, 0.89 s), that window decides. With less context the network is less sure of a cut, never
 # more: on real footage 16 frames a side left 5 of 25 cuts between fast-moving shots at 0.34-0.48, which 50 found,
 # and of the 80 changes the three sets asked it about, none over 0.5 in 32 frames fell under it in 100
 # (docs/performance.md). Within WIDE frames of an end a wide window would be mostly a repeated first or last frame,
