@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 from conftest import use_s3_server
 from tcp_proxy import TcpProxy
 from videos import make_video
+import lfqtok
 from lfqtok.cli import app
+from lfqtok.errors import OutputRefused, UsageError
 from lfqtok.io import storage
 from lfqtok.io.shards import read_tokens
 
@@ -369,6 +371,26 @@ def test_a_prefix_whose_listing_stalls_is_one_line_not_a_failed_video(tmp_path, 
     code, _, stderr, elapsed = encode_stalled(f"GET /{bucket}?list-type", f"{s3}/v", tmp_path / "out", model, s3_server, monkeypatch)
     assert code == 1 and f"{s3}/v" in one_line(stderr) and f"no progress for {TIMEOUT} s" in stderr, stderr
     assert not (tmp_path / "out").exists() and elapsed < 3 * TIMEOUT + 20, elapsed
+
+
+def test_credentials_in_an_object_store_url_are_refused_and_never_shown(tmp_path, clips, model):
+    # s3fs never reads a URL's user info (boto then named the whole "user:secret@bucket" as an invalid bucket)
+    out = f"s3://user:{CANARY}@bucket/tok"
+    with pytest.raises(UsageError, match="--storage-options") as refused:
+        lfqtok.encode_dataset([str(clips)], out, model=model, size=SIZE, clip_frames=FRAMES, device="cpu", workers=0)
+    assert CANARY not in str(refused.value) and str(refused.value).startswith("s3://bucket/tok: ")
+    code, _, stderr = cli(*encode_args(str(clips), out=out, model=model))
+    assert code == 2 and CANARY not in stderr and "carries no credentials" in one_line(stderr)
+
+
+def test_a_refusal_names_out_without_its_user_info_to_library_callers_too(clips, model):
+    # the CLI scrubs every message it prints; a library caller reads the exception's own text
+    out = f"memory://user:{CANARY}@lfqtok-refusal/tok"
+    options = {"model": model, "size": SIZE, "clip_frames": FRAMES, "device": "cpu", "workers": 0}
+    lfqtok.encode_dataset([str(clips)], out, **options)
+    with pytest.raises(OutputRefused, match="other settings") as refused:
+        lfqtok.encode_dataset([str(clips)], out, **{**options, "size": 2 * SIZE})
+    assert CANARY not in str(refused.value) and "memory://lfqtok-refusal/tok holds tokens" in str(refused.value)
 
 
 def test_a_presigned_list_url_stays_out_of_the_manifest_and_errors(tmp_path, clips, model, http_server):

@@ -513,7 +513,7 @@ def prepare_output(out: Location, manifest: dict, overwrite: bool, storage_optio
         diff = _differences(old, manifest)
         if diff and not overwrite:
             raise OutputRefused(
-                f"{out} holds tokens made with other settings: {'; '.join(diff)}. Rerun with the settings it was "
+                f"{storage.redact(out)} holds tokens made with other settings: {'; '.join(diff)}. Rerun with the settings it was "
                 "made with to resume, or use --overwrite to replace it, or another output directory"
             )
         if diff:

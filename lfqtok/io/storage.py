@@ -76,9 +76,18 @@ def is_url(path: Location) -> bool:
 
 
 def location(path: Location) -> Location:
-    """A URL stays a string (`normalize`d); a plain path or file:// URL becomes a Path."""
+    """A URL stays a string (`normalize`d); a plain path or file:// URL becomes a Path. A URL's user info is kept
+    as a secret (`scrub` masks it in any error text); an object store's is refused: its backend never reads it."""
     if is_url(path):
-        return normalize(str(path))
+        url = normalize(str(path))
+        scheme, _, rest = url.partition("://")
+        user, at, _ = rest.partition("/")[0].rpartition("@")
+        if at:
+            _SECRETS.add(user)
+            if scheme in EXTRAS and scheme not in QUERY_PROTOCOLS:
+                raise UsageError(f"{redact(url)}: a {scheme}:// URL carries no credentials (they were in it before "
+                                 "the '@'): pass them with --storage-options")
+        return url
     text = str(path)
     return Path(text[len("file://"):] if text.lower().startswith("file://") else text)
 
