@@ -416,7 +416,8 @@ _SCREENS: bool | None = None
 
 
 def _screens() -> bool:
-    """Whether `on` screens its windows in bfloat16: where oneDNN computes it natively (elsewhere it is slower)."""
+    """Whether TransNetV2's windows are screened in bfloat16: where oneDNN computes it natively (elsewhere it is
+    slower than float32)."""
     global _SCREENS
     if _SCREENS is None:
         import torch
