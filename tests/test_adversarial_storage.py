@@ -383,6 +383,24 @@ def test_credentials_in_an_object_store_url_are_refused_and_never_shown(tmp_path
     assert code == 2 and CANARY not in stderr and "carries no credentials" in one_line(stderr)
 
 
+def test_stats_of_a_token_prefix_whose_listing_stalls_is_one_line(tmp_path, clips, model, s3, s3_server, monkeypatch):
+    """Readers (stats, decode, read_tokens) list a token prefix too: a LIST never answered used to hang them."""
+    code, _, stderr = cli(*encode_args(str(clips), out=f"{s3}/tok", model=model))
+    assert code == 0, stderr
+    monkeypatch.setattr(storage, "LIST_TIMEOUT", float(TIMEOUT))
+    bucket = s3[len("s3://"):]
+    proxy = _StallingProxy(s3_server, f"GET /{bucket}?list-type".encode())
+    try:
+        use_s3_server(monkeypatch, proxy.endpoint)
+        started = time.monotonic()
+        code, _, stderr = cli("stats", f"{s3}/tok")
+        elapsed = time.monotonic() - started
+    finally:
+        proxy.close()
+    assert code == 1 and f"{s3}/tok" in one_line(stderr) and f"no progress for {TIMEOUT} s" in stderr, stderr
+    assert elapsed < 3 * TIMEOUT + 20, elapsed
+
+
 def test_a_refusal_names_out_without_its_user_info_to_library_callers_too(clips, model):
     # the CLI scrubs every message it prints; a library caller reads the exception's own text
     out = f"memory://user:{CANARY}@lfqtok-refusal/tok"

@@ -781,14 +781,15 @@ def expand_paths(paths: str | Path | Sequence[str | Path], storage_options: Opti
 
 
 def _remote_shards(url: str, storage_options: Options) -> list[str]:
-    """`expand_paths` for one URL: a token prefix's finished shards, a prefix's tars, or the object itself."""
+    """`expand_paths` for one URL: a token prefix's finished shards, a prefix's tars, or the object itself. A store
+    that leaves the HEAD or the LIST unanswered for LIST_TIMEOUT seconds is one line, not a hang."""
     try:
-        found = storage.info(url, storage_options)
+        found = storage.info(url, storage_options, storage.LIST_TIMEOUT)
         if found is None:
             raise InputError(f"token input not found: {storage.redact(url)}")
         if found.get("type") != "directory":
             return [url]
-        names = storage.list_names(url, storage_options)
+        names = storage.list_names(url, storage_options, storage.LIST_TIMEOUT)
     except storage.errors() as exc:
         raise storage.storage_error(InputError, "read", url, exc) from None
     if MANIFEST_NAME in names:

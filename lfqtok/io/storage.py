@@ -47,6 +47,7 @@ FETCH_PART = 8 * 2**20  # bytes one fetch request asks for, at most: a fetch's `
 PART_SIZE = 16 * 2**20  # bytes a writer buffers before uploading them as one part (S3's minimum part is 5 MiB)
 CACHE_ENV = "LFQTOK_CACHE"  # where fetched models are kept (default ~/.cache/lfqtok)
 MODEL_TIMEOUT = 300.0  # seconds a model fetch may make no progress (a request unanswered) before it fails
+LIST_TIMEOUT = 120.0  # seconds a token reader's look at a prefix (its HEAD, its LIST) may go unanswered
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _URL_IN_TEXT = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>,;)\]}]+")
 _CREDENTIAL = re.compile(  # query parameters that carry or sign a credential (S3/GCS/Azure/CloudFront signed URLs, tokens)
@@ -513,12 +514,13 @@ def info(url: str, options: Options = None, timeout: float | None = None) -> dic
         return None
 
 
-def list_names(url: str, options: Options = None) -> list[str]:
-    """The names directly under a prefix ([] when there is none), fresh (no listing cache)."""
+def list_names(url: str, options: Options = None, timeout: float | None = None) -> list[str]:
+    """The names directly under a prefix ([] when there is none), fresh (no listing cache); `timeout` as in
+    `info`."""
     fs, inner = filesystem(url, options)
     fs.invalidate_cache(inner)
     try:
-        entries = fs.ls(inner, detail=False)
+        entries = _bounded(fs, "ls", timeout, inner, detail=False)
     except FileNotFoundError:
         return []
     return sorted(e.rstrip("/").rpartition("/")[2] for e in entries)
