@@ -383,6 +383,15 @@ def test_credentials_in_an_object_store_url_are_refused_and_never_shown(tmp_path
     assert code == 2 and CANARY not in stderr and "carries no credentials" in one_line(stderr)
 
 
+def test_an_endpoint_given_only_in_storage_options_serves_the_whole_run(clips, model, s3, s3_server, monkeypatch):
+    # a second look at OUT once went without the options: to the default endpoint (here a dead one), so a store
+    # reached only through --storage-options (MinIO, a custom endpoint) failed at "cannot check"
+    use_s3_server(monkeypatch, "http://127.0.0.1:1")
+    options = json.dumps({"client_kwargs": {"endpoint_url": s3_server}})
+    code, stdout, stderr = cli(*encode_args(str(clips), out=f"{s3}/tok", model=model, more=("--storage-options", options)))
+    assert code == 0 and json.loads(stdout)["videos_ok"] == 2, stderr
+
+
 def test_stats_of_a_token_prefix_whose_listing_stalls_is_one_line(tmp_path, clips, model, s3, s3_server, monkeypatch):
     """Readers (stats, decode, read_tokens) list a token prefix too: a LIST never answered used to hang them."""
     code, _, stderr = cli(*encode_args(str(clips), out=f"{s3}/tok", model=model))

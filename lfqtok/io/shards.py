@@ -287,16 +287,21 @@ _STATS_RE = re.compile(r"^\d{5}_stats\.json$")
 def finished_shards(out: Location, storage_options: Options = None) -> set[int]:
     """Indices of the shards of `out` that are finished (their `_stats.json` exists)."""
     if storage.is_url(out):
-        return {int(n[:5]) for n in storage.list_names(str(out), storage_options) if _STATS_RE.match(n)}
+        try:
+            names = storage.list_names(str(out), storage_options, storage.LIST_TIMEOUT)
+        except storage.errors() as exc:
+            raise storage.storage_error(OutputError, "list", out, exc) from None
+        return {int(n[:5]) for n in names if _STATS_RE.match(n)}
     return {int(p.name[:5]) for p in Path(out).glob("[0-9][0-9][0-9][0-9][0-9]_stats.json")}
 
 
 def _list_output(out: Location, storage_options: Options) -> list[str]:
-    """The names in OUT, creating it (a local directory) first."""
+    """The names in OUT, creating it (a local directory) first; a store that leaves the look unanswered for
+    LIST_TIMEOUT seconds is one line, not a hang."""
     if storage.is_url(out):
-        storage.check_writable(out)
+        storage.check_writable(out, storage_options, storage.LIST_TIMEOUT)
         try:
-            return storage.list_names(out, storage_options)
+            return storage.list_names(out, storage_options, storage.LIST_TIMEOUT)
         except storage.errors() as exc:
             raise storage.storage_error(OutputError, "list", out, exc) from None
     try:
