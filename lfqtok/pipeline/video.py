@@ -436,7 +436,8 @@ class _Decoder:
 class _SceneStage:
     """The decode stage between the decoder and `_sample`: every decoded frame's thumbnail (`scenes.thumbnail` of
     the scaled frame, whichever decoder made it) goes to a streaming detector, and frames come out with their
-    scene index once the detector can no longer put a cut before them (at most `lookahead` frames late).
+    scene index once the detector can no longer put a cut before them (at most `lookahead` frames late; `on`
+    only while a change awaits its verdict).
 
     Holds only the frames of the look-ahead (scaled, so PyAV frames are converted once: clips reuse the
     conversion) and the scene boundaries it has passed on (`scenes`, [start, end) s)."""
@@ -460,7 +461,7 @@ class _SceneStage:
             previous = frame.time
             held.append(frame._replace(data=scaled))
             self._cuts.extend(self.detector.push(thumbnail(scaled.rgb, self._reformatter)))
-            while len(held) > self.detector.lookahead:
+            while len(held) > self.detector.unsettled:
                 yield self._pass(held.popleft())
         self._cuts.extend(self.detector.finish())
         while held:
