@@ -296,10 +296,9 @@ def finished_shards(out: Location, storage_options: Options = None) -> set[int]:
 
 
 def _list_output(out: Location, storage_options: Options) -> list[str]:
-    """The names in OUT, creating it (a local directory) first; a store that leaves the look unanswered for
-    LIST_TIMEOUT seconds is one line, not a hang."""
+    """The names in OUT, creating it (a local directory) first (`encode_dataset` checked it is writable); a store
+    that leaves the LIST unanswered for LIST_TIMEOUT seconds is one line, not a hang."""
     if storage.is_url(out):
-        storage.check_writable(out, storage_options, storage.LIST_TIMEOUT)
         try:
             return storage.list_names(out, storage_options, storage.LIST_TIMEOUT)
         except storage.errors() as exc:

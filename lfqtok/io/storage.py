@@ -81,9 +81,8 @@ def location(path: Location) -> Location:
     as a secret (`scrub` masks it in any error text); an object store's is refused: its backend never reads it."""
     if is_url(path):
         url = normalize(str(path))
-        scheme, _, rest = url.partition("://")
-        user, at, _ = rest.partition("/")[0].rpartition("@")
-        if at:
+        user, scheme = _user_info(url), protocol(url)
+        if user:
             _SECRETS.add(user)
             if scheme in EXTRAS and scheme not in QUERY_PROTOCOLS:
                 raise UsageError(f"{redact(url)}: a {scheme}:// URL carries no credentials (they were in it before "
@@ -91,6 +90,12 @@ def location(path: Location) -> Location:
         return url
     text = str(path)
     return Path(text[len("file://"):] if text.lower().startswith("file://") else text)
+
+
+def _user_info(url: str) -> str:
+    """What a URL holds before the '@' of its host ('user:password'), or '' (its host read as `_split` reads it)."""
+    netloc = urlsplit(url).netloc if protocol(url) in QUERY_PROTOCOLS else url.partition("://")[2].partition("/")[0]
+    return netloc.rpartition("@")[0]
 
 
 def _split(url: str) -> tuple[str, str, str, str]:
@@ -294,10 +299,9 @@ def _remember_secrets(options: Any, under: str = "") -> None:
         if _SECRET_OPTION.search(under):
             _SECRETS.add(options)
         if is_url(options):
-            parts = urlsplit(options)
-            if "@" in parts.netloc:
-                _SECRETS.add(parts.netloc.rpartition("@")[0])
-            for pair in parts.query.split("&"):
+            if user := _user_info(options):
+                _SECRETS.add(user)
+            for pair in urlsplit(options).query.split("&"):
                 name, _, value = pair.partition("=")
                 if value and _CREDENTIAL.match(unquote(name)):
                     _SECRETS.add(value)

@@ -271,7 +271,6 @@ class TransNetCuts:
     lookahead = unsettled = TN_WINDOW - TN_CONTEXT
 
     def __init__(self, spec: SceneSpec):
-        self.net = _transnet()
         self.threshold = spec.threshold
         self._keep = _MinLength(spec.min_scene_frames)
         self._buffer: deque[np.ndarray] = deque()  # thumbnails from the current window's first (padded) frame on
@@ -297,12 +296,13 @@ class TransNetCuts:
     def _run(self) -> list[int]:
         """Predict the middle 50 frames of the full window (screened as `on` screens, and in float32 where a frame
         lies near the threshold); slide on by 50."""
-        thumbs = np.stack(self._buffer)
-        probs = _probabilities(self.net, thumbs, bfloat16=_screens())[TN_CONTEXT:TN_CONTEXT + TN_STEP]
-        if _screens() and any(_near(p, (self.threshold,)) for p in probs[:self._pushed - self._start]):
-            probs = _probabilities(self.net, thumbs)[TN_CONTEXT:TN_CONTEXT + TN_STEP]
+        window = _Window(0, np.stack(self._buffer), _screens())
+        predicted = range(TN_CONTEXT, TN_CONTEXT + min(TN_STEP, self._pushed - self._start))
+        if window.near([(i, (self.threshold,)) for i in predicted]):
+            window = window.in_float32()
             self.rechecked += 1
         self.windows += 1
+        probs = window.probs[TN_CONTEXT:TN_CONTEXT + TN_STEP]
         cuts = []
         for index in range(self._start, min(self._start + TN_STEP, self._pushed)):
             above = bool(probs[index - self._start] > self.threshold)
@@ -402,8 +402,8 @@ class GatedCuts:
             self.windows += 1
         at = cut - 1 - window.first
         bounds = (self.threshold, UNSURE) if unsure else (self.threshold,)
-        if window.screened and (_near(window.probs[at], bounds) or _near(window.probs[at - 1], (self.threshold,))):
-            window = self._windows[context] = _Window(window.first, window.thumbs, screen=False)
+        if window.near([(at, bounds), (at - 1, (self.threshold,))]):
+            window = self._windows[context] = window.in_float32()
             self.windows += 1
             self.rechecked += 1
         return window.probs, at
@@ -416,6 +416,15 @@ class _Window:
     def __init__(self, first: int, thumbs: np.ndarray, screen: bool):
         self.first, self.thumbs, self.screened = first, thumbs, screen
         self.probs = _probabilities(_transnet(), thumbs, bfloat16=screen)
+
+    def near(self, checks: Iterable[tuple[int, tuple[float, ...]]]) -> bool:
+        """Whether a screened verdict could differ from float32's: a probability at one of the (index, bounds)
+        checked lies within SCREEN_MARGIN logits of one of its bounds."""
+        return self.screened and any(_near(self.probs[i], bounds) for i, bounds in checks)
+
+    def in_float32(self) -> "_Window":
+        """The same window run again in float32."""
+        return _Window(self.first, self.thumbs, screen=False)
 
 
 def _near(prob: float, bounds: Iterable[float]) -> bool:
